@@ -1,0 +1,1 @@
+"""Data preparation: C4 consolidation and tokenization into Megatron indexed datasets."""
