@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -31,7 +32,7 @@ from orchestrator.profiles import (
     parse_time_limit,
 )
 
-Stage = Literal["consolidate", "preprocess", "import", "train"]
+Stage = Literal["consolidate", "preprocess", "import", "train", "smoke"]
 
 
 class ModelSpec(Strict):
@@ -101,6 +102,7 @@ class MlperfSpec(Strict):
     eval_samples: int = 5760
     step_time_atol_s: int = 7200
     start_steps: int = 0
+    start_eval_at_samples: int | None = None
     seeds: tuple[int, ...] = ()
 
 
@@ -245,10 +247,12 @@ def build_plan(
             val_batches=model.val_batches,
             ckpt_dir=str(run_dir / "checkpoints"),
         ),
-        "data": dict(source="sample", preprocessed_path=str(run_dir / "data" / "preprocessed")),
+        "data": dict(model.data),
         "chain": dict(time_limit=site.time_limit),
         "stages": [],
     }
+    if model.mlperf:
+        tree["mlperf"] = {}
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
     _fill_data(tree, run_dir)
@@ -299,12 +303,17 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     """Derive the consolidated and preprocessed names from the data source, as MLPerf names them."""
     data = tree["data"]
-    source = data.get("source", "sample")
-    if source == "sample":
-        data.setdefault("c4_path", str(run_dir / "data" / "c4"))
+    source = data.setdefault("source", "sample")
+    if source == "sample":  # a small real-text corpus built into the run directory
+        root = run_dir / "data"
+        data.setdefault("c4_path", str(root / "c4"))
         data.setdefault("train_outputs", 2)
+    else:  # real data lives in the cluster's shared data folder, reused by every run
+        root = Path(os.path.expanduser(tree["cluster"].get("data_root") or "data")).absolute() / "c4"
+        data.setdefault("c4_path", str(root / "en"))
+    data.setdefault("preprocessed_path", str(root / ("preprocessed" if source == "sample" else f"preprocessed-{_tokenizer_tag(tree)}")))
     if source in ("sample", "c4"):
-        data.setdefault("merged_path", str(run_dir / "data" / "merged"))
+        data.setdefault("merged_path", str(root / "merged"))
     if source != "preprocessed" and not data.get("train_prefixes"):
         outputs = int(data.get("train_outputs", 8))
         shards = data.get("train_shards") or list(range(outputs))
@@ -316,6 +325,12 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     if data.get("train_prefixes") and not data.get("train_weights"):
         n = len(data["train_prefixes"])
         data["train_weights"] = [round(100.0 / n, 6)] * n
+
+
+def _tokenizer_tag(tree: dict[str, Any]) -> str:
+    """A folder-name tag for the tokenizer, so datasets of different tokenizers never mix."""
+    model = str(tree["model"]["tokenizer"]["model"]).rstrip("/")
+    return re.sub(r"[^A-Za-z0-9.]+", "-", model)[-48:].strip("-")
 
 
 def _stages(tree: dict[str, Any]) -> list[str]:

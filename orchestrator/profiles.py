@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -143,6 +143,8 @@ class ModelProfile(Strict):
     tokenizer: Tokenizer
     val_interval: int | None = Field(None, ge=1, description="validate every N steps; None: never")
     val_batches: int = Field(32, ge=0)
+    data: dict[str, Any] = Field(default_factory=dict, description="plan.data defaults (e.g. MLPerf's C4 layout)")
+    mlperf: bool = Field(False, description="apply the MLPerf rules (schedule, logging) by default")
 
 
 _LLAMA3_8B = Architecture(
@@ -218,6 +220,9 @@ MODELS: tuple[ModelProfile, ...] = (
         tokenizer=MIXTRAL_V1,
         val_interval=16,
         val_batches=5,
+        # C4 en 3.0.1 consolidated into 8 files; the benchmark trains on files 6 and 7 (the last 256 shards).
+        data={"source": "c4", "train_outputs": 8, "train_shards": [6, 7], "n_validation_samples": 91205},
+        mlperf=True,
     ),
     ModelProfile(
         name="qwen3_8b",
@@ -340,11 +345,12 @@ class ClusterProfile(Strict):
     exclusive: bool = False
     mem: str | None = None
     container: Container = Container()
-    python: str = "python3"
+    python: str | None = Field(None, description="interpreter of the driver on the batch host; None: the submitting one")
     venv: str | None = None
     modules: tuple[str, ...] = ()
     env: dict[str, str] = {}
     runs_root: str = "runs"
+    data_root: str = Field("data", description="shared data folder: C4 shards, merged files, tokenized datasets")
     master_port_base: int = Field(29500, ge=1024, le=60000)
 
     @field_validator("time_limit")

@@ -1,0 +1,126 @@
+"""Chain decisions: is the run done, has it stopped making progress, which queued jobs must go.
+
+Pure functions over the ledger and the checkpoint directory, so that the in-job driver, ``status`` and
+``nightly`` decide the same way.
+
+- Progress is the newest *complete* checkpoint step (each backend publishes checkpoints atomically).
+- A strike is a training attempt that ended ``failed`` or at its time limit without a newer checkpoint than it
+  started from. Preemption, node failure and cancellation are not the job's fault and do not count. Any attempt
+  that made progress resets the count. ``max_strikes`` consecutive strikes stop the chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import slurm
+from orchestrator.ledger import Attempt, Job, Ledger
+from orchestrator.plan import RunPlan
+
+STRIKE_OUTCOMES = ("failed", "time_limit")
+
+#: sacct state of a job whose driver could not record its end -> our outcome.
+SACCT_OUTCOMES = {
+    "NODE_FAIL": "node_failure",
+    "CANCELLED": "cancelled",
+    "PREEMPTED": "preempted",
+    "REQUEUED": "preempted",
+    "TIMEOUT": "time_limit",
+    "FAILED": "failed",
+    "OUT_OF_MEMORY": "failed",
+    "BOOT_FAIL": "node_failure",
+    "DEADLINE": "time_limit",
+    "COMPLETED": "failed",  # the driver always records a clean end; silence means it died
+}
+
+
+def progress_step(plan: RunPlan) -> int | None:
+    """The newest complete checkpoint's step count for this run's backend (None: no checkpoint yet)."""
+    ckpt_dir = Path(plan.train.ckpt_dir)
+    if plan.train.backend == "nemo":
+        from orchestrator.train.nemo_checkpoint import latest_step
+    else:
+        from orchestrator.train.checkpoint import latest_step
+    return latest_step(ckpt_dir)
+
+
+def strikes(attempts: list[Attempt]) -> int:
+    """Consecutive recent training attempts that ended without progress through their own fault."""
+    count = 0
+    for attempt in reversed([a for a in attempts if a.stage == "train" and a.outcome != "running"]):
+        if attempt.outcome == "done" or attempt.progressed:
+            break
+        if attempt.outcome in STRIKE_OUTCOMES:
+            count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class StopReason:
+    reason: str
+    last_failure_log: str | None
+
+
+def crash_loop(plan: RunPlan, attempts: list[Attempt]) -> StopReason | None:
+    """A reason to stop the chain, or None to go on."""
+    count = strikes(attempts)
+    if count < plan.chain.max_strikes:
+        return None
+    failing = [a for a in attempts if a.stage == "train" and a.outcome in STRIKE_OUTCOMES]
+    last = failing[-1] if failing else None
+    reason = (
+        f"{count} consecutive training jobs ended without a new checkpoint "
+        f"(max_strikes={plan.chain.max_strikes}); last: job {last.job_id if last else '?'} "
+        f"{last.outcome if last else ''}{' exit ' + str(last.exit_code) if last and last.exit_code is not None else ''}"
+    )
+    return StopReason(reason=reason, last_failure_log=last.log_path if last else None)
+
+
+def reconcile(ledger: Ledger, current_job: str | None, current_restart: int, progress: int | None) -> None:
+    """Close attempts whose driver died (killed by Slurm, node lost) using sacct and today's progress."""
+    dangling = [
+        a for a in ledger.attempts()
+        if a.outcome == "running" and not (a.job_id == current_job and a.restart == current_restart)
+    ]  # fmt: skip
+    if not dangling:
+        return
+    try:
+        records = slurm.sacct([a.job_id for a in dangling]) if slurm.available() else {}
+    except slurm.SlurmError:
+        records = {}
+    for attempt in dangling:
+        if attempt.job_id == current_job:
+            outcome = "preempted"  # the same job runs again: it was requeued
+        else:
+            record = records.get(attempt.job_id)
+            outcome = SACCT_OUTCOMES.get(record.base_state, "failed") if record else "failed"
+        ledger.end_attempt(attempt.id, outcome, end_step=progress, note="end reconciled from sacct")
+
+
+def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
+    """Training jobs queued after this one that may still run."""
+    jobs = [j for j in ledger.jobs("train") if j.cancelled_at is None and j.job_id != current_job]
+    current = next((j for j in ledger.jobs("train") if j.job_id == current_job), None)
+    if current is not None and current.chain_index is not None:
+        jobs = [j for j in jobs if (j.chain_index or 0) > current.chain_index]
+    if not jobs or not slurm.available():
+        return []
+    records = slurm.sacct([j.job_id for j in jobs])
+    return [j for j in jobs if j.job_id in records and records[j.job_id].active or j.job_id not in records]
+
+
+def cancel_successors(ledger: Ledger, current_job: str | None, why: str) -> list[str]:
+    """Cancel the queued rest of the chain (by job id from the ledger, never by name)."""
+    queued = pending_successors(ledger, current_job)
+    ids = [j.job_id for j in queued]
+    if ids:
+        slurm.cancel(ids)
+        ledger.mark_cancelled(ids)
+        ledger.event("cancel", f"cancelled {', '.join(ids)}: {why}")
+    return ids
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)

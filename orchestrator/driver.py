@@ -1,0 +1,311 @@
+"""The in-job driver: what every job runs on its batch host (through submitit), around the stage's step.
+
+The rendered batch script ``exec``s submitit's runner, which unpickles a :class:`StageDriver` and calls it, with
+submitit's signal handling installed: the USR2 that Slurm sends ``signal_grace_s`` before the time limit calls
+:meth:`StageDriver.checkpoint`. The driver
+
+1. records the attempt in the ledger (job id, restart, host, the checkpoint step it starts from);
+2. for training, decides first: run already DONE -> exit and cancel the queued rest; chain STOPPED or too many
+   strikes -> stop, cancel, say why; otherwise
+3. runs the same script again with ``ORCHESTRATOR_PHASE=step`` (the ``srun`` over all nodes), passing the
+   deadline by which the trainer must have saved;
+4. on USR2 forwards the signal to the step, waits for its checkpoint, records how the job ended and either
+   leaves the next job of the chain to continue or, when no successor is queued, requeues itself (submitit);
+5. after the step, records the outcome and applies the crash-loop guard and ``max_retries``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import chain, slurm
+from orchestrator.ledger import Ledger
+from orchestrator.plan import RunPlan
+from orchestrator.rundir import RunDir
+
+#: Exit code of a trainer that saved a checkpoint and stopped early on request (EX_TEMPFAIL).
+EXIT_RESUMABLE = 75
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Who we are, from the scheduler's environment."""
+
+    job_id: str
+    restart: int
+    host: str
+    scheduler: str
+    task_index: int | None
+
+    @classmethod
+    def from_env(cls, task_index: int | None = None) -> "JobContext":
+        env = os.environ
+        if "SLURM_JOB_ID" in env:
+            array_task = env.get("SLURM_ARRAY_TASK_ID")
+            job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{array_task}" if array_task else env["SLURM_JOB_ID"]
+            return cls(
+                job_id=job_id,
+                restart=int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+                host=env.get("SLURMD_NODENAME", socket.gethostname()),
+                scheduler="slurm",
+                task_index=int(array_task) if array_task else task_index,
+            )
+        local_id = env.get("SUBMITIT_LOCAL_JOB_ID") or f"local-{os.getpid()}"
+        return cls(job_id=local_id, restart=0, host=socket.gethostname(), scheduler="local", task_index=task_index)
+
+
+class StageDriver:
+    """The callable submitit pickles for every job; ``stage`` picks what it drives."""
+
+    def __init__(self, run_dir: str, stage: str, task_index: int | None = None) -> None:
+        self.run_dir = str(run_dir)
+        self.stage = stage
+        self.task_index = task_index
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._attempt: int | None = None
+        self._signalled: str | None = None  # why we asked the step to stop
+        self._slurm_term = False  # Slurm itself sent SIGTERM (requeue, preemption, scancel)
+        self._start_step: int | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir, "stage": self.stage, "task_index": self.task_index}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime()
+
+    # ------------------------------------------------------------------------------------------- entry
+
+    def __call__(self) -> dict[str, Any]:
+        self.rd = RunDir.of(self.run_dir)
+        self.plan = RunPlan.load(self.rd.path)
+        self.ledger = Ledger(self.rd.ledger)
+        self.ctx = JobContext.from_env(self.task_index)
+        if self.ctx.scheduler == "slurm":
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.stage == "train":
+            return self._train()
+        return self._simple_stage()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._slurm_term = True
+        print(f"[orchestrator] driver: SIGTERM from Slurm (requeue, preemption or cancel) at {_stamp()}", flush=True)
+
+    # ------------------------------------------------------------------------------------------ training
+
+    def _train(self) -> dict[str, Any]:
+        progress = chain.progress_step(self.plan)
+        chain.reconcile(self.ledger, self.ctx.job_id, self.ctx.restart, progress)
+        self._start_step = progress
+        self._attempt = self.ledger.start_attempt(
+            self.ctx.job_id, "train", restart=self.ctx.restart, host=self.ctx.host, start_step=progress,
+            log_path=self._log_path(),
+        )  # fmt: skip
+        say = self._say
+        say(f"job {self.ctx.job_id} (restart {self.ctx.restart}) on {self.ctx.host}; latest checkpoint: {_step(progress)}")
+
+        if self.rd.done():
+            return self._finish_early("stopped", f"run already done at step {self.rd.done().get('final_step')}")  # type: ignore[union-attr]
+        if stopped := self.rd.stopped():
+            return self._finish_early("stopped", f"chain stopped earlier: {stopped.get('reason')}")
+        if reason := chain.crash_loop(self.plan, self.ledger.attempts()):
+            return self._stop_chain(reason)
+
+        rc = self._run_step(deadline=self._deadline())
+        outcome = self._classify(rc)
+        end_step = chain.progress_step(self.plan)
+        self.ledger.end_attempt(self._attempt, outcome, end_step=end_step, exit_code=rc)
+        say(f"step ended: exit {rc}, outcome {outcome}, checkpoint {_step(self._start_step)} -> {_step(end_step)}")
+        if outcome == "done":
+            chain.cancel_successors(self.ledger, self.ctx.job_id, "run done")
+        elif outcome == "failed":
+            if reason := chain.crash_loop(self.plan, self.ledger.attempts()):
+                return self._stop_chain(reason, ended=True)
+            if self.ctx.scheduler == "slurm" and self.ctx.restart < self.plan.chain.max_retries:
+                say(f"requeueing after failure (retry {self.ctx.restart + 1} of {self.plan.chain.max_retries})")
+                slurm.requeue(self.ctx.job_id)
+        return {"stage": "train", "outcome": outcome, "exit_code": rc, "end_step": end_step}
+
+    def _finish_early(self, outcome: str, why: str) -> dict[str, Any]:
+        assert self._attempt is not None
+        self._say(why)
+        self.ledger.end_attempt(self._attempt, outcome, end_step=self._start_step, note=why)
+        if self.ctx.scheduler == "slurm":
+            chain.cancel_successors(self.ledger, self.ctx.job_id, why)
+        return {"stage": "train", "outcome": outcome, "note": why}
+
+    def _stop_chain(self, reason: chain.StopReason, ended: bool = False) -> dict[str, Any]:
+        tail = _tail(reason.last_failure_log)
+        self.rd.mark_stopped(reason.reason, failing_log=reason.last_failure_log, log_tail=tail)
+        self.ledger.event("stop", reason.reason)
+        self._say(f"STOPPING THE CHAIN: {reason.reason}")
+        if tail:
+            self._say("last lines of the failing log:\n" + tail)
+        if not ended:
+            assert self._attempt is not None
+            self.ledger.end_attempt(self._attempt, "stopped", end_step=self._start_step, note=reason.reason)
+        if self.ctx.scheduler == "slurm":
+            chain.cancel_successors(self.ledger, self.ctx.job_id, "chain stopped")
+        return {"stage": "train", "outcome": "stopped", "note": reason.reason}
+
+    def _classify(self, rc: int) -> str:
+        if self.rd.done():
+            return "done"
+        if self._signalled:
+            return self._signalled
+        if self._slurm_term:
+            return "preempted"
+        if rc == EXIT_RESUMABLE:
+            steps = self.plan.chain.steps_per_job
+            end = chain.progress_step(self.plan) or 0
+            if steps and end - (self._start_step or 0) >= steps:
+                return "partition"
+            return "time_limit"
+        return "failed"
+
+    def _deadline(self) -> float | None:
+        """When the trainer must have saved and exited: the job's end minus the signal grace."""
+        if self.ctx.scheduler != "slurm":
+            return None
+        try:
+            end = slurm.end_time(self.ctx.job_id.split("_")[0])
+        except slurm.SlurmError:
+            return None
+        return end.timestamp() - self.plan.cluster.signal_grace_s if end else None
+
+    # ------------------------------------------------------------------------------ the signal (USR2)
+
+    def checkpoint(self) -> Any:
+        """submitit calls this on USR2: stop the step at a checkpoint, then requeue or leave it to the chain."""
+        import submitit
+
+        reason = self._why_signalled()
+        self._signalled = reason
+        self._say(f"USR2 ({reason}): asking the step to save and stop")
+        rc = self._stop_step(timeout=max(self.plan.cluster.signal_grace_s - 20, 10))
+        if self.stage != "train" or self._attempt is None:
+            if self._attempt is not None:
+                self.ledger.end_attempt(self._attempt, reason, exit_code=rc)
+            raise SystemExit(0)
+        outcome = "done" if self.rd.done() else reason
+        end_step = chain.progress_step(self.plan)
+        self.ledger.end_attempt(self._attempt, outcome, end_step=end_step, exit_code=rc)
+        progressed = end_step is not None and end_step > (self._start_step or 0)
+        if outcome == "done":
+            chain.cancel_successors(self.ledger, self.ctx.job_id, "run done")
+            raise SystemExit(0)
+        if chain.pending_successors(self.ledger, self.ctx.job_id):
+            self._say(f"saved at {_step(end_step)}; the next job of the chain continues")
+            raise SystemExit(0)
+        if not progressed:
+            self._say("no progress in this job and no successor queued: not requeueing (nightly can resume)")
+            raise SystemExit(0)
+        self._say(f"saved at {_step(end_step)}; no successor queued: requeueing this job")
+        return submitit.helpers.DelayedSubmission(StageDriver(self.run_dir, self.stage, self.task_index))
+
+    def _why_signalled(self) -> str:
+        """USR2 near the end of the time limit is the limit; earlier, a preemption (preempt_send_user_signal)."""
+        deadline = self._deadline()
+        if deadline is None or time.time() >= deadline - 90:
+            return "time_limit"
+        return "preempted"
+
+    # ------------------------------------------------------------------------------------------ the step
+
+    def _run_step(self, deadline: float | None = None) -> int:
+        env = dict(os.environ, ORCHESTRATOR_PHASE="step")
+        if deadline:
+            env["ORCHESTRATOR_DEADLINE"] = f"{deadline:.0f}"
+        if self.ctx.task_index is not None:
+            env["ORCHESTRATOR_TASK_INDEX"] = str(self.ctx.task_index)
+        script = self.rd.script(self.stage)
+        self._say(f"step: bash {script}" + (f" (deadline {_stamp(deadline)})" if deadline else ""))
+        self._proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True)
+        while True:
+            try:
+                return self._proc.wait()
+            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
+                continue
+
+    def _stop_step(self, timeout: float) -> int | None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        for sig, wait_s in ((signal.SIGUSR2, timeout), (signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
+            try:
+                proc.send_signal(sig)
+            except ProcessLookupError:
+                break
+            try:
+                return proc.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                self._say(f"step still running {wait_s:.0f}s after {sig.name}; escalating")
+        return proc.poll()
+
+    # ------------------------------------------------------------------------------------- other stages
+
+    def _simple_stage(self) -> dict[str, Any]:
+        self._attempt = self.ledger.start_attempt(
+            self.ctx.job_id, self.stage, restart=self.ctx.restart, host=self.ctx.host, log_path=self._log_path()
+        )
+        rc = self._run_step()
+        outcome = "completed" if rc == 0 else ("preempted" if self._slurm_term else "failed")
+        self.ledger.end_attempt(self._attempt, outcome, exit_code=rc)
+        self._say(f"{self.stage}{_task(self.ctx.task_index)} ended: exit {rc}")
+        if rc != 0:
+            raise SystemExit(rc)
+        return {"stage": self.stage, "outcome": outcome, "exit_code": rc}
+
+    # --------------------------------------------------------------------------------------------- util
+
+    def _log_path(self) -> str | None:
+        if self.ctx.scheduler != "slurm":
+            return None
+        env = os.environ
+        if "SLURM_ARRAY_JOB_ID" in env:
+            return str(self.rd.logs / f"{self.stage}-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}.out")
+        return str(self.rd.logs / f"{self.stage}-{env['SLURM_JOB_ID']}.out")
+
+    def _say(self, message: str) -> None:
+        print(f"[orchestrator] {_stamp()} driver: {message}", flush=True)
+
+
+def _stamp(ts: float | None = None) -> str:
+    return dt.datetime.fromtimestamp(ts or time.time()).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _task(index: int | None) -> str:
+    return "" if index is None else f" task {index}"
+
+
+def _step(step: int | None) -> str:
+    return "none" if step is None else f"step {step}"
+
+
+def _tail(path: str | None, lines: int = 20) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 64 * 1024, 0))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run through submitit: the batch script execs `python -m submitit.core._submit <run_dir>/submitit`")

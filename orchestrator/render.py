@@ -1,0 +1,225 @@
+"""Render the plan into stage scripts (Jinja templates in ``templates/``).
+
+Templates render text only: loops and conditionals. Everything computed (sbatch options, argv lists) is computed
+here, and every value that reaches the shell passes the ``q`` filter (POSIX quoting), so a profile value with
+spaces, quotes or ``$(...)`` reaches the program literally. Undefined template variables are errors.
+
+Each script has two phases. Slurm runs it as the batch script (phase ``driver``): it ``exec``s the Python driver,
+which receives Slurm's signals. The driver runs the same file again with ``ORCHESTRATOR_PHASE=step`` to launch
+the work (one ``srun`` step over all nodes for training). So the file in ``scripts/`` is exactly what ran.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jinja2
+
+import orchestrator
+from orchestrator.plan import RunPlan
+from orchestrator.rundir import RunDir
+
+#: Where the orchestrator package is mounted inside a container, so a step can import it.
+CONTAINER_PACKAGE_ROOT = "/opt/orchestrator"
+_SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_@%:/.,=+\-\[\]]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ShellVar:
+    """A reference to a shell variable inside an argv list: rendered ``"${NAME}"``, not quoted away."""
+
+    name: str
+
+
+def quote(value: Any) -> str:
+    if isinstance(value, ShellVar):
+        return f'"${{{value.name}}}"'
+    return shlex.quote(str(value))
+
+
+def quote_join(values: Iterable[Any]) -> str:
+    return " ".join(quote(v) for v in values)
+
+
+def sbatch_value(value: Any) -> str:
+    """#SBATCH lines are parsed by sbatch, not by a shell: allow only plain tokens there."""
+    text = str(value)
+    if not _SBATCH_VALUE.match(text):
+        raise ValueError(f"#SBATCH value {text!r} has characters sbatch would misread (spaces, quotes, '#')")
+    return text
+
+
+def templates_dir() -> Path:
+    packaged = Path(orchestrator.__file__).parent / "_templates"
+    return packaged if packaged.is_dir() else Path(orchestrator.__file__).resolve().parent.parent / "templates"
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters.update(q=quote, qjoin=quote_join, sbatch=sbatch_value)
+    return env
+
+
+def check_env(env: dict[str, str], where: str) -> None:
+    """Environment the scripts export: valid names, and never a secret (those come from the submitting shell)."""
+    for name in env:
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{where}: {name!r} is not a valid environment variable name")
+        if _SECRET_NAME.search(name):
+            raise ValueError(
+                f"{where}: {name} looks like a secret and would be written into the job script; export it in "
+                "the shell you submit from (sbatch passes your environment to the job) or use a *_FILE path"
+            )
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def job_name(plan: RunPlan, stage: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"orch-{plan.run_id}-{stage}")
+
+
+def array_spec(indices: Sequence[int]) -> str:
+    """Slurm's --array value: ``0-8`` when contiguous, else ``6,7,8``."""
+    if list(indices) == list(range(indices[0], indices[0] + len(indices))):
+        return f"{indices[0]}-{indices[-1]}" if len(indices) > 1 else str(indices[0])
+    return ",".join(str(i) for i in indices)
+
+
+def sbatch_options(plan: RunPlan, stage: str, *, nodes: int, tasks_per_node: int, gpus: bool,
+                   array: Sequence[int] | None = None, cpus_per_task: int | None = None,
+                   time_limit: str | None = None, requeue: bool = False) -> list[tuple[str, Any]]:  # fmt: skip
+    site = plan.cluster
+    logs = RunDir.of(plan.run_dir).logs
+    opts: list[tuple[str, Any]] = [("job-name", job_name(plan, stage))]
+    for key in ("account", "partition", "qos", "reservation"):
+        if getattr(site, key):
+            opts.append((key, getattr(site, key)))
+    opts += [("nodes", nodes), ("ntasks-per-node", tasks_per_node)]
+    if cpus_per_task or site.cpus_per_task:
+        opts.append(("cpus-per-task", cpus_per_task or site.cpus_per_task))
+    if gpus and site.gpus_per_node:
+        opts.append(("gpus-per-node", site.gpus_per_node))
+    if site.exclusive:
+        opts.append(("exclusive", None))
+    if site.mem is not None:
+        opts.append(("mem", site.mem))
+    opts.append(("time", time_limit or site.time_limit))
+    if array:
+        opts.append(("array", array_spec(array)))
+        opts.append(("output", str(logs / f"{stage}-%A_%a.out")))
+    else:
+        opts.append(("output", str(logs / f"{stage}-%j.out")))
+    opts.append(("open-mode", "append"))
+    # USR2 to the batch shell (the exec'd driver) before the limit; never USR1 (NCCL and Lightning use it).
+    opts.append(("signal", f"B:USR2@{site.signal_grace_s}"))
+    opts.append(("requeue" if requeue else "no-requeue", None))
+    return opts
+
+
+def python_for_driver(plan: RunPlan) -> str:
+    """The interpreter the batch host runs the driver with: the profile's, else the one submitting."""
+    return plan.cluster.python or sys.executable
+
+
+def step_launcher(plan: RunPlan, *, ntasks_per_node: int, nodes: int, gpus: bool) -> list[Any]:
+    """``srun`` (with the container flags on pyxis clusters), or the local multi-process launcher."""
+    site = plan.cluster
+    if site.scheduler == "local":
+        return [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", ntasks_per_node, "--"]
+    args: list[Any] = [f"--nodes={nodes}", f"--ntasks-per-node={ntasks_per_node}", "--kill-on-bad-exit=1", "--unbuffered"]
+    if site.cpus_per_task:
+        args.append(f"--cpus-per-task={site.cpus_per_task}")
+    if site.container.runtime == "pyxis":
+        package = Path(orchestrator.__file__).parent
+        mounts = [*site.container.mounts, f"{plan.run_dir}:{plan.run_dir}", f"{package}:{CONTAINER_PACKAGE_ROOT}/orchestrator:ro"]
+        args += [f"--container-image={site.container.image}", f"--container-mounts={','.join(mounts)}"]
+        if site.container.workdir:
+            args.append(f"--container-workdir={site.container.workdir}")
+        args += list(site.container.extra_srun_args)
+    return ["srun", *args]
+
+
+def step_python(plan: RunPlan) -> str:
+    return "python3" if plan.cluster.container.runtime == "pyxis" else python_for_driver(plan)
+
+
+@dataclass(frozen=True)
+class StageScript:
+    stage: str
+    text: str
+    array: tuple[int, ...] | None = None  # array task indices (data stages)
+
+
+def render_stage(plan: RunPlan, stage: str, **context: Any) -> StageScript:
+    """Render one stage; ``context`` carries the stage's own values (program argv, inputs, array size)."""
+    check_env(plan.cluster.env, f"cluster profile {plan.cluster.name!r} env")
+    check_env(plan.env, "plan env")
+    array = tuple(context.pop("array", None) or ()) or None
+    shape = _STAGE_SHAPES[stage](plan)
+    site = plan.cluster
+    env = {**site.env, **plan.env}
+    text = environment().get_template(f"{stage}.sbatch.j2").render(
+        plan=plan,
+        stage=stage,
+        cluster=site,
+        env=env,
+        run_dir=plan.run_dir,
+        version=orchestrator.__version__,
+        sbatch=sbatch_options(plan, stage, array=array, **shape) if site.scheduler == "slurm" else [],
+        driver=[python_for_driver(plan), "-u", "-m", "submitit.core._submit", str(RunDir.of(plan.run_dir).submitit)],
+        launcher=step_launcher(plan, ntasks_per_node=shape["tasks_per_node"], nodes=shape["nodes"], gpus=shape["gpus"]),
+        container=site.container.runtime == "pyxis",
+        container_package_root=CONTAINER_PACKAGE_ROOT,
+        python=step_python(plan),
+        **context,
+    )
+    return StageScript(stage=stage, text=text, array=array)
+
+
+def _train_shape(plan: RunPlan) -> dict[str, Any]:
+    return dict(nodes=plan.layout.nodes, tasks_per_node=plan.layout.tasks_per_node, gpus=True,
+                time_limit=plan.chain.time_limit, requeue=True)  # fmt: skip
+
+
+def _single_task_shape(plan: RunPlan) -> dict[str, Any]:
+    return dict(nodes=1, tasks_per_node=1, gpus=False)
+
+
+def _import_shape(plan: RunPlan) -> dict[str, Any]:
+    return dict(nodes=1, tasks_per_node=1, gpus=True)
+
+
+_STAGE_SHAPES = {
+    "train": _train_shape,
+    "consolidate": _single_task_shape,
+    "preprocess": _single_task_shape,
+    "import": _import_shape,
+    "smoke": _train_shape,
+}
+
+
+def write_scripts(plan: RunPlan, scripts: Sequence[StageScript]) -> list[Path]:
+    from orchestrator.atomic import atomic_write_text
+
+    paths = []
+    for script in scripts:
+        path = RunDir.of(plan.run_dir).script(script.stage)
+        atomic_write_text(path, script.text)
+        path.chmod(0o755)
+        paths.append(path)
+    return paths

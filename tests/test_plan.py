@@ -1,0 +1,111 @@
+"""The plan: real architecture numbers, and validation that refuses what would fail on the cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator.plan import PlanError, RunPlan, build_plan, parse_assignment, validate
+from orchestrator.profiles import MODELS, get_model
+
+from conftest import run_cli
+
+
+def test_405b_plan_json_carries_the_mlperf_shape(tmp_path):
+    done = run_cli("plan", "--profile", "405b", "--cluster", "h100-pyxis", "--run-dir", str(tmp_path / "r"), "--json")
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    arch = body["model"]["arch"]
+    assert (arch["num_layers"], arch["hidden_size"], arch["ffn_hidden_size"]) == (126, 16384, 53248)
+    assert (arch["num_attention_heads"], arch["num_query_groups"], arch["vocab_size"]) == (128, 8, 32000)
+    assert body["train"]["seq_length"] == 8192
+    assert body["derived"]["world_size"] == 288 * 8
+    assert body["problems"] == []
+    assert not (tmp_path / "r").exists(), "plan must not write anything"
+
+
+@pytest.mark.parametrize("model", [m.name for m in MODELS if m.name != "tiny"])
+def test_every_seed_model_plan_is_valid_on_the_h100_site(model, tmp_path):
+    plan = build_plan(model, "h100-pyxis", run_dir=tmp_path / model)
+    errors = [p for p in validate(plan) if p.severity == "error"]
+    assert errors == []
+    bench = get_model(model).bench
+    assert plan.world_size == bench.gpus
+    assert plan.train.global_batch_size == bench.global_batch_size
+    assert plan.train.seq_length == bench.seq_length
+
+
+def test_plan_round_trips_through_json(tmp_path):
+    plan = build_plan("qwen3_30b_a3b", "h100-pyxis", run_dir=tmp_path / "r")
+    again = RunPlan.from_json(plan.to_json())
+    assert again == plan
+
+
+def _errors(profile: str, cluster: str, tmp_path, **overrides) -> list[str]:
+    with pytest.raises(PlanError) as caught:
+        build_plan(profile, cluster, overrides, run_dir=tmp_path / "r")
+    return [f"{p.field}: {p.message} | {p.fix}" for p in caught.value.problems]
+
+
+def test_layout_that_does_not_divide_the_gpus_names_the_numbers_and_a_fix(tmp_path):
+    (problem,) = _errors("405b", "h100-pyxis", tmp_path, **{"layout.nodes": 3})
+    assert "8 x 9 x 4 = 288 does not divide 24 tasks" in problem
+    assert "36 nodes" in problem
+
+
+def test_heads_not_divisible_by_tp(tmp_path):
+    problems = _errors("qwen25_7b", "h100-pyxis", tmp_path, **{"layout.tp": 8, "layout.nodes": 1})
+    assert any(p.startswith("layout.tp: 28 attention heads are not divisible by TP=8") for p in problems)
+
+
+def test_layers_not_divisible_by_pipeline_stages(tmp_path):
+    problems = _errors("llama3_70b", "h100-pyxis", tmp_path, **{"layout.vp": 3})
+    assert any("80 layers are not divisible by PP x VP = 4 x 3 = 12" in p for p in problems)
+
+
+def test_sequence_not_divisible_by_twice_cp(tmp_path):
+    problems = _errors("llama3_8b", "h100-pyxis", tmp_path, **{"train.seq_length": 8190})
+    assert any(p.startswith("train.seq_length: sequence 8190 is not divisible by 2 x CP = 4") for p in problems)
+
+
+def test_experts_not_divisible_by_ep(tmp_path):
+    problems = _errors("qwen3_30b_a3b", "h100-pyxis", tmp_path, **{"layout.ep": 3})
+    assert any("128 experts are not divisible by EP=3" in p for p in problems)
+
+
+def test_global_batch_not_divisible_by_micro_batch_times_dp(tmp_path):
+    problems = _errors("llama3_8b", "h100-pyxis", tmp_path, **{"train.global_batch_size": 126})
+    assert any("global batch 126 is not divisible by micro batch x DP = 1 x 4 = 4" in p for p in problems)
+
+
+def test_memory_estimate_refuses_a_layout_that_cannot_fit(tmp_path):
+    problems = _errors("llama3_70b", "h100-pyxis", tmp_path, **{"layout.tp": 1, "layout.pp": 1, "layout.cp": 1,
+                                                                  "layout.vp": None, "layout.sequence_parallel": False,
+                                                                  "layout.nodes": 1, "train.global_batch_size": 64})
+    (memory,) = [p for p in problems if "GiB per GPU" in p]
+    assert "> 80 GiB" in memory and "recompute=full" in memory
+
+
+def test_nemo_backend_needs_gpus(tmp_path):
+    problems = _errors("llama3_8b", "slurm-lab", tmp_path, **{"layout.nodes": 1, "layout.cp": 1})
+    assert any(p.startswith("train.backend: the nemo backend needs GPU nodes") for p in problems)
+
+
+def test_unknown_override_key_is_refused_with_the_valid_sections(tmp_path):
+    problems = _errors("tiny", "local", tmp_path, **{"trian.max_steps": 3})
+    assert "unknown plan section 'trian'" in problems[0] and "train" in problems[0]
+
+
+def test_typo_inside_a_section_is_refused(tmp_path):
+    problems = _errors("tiny", "local", tmp_path, **{"train.max_stepz": 3})
+    assert problems[0].startswith("train.max_stepz: Extra inputs are not permitted")
+
+
+def test_assignments_parse_as_yaml_scalars_but_keep_strings_verbatim():
+    assert parse_assignment("layout.tp=2") == ("layout.tp", 2)
+    assert parse_assignment("layout.vp=null") == ("layout.vp", None)
+    assert parse_assignment("data.train_shards=[6, 7]") == ("data.train_shards", [6, 7])
+    assert parse_assignment("chain.time_limit=04:00:00") == ("chain.time_limit", "04:00:00")
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_assignment("layout.tp")

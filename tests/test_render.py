@@ -1,0 +1,91 @@
+"""Rendered scripts: valid bash, shellcheck-clean for every profile x cluster, values reach programs literally."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.plan import build_plan
+from orchestrator.profiles import MODELS, cluster_names, profiles_dir
+from orchestrator.render import check_env, sbatch_value
+from orchestrator.stages import render_all
+
+from conftest import run_cli
+
+HOSTILE = """a b "c" $(touch PWNED) `touch PWNED2` ; 'd' \\ $HOME"""
+
+
+def _render_all_pairs(tmp_path: Path) -> list[Path]:
+    paths = []
+    for model in MODELS:
+        for cluster in cluster_names():
+            plan = build_plan(model.name, cluster, run_dir=tmp_path / f"{model.name}-{cluster}", check=False)
+            for script in render_all(plan):
+                path = tmp_path / "scripts" / f"{model.name}-{cluster}-{script.stage}.sbatch"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(script.text)
+                paths.append(path)
+    return paths
+
+
+def test_every_profile_cluster_pair_renders_clean_bash_and_shellcheck(tmp_path):
+    paths = _render_all_pairs(tmp_path)
+    assert len(paths) >= len(MODELS) * len(cluster_names()) * 3
+    for path in paths:
+        syntax = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{path.name}: {syntax.stderr}"
+    lint = subprocess.run(["shellcheck", "--severity=style", *map(str, paths)], capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout[-4000:]
+
+
+def test_render_405b_on_the_pyxis_site_writes_the_three_stage_scripts(tmp_path):
+    out = tmp_path / "out"
+    done = run_cli("render", "--profile", "405b", "--cluster", "h100-pyxis", "--out", str(out), "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["consolidate.sbatch", "plan.json", "preprocess.sbatch", "train.sbatch"]
+    train = (out / "train.sbatch").read_text()
+    assert "#SBATCH --nodes=288" in train and "#SBATCH --ntasks-per-node=8" in train and "#SBATCH --gpus-per-node=8" in train
+    assert "#SBATCH --signal=B:USR2@600" in train and "#SBATCH --requeue" in train and "#SBATCH --open-mode=append" in train
+    assert "--container-image=nvcr.io/nvidia/nemo:25.09.00" in train
+    assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in train
+    assert "-m orchestrator.train.nemo" in train
+    preprocess = (out / "preprocess.sbatch").read_text()
+    assert "#SBATCH --array=0-2" in preprocess, "the two training files (en_6, en_7) and the validation file"
+    assert "#SBATCH --array=6-8" in (out / "consolidate.sbatch").read_text(), "merged outputs 6, 7 and validation (8)"
+    assert "--gpus-per-node" not in preprocess, "tokenization needs no GPU"
+
+
+def _hostile_cluster(tmp_path: Path) -> Path:
+    body = yaml.safe_load((profiles_dir() / "local.yaml").read_text())
+    body["env"] = {"ODD_VALUE": HOSTILE}
+    path = tmp_path / "hostile.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_hostile_values_reach_the_environment_literally(tmp_path):
+    plan = build_plan("tiny", str(_hostile_cluster(tmp_path)), run_dir=tmp_path / "run $(x) 'q'")
+    (train,) = [s for s in render_all(plan) if s.stage == "train"]
+    export = next(line for line in train.text.splitlines() if line.startswith("export ODD_VALUE="))
+    shown = subprocess.run(["bash", "-c", f'{export}; printf %s "$ODD_VALUE"'], capture_output=True, text=True, cwd=tmp_path)
+    assert shown.stdout == HOSTILE
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+    run_dir_line = next(line for line in train.text.splitlines() if line.startswith("export ORCHESTRATOR_RUN_DIR="))
+    shown = subprocess.run(["bash", "-c", f'{run_dir_line}; printf %s "$ORCHESTRATOR_RUN_DIR"'], capture_output=True, text=True)
+    assert shown.stdout == str(tmp_path / "run $(x) 'q'")
+
+
+def test_sbatch_lines_refuse_values_sbatch_would_misread():
+    assert sbatch_value("gpu-h100") == "gpu-h100"
+    with pytest.raises(ValueError, match="sbatch would misread"):
+        sbatch_value("batch queue")
+
+
+def test_secrets_are_never_rendered_into_scripts():
+    with pytest.raises(ValueError, match="HF_TOKEN looks like a secret"):
+        check_env({"HF_TOKEN": "hf_xxx"}, "cluster profile env")
+    with pytest.raises(ValueError, match="WANDB_API_KEY looks like a secret"):
+        check_env({"WANDB_API_KEY": "x"}, "cluster profile env")
