@@ -78,6 +78,7 @@ class StageDriver:
         self._signalled: str | None = None  # why we asked the step to stop
         self._slurm_term = False  # Slurm itself sent SIGTERM (requeue, preemption, scancel)
         self._start_step: int | None = None
+        self._end_at_start: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "stage": self.stage, "task_index": self.task_index}
@@ -109,6 +110,7 @@ class StageDriver:
         progress = chain.progress_step(self.plan)
         chain.reconcile(self.ledger, self.ctx.job_id, self.ctx.restart, progress)
         self._start_step = progress
+        self._end_at_start = self._end_time()
         self._attempt = self.ledger.start_attempt(
             self.ctx.job_id, "train", restart=self.ctx.restart, host=self.ctx.host, start_step=progress,
             log_path=self._log_path(),
@@ -175,15 +177,19 @@ class StageDriver:
             return "time_limit"
         return "failed"
 
-    def _deadline(self) -> float | None:
-        """When the trainer must have saved and exited: the job's end minus the signal grace."""
+    def _end_time(self) -> float | None:
+        """When Slurm will end this job (epoch seconds), from squeue; None when unknown or not on Slurm."""
         if self.ctx.scheduler != "slurm":
             return None
         try:
-            end = slurm.end_time(self.ctx.job_id.split("_")[0])
+            end = slurm.end_time(os.environ.get("SLURM_JOB_ID", self.ctx.job_id))
         except slurm.SlurmError:
             return None
-        return end.timestamp() - self.plan.cluster.signal_grace_s if end else None
+        return end.timestamp() if end else None
+
+    def _deadline(self) -> float | None:
+        """When the trainer must have saved and exited: the job's end minus the signal grace."""
+        return self._end_at_start - self.plan.cluster.signal_grace_s if self._end_at_start else None
 
     # ------------------------------------------------------------------------------ the signal (USR2)
 
@@ -191,10 +197,16 @@ class StageDriver:
         """submitit calls this on USR2: stop the step at a checkpoint, then requeue or leave it to the chain."""
         import submitit
 
-        reason = self._why_signalled()
+        grace = self.plan.cluster.signal_grace_s
+        end = self._end_time()
+        preempted = bool(self._end_at_start and end and end < self._end_at_start - 5)
+        reason = "preempted" if preempted else "time_limit"
         self._signalled = reason
-        self._say(f"USR2 ({reason}): asking the step to save and stop")
-        rc = self._stop_step(timeout=max(self.plan.cluster.signal_grace_s - 20, 10))
+        # Slurm may send the signal up to a minute early; before the deadline the trainer is left alone (it
+        # stops itself at ORCHESTRATOR_DEADLINE = end - grace), a preemption is acted on at once.
+        early = 0.0 if preempted or end is None else max(0.0, end - grace - time.time())
+        self._say(f"USR2 ({reason}, {end - time.time():.0f}s left)" if end else f"USR2 ({reason})")
+        rc = self._stop_step(first_wait=early, timeout=max(grace - 8.0, 5.0))
         if self.stage != "train" or self._attempt is None:
             if self._attempt is not None:
                 self.ledger.end_attempt(self._attempt, reason, exit_code=rc)
@@ -203,24 +215,19 @@ class StageDriver:
         end_step = chain.progress_step(self.plan)
         self.ledger.end_attempt(self._attempt, outcome, end_step=end_step, exit_code=rc)
         progressed = end_step is not None and end_step > (self._start_step or 0)
+        self._say(f"step ended: exit {rc}, outcome {outcome}, checkpoint {_step(self._start_step)} -> {_step(end_step)}")
         if outcome == "done":
             chain.cancel_successors(self.ledger, self.ctx.job_id, "run done")
             raise SystemExit(0)
         if chain.pending_successors(self.ledger, self.ctx.job_id):
             self._say(f"saved at {_step(end_step)}; the next job of the chain continues")
             raise SystemExit(0)
-        if not progressed:
-            self._say("no progress in this job and no successor queued: not requeueing (nightly can resume)")
+        if not progressed or preempted:
+            # A preempted job is requeued by Slurm itself; one without progress must not loop.
+            self._say("not requeueing: " + ("Slurm requeues preempted jobs" if preempted else "no progress in this job"))
             raise SystemExit(0)
         self._say(f"saved at {_step(end_step)}; no successor queued: requeueing this job")
         return submitit.helpers.DelayedSubmission(StageDriver(self.run_dir, self.stage, self.task_index))
-
-    def _why_signalled(self) -> str:
-        """USR2 near the end of the time limit is the limit; earlier, a preemption (preempt_send_user_signal)."""
-        deadline = self._deadline()
-        if deadline is None or time.time() >= deadline - 90:
-            return "time_limit"
-        return "preempted"
 
     # ------------------------------------------------------------------------------------------ the step
 
@@ -233,17 +240,22 @@ class StageDriver:
         script = self.rd.script(self.stage)
         self._say(f"step: bash {script}" + (f" (deadline {_stamp(deadline)})" if deadline else ""))
         self._proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True)
-        while True:
-            try:
-                return self._proc.wait()
-            except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-                continue
+        # Poll rather than wait(): a blocking wait() holds Popen's lock, and the USR2 handler, which runs in
+        # this same thread, could then never reap the step it stopped.
+        while (rc := self._proc.poll()) is None:
+            time.sleep(0.5)
+        return rc
 
-    def _stop_step(self, timeout: float) -> int | None:
+    def _stop_step(self, first_wait: float, timeout: float) -> int | None:
+        """Let the step finish by itself for ``first_wait`` s, then USR2 (save and stop), then TERM, then KILL."""
         proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        for sig, wait_s in ((signal.SIGUSR2, timeout), (signal.SIGTERM, 15.0), (signal.SIGKILL, 10.0)):
+        if proc is None:
+            return None
+        try:
+            return proc.wait(timeout=first_wait) if first_wait > 0 else proc.wait(timeout=0.01)
+        except subprocess.TimeoutExpired:
+            pass
+        for sig, wait_s in ((signal.SIGUSR2, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
             try:
                 proc.send_signal(sig)
             except ProcessLookupError:

@@ -341,7 +341,7 @@ class ClusterProfile(Strict):
     memory_per_task_gb: float | None = Field(None, gt=0, description="host memory a CPU task may use")
     max_nodes: int | None = Field(None, ge=1)
     time_limit: str = "04:00:00"
-    signal_grace_s: int = Field(300, ge=60, description="USR2 this long before the time limit: save and exit")
+    signal_grace_s: int = Field(300, ge=10, description="USR2 this long before the time limit: save and exit")
     exclusive: bool = False
     mem: str | None = None
     container: Container = Container()
