@@ -142,7 +142,10 @@ def test_killed_job_and_torn_last_line(tmp_path: Path) -> None:
 def test_shared_append_mode_log_of_the_reference_splits_into_runs(tmp_path: Path) -> None:
     """The reference appends every partition (and every rank's cache_clear/init_start) to one file."""
     shared = tmp_path / "mlperf_llama31_405b.log"
-    parts = [write_run(tmp_path / "p0.log", [5.9], start_step=0), write_run(tmp_path / "p1.log", [5.7, 5.5], start_step=240)]
+    parts = [
+        write_run(tmp_path / "p0.log", [5.9], start_step=0),
+        write_run(tmp_path / "p1.log", [5.7, 5.5], start_step=240),
+    ]
     with open(shared, "w") as out:
         for part in parts:
             text = part.path.read_text()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
-import shutil
 import subprocess
 from fractions import Fraction
 
@@ -115,7 +115,7 @@ def test_lr_at_key_steps_gbs_1152() -> None:
     assert schedule.lr_at(1_200_000) == pytest.approx(low, rel=1e-12)
     assert schedule.lr_at(1_200_001) == low
     lrs = [schedule.lr_at(s) for s in range(8000, 1_200_000, 9973)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))  # monotone cosine decay
+    assert all(a >= b for a, b in itertools.pairwise(lrs))  # monotone cosine decay
 
 
 def test_lr_during_the_benchmark_is_inside_warmup() -> None:
@@ -195,3 +195,13 @@ def test_lr_at_equals_nemo_cosine_annealing() -> None:
     assert len(rows) == 20, out.stdout + out.stderr
     for warmup, step, lr in rows:
         assert schedules[int(warmup)].lr_at(int(step)) == float(lr), (warmup, step, lr)
+
+
+def test_start_eval_at_override_stays_on_the_grid() -> None:
+    """START_EVAL_AT (samples): the first evaluation moves to the first grid point at or after it."""
+    rules = Schedule(1152, start_eval_at_samples=276_480)  # the rules' own first point: no warning
+    assert rules.first_eval_step == 240 and rules.warnings == ()
+    early = Schedule(1216, start_eval_at_samples=100_000)  # ceil(100000/1216) = 83 steps -> grid point 96
+    assert (early.first_eval_step, early.skipped_evals) == (96, 5)
+    assert any("not the rules' (skip the first 15" in w for w in early.warnings)
+    assert Schedule(1152, start_eval_at_samples=0).first_eval_step == 16  # never at step 0

@@ -65,5 +65,5 @@ def check_compliance(
             *(["--werror"] if werror else []),
             str(log.resolve()),
         ]  # fmt: skip
-        done = subprocess.run(command, cwd=scratch, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, check=False, cwd=scratch, capture_output=True, text=True, timeout=timeout)
     return done.returncode == 0, done.stdout + done.stderr

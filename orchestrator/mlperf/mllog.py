@@ -21,13 +21,15 @@ Differences from the reference's ``callbacks.py``, on purpose:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Mapping, Sequence
+from typing import IO, Any
 
 from orchestrator.mlperf.schedule import TARGET_LOG_PPL
 
@@ -240,7 +242,7 @@ class MlperfLogger:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> "MlperfLogger":
+    def __enter__(self) -> MlperfLogger:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -383,7 +385,7 @@ class ChainResult:
 def chain_result(partitions: Sequence[MlperfResult]) -> ChainResult:
     """Join per-partition results (in partition order); the evaluation curve must move forward."""
     samples = [s for run in partitions for s, _ in run.evals]
-    if any(b <= a for a, b in zip(samples, samples[1:])):
+    if any(b <= a for a, b in itertools.pairwise(samples)):
         raise ValueError(
             "evaluation samples_count does not increase across the partitions "
             f"({', '.join(str(run.path) for run in partitions)}): pass them in partition order, one seed at a time"

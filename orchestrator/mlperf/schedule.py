@@ -24,8 +24,8 @@ of an optimizer step (the steps completed before it), as torch LR schedulers cou
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 BASE_GBS = 1152
 BASE_LR = 8e-5
@@ -86,17 +86,20 @@ def check_gbs(gbs: int, *, allow_new_rcp: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Everything the rules fix for one global batch size. Only the first five fields are inputs."""
+    """Everything the rules fix for one global batch size. Only the first six fields are inputs; the defaults are
+    the rules', overrides (``TARGET``, ``EVAL_EVERY``, ``START_EVAL_AT``) are allowed and listed in ``warnings``."""
 
     gbs: int
     target_log_ppl: float = TARGET_LOG_PPL
     eval_every_samples: int = EVAL_EVERY_SAMPLES
     eval_samples: int = EVAL_SAMPLES
+    #: Samples before the first evaluation, instead of the rules' skip: it is moved up to the next grid point.
+    start_eval_at_samples: int | None = None
     allow_new_rcp: bool = False
 
     #: ``ceil(eval_every_samples/GBS)``: steps between evaluations.
     eval_interval_steps: int = field(init=False)
-    #: ``floor(0.0026*GBS + 12)``: evaluations of the grid that are skipped.
+    #: ``floor(0.0026*GBS + 12)``: evaluations of the grid that are skipped (fewer or more with start_eval_at).
     skipped_evals: int = field(init=False)
     #: ``(skipped_evals + 1) * eval_interval_steps``: steps done at the first evaluation.
     first_eval_step: int = field(init=False)
@@ -115,13 +118,14 @@ class Schedule:
 
     def __post_init__(self) -> None:
         check_gbs(self.gbs, allow_new_rcp=self.allow_new_rcp)
-        if self.eval_every_samples < 1 or self.eval_samples < 1:
+        if self.eval_every_samples < 1 or self.eval_samples < 1 or (self.start_eval_at_samples or 0) < 0:
             raise ValueError(
-                f"eval_every_samples ({self.eval_every_samples}) and eval_samples ({self.eval_samples}) must be >= 1"
+                f"eval_every_samples ({self.eval_every_samples}) and eval_samples ({self.eval_samples}) must be >= 1, "
+                f"start_eval_at_samples ({self.start_eval_at_samples}) >= 0"
             )
         gbs = self.gbs
         interval = ceil_div(self.eval_every_samples, gbs)
-        skipped = skipped_evaluations(gbs)
+        skipped = self._first_grid_point(interval) - 1
         warmup = ceil_div(WARMUP_SAMPLES, gbs)
         horizon = ceil_div(LR_HORIZON_SAMPLES, gbs)
         derived = {
@@ -134,17 +138,22 @@ class Schedule:
             "warmup_steps": warmup,
             "max_steps": horizon,
             "decay_steps": horizon - warmup,
-            "warnings": tuple(self._warnings()),
+            "warnings": tuple(self._warnings(skipped)),
         }
         for name, value in derived.items():
             object.__setattr__(self, name, value)
 
-    def _warnings(self) -> list[str]:
+    def _warnings(self, skipped: int) -> list[str]:
         notes = []
         if self.eval_every_samples != EVAL_EVERY_SAMPLES or self.eval_samples != EVAL_SAMPLES:
             notes.append(
                 f"evaluation every {self.eval_every_samples} sequences over {self.eval_samples} is not the rules' "
                 f"{EVAL_EVERY_SAMPLES} over {EVAL_SAMPLES}: not a closed-division schedule"
+            )
+        if skipped != skipped_evaluations(self.gbs):
+            notes.append(
+                f"first evaluation after {self.start_eval_at_samples} samples is not the rules' (skip the first "
+                f"{skipped_evaluations(self.gbs)} evaluations): not a closed-division schedule"
             )
         if self.target_log_ppl != TARGET_LOG_PPL:
             notes.append(f"target log-perplexity {self.target_log_ppl} is not the rules' {TARGET_LOG_PPL}")
@@ -160,6 +169,13 @@ class Schedule:
                 f"from a {self.eval_samples}-sequence validation set: the data wraps around, as in the reference"
             )
         return notes
+
+    def _first_grid_point(self, interval: int) -> int:
+        """1-based index of the first evaluation on the grid: the rules' skip + 1, or the first grid point at or
+        after ``start_eval_at_samples``."""
+        if self.start_eval_at_samples is None:
+            return skipped_evaluations(self.gbs) + 1
+        return max(ceil_div(ceil_div(self.start_eval_at_samples, self.gbs), interval), 1)
 
     @property
     def eval_sequences(self) -> int:
