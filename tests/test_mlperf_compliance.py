@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from pathlib import Path
 
 import pytest
 
+from orchestrator.mlperf import compliance
 from orchestrator.mlperf.compliance import LATEST_RULESET, RULESETS, check_compliance, rules_file
 from orchestrator.mlperf.hyperparameters import reference_hyperparameters
 from orchestrator.mlperf.mllog import MlperfLogger, Submission
@@ -119,3 +121,16 @@ def test_missing_log_and_unknown_ruleset(tmp_path: Path) -> None:
         check_compliance(tmp_path / "absent.log")
     with pytest.raises(ValueError, match="5.0.0, 5.1.0, 6.0.0"):
         check_compliance(realistic_log(tmp_path / "run.log"), "6.1.0")
+
+
+def test_cli_summarises_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = realistic_log(tmp_path / "good.log")
+    bad = realistic_log(tmp_path / "bad.log", losses=(5.9, 5.8))
+    parser = argparse.ArgumentParser()
+    compliance.add_arguments(parser)
+    assert compliance.run(parser.parse_args([str(good)])) == 0
+    out = capsys.readouterr().out
+    assert "status success" in out and "276480: 5.7580" in out and "compliance 6.0.0 PASSED" in out
+    assert compliance.run(parser.parse_args([str(good), str(bad)])) == 1
+    out = capsys.readouterr().out
+    assert "bad.log: compliance 6.0.0 FAILED" in out and "Failed checks for eval_accuracy" in out

@@ -16,12 +16,13 @@ from orchestrator.mlperf.schedule import GbsError, Schedule, lr_passes_checker, 
 # first = (skip + 1) * interval, eval batches = ceil(5760/GBS), warm-up = ceil(8000*1152/GBS) = ceil(9216000/GBS),
 # horizon = ceil(1200000*1152/GBS) = ceil(1382400000/GBS), decay = horizon - warm-up, LR = 8e-5*GBS/1152):
 #
-# GBS   interval            skip                       first        batches         warm-up             horizon
-# 576   18432/576 = 32      floor(1.4976+12)  = 13     14*32 = 448  5760/576 = 10   9216000/576 = 16000  2400000
-# 960   ceil(19.2) = 20     floor(2.496+12)   = 14     15*20 = 300  5760/960 = 6    9216000/960 = 9600   1440000
-# 1152  18432/1152 = 16     floor(2.9952+12)  = 14     15*16 = 240  5760/1152 = 5   8000                 1200000
-# 1216  ceil(15.157..) = 16 floor(3.1616+12)  = 15     16*16 = 256  ceil(4.73..) = 5 ceil(7578.9..) = 7579 ceil(1136842.1..) = 1136843
-# 9216  18432/9216 = 2      floor(23.9616+12) = 35     36*2 = 72    ceil(0.625) = 1 9216000/9216 = 1000  150000
+# GBS   interval           skip                     first        batches          warm-up              horizon
+# 576   18432/576 = 32     floor(1.4976+12) = 13    14*32 = 448  5760/576 = 10    9216000/576 = 16000  2400000
+# 960   ceil(19.2) = 20    floor(2.496+12) = 14     15*20 = 300  5760/960 = 6     9216000/960 = 9600   1440000
+# 1152  18432/1152 = 16    floor(2.9952+12) = 14    15*16 = 240  5760/1152 = 5    8000                 1200000
+# 1216  ceil(15.16) = 16   floor(3.1616+12) = 15    16*16 = 256  ceil(4.74) = 5   ceil(7578.9) = 7579  1136843 (a)
+# 9216  18432/9216 = 2     floor(23.9616+12) = 35   36*2 = 72    ceil(0.625) = 1  9216000/9216 = 1000  150000
+# (a) ceil(1382400000/1216) = ceil(1136842.1)
 #
 # Published logs (mlcommons/training_results_v5.1) confirm the grid: GBS 576 (University-of-Florida n32) evaluates
 # at steps 448, 480; GBS 960 (NVIDIA hsg_ngpu2560) at 300, 320, 340; GBS 1152 (NVIDIA theia_ngpu512) at 240, 256,

@@ -7,12 +7,15 @@ so it does not belong in the caller's process, and a different interpreter (a co
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from orchestrator.mlperf.mllog import read_runs
 
 #: The newest ruleset with ``closed_llama31_405b.yaml``; 6.1.0 (mlperf-logging 4.1.68) retired the benchmark.
 LATEST_RULESET = "6.0.0"
@@ -67,3 +70,26 @@ def check_compliance(
         ]  # fmt: skip
         done = subprocess.run(command, check=False, cwd=scratch, capture_output=True, text=True, timeout=timeout)
     return done.returncode == 0, done.stdout + done.stderr
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("logs", nargs="+", type=Path, help="MLPerf logs (one run each)")
+    parser.add_argument("--ruleset", default=LATEST_RULESET, choices=RULESETS, help="compliance ruleset")
+    parser.add_argument("--werror", action="store_true", help="treat the checker's warnings as failures")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Summarise each log and run the checker on it; 0 only if every log passes."""
+    failed = 0
+    for log in args.logs:
+        runs = read_runs(log)
+        for result in runs:
+            minutes = "no run_stop" if result.run_minutes is None else f"{result.run_minutes:.1f} min"
+            curve = ", ".join(f"{samples}: {value:.4f}" for samples, value in result.evals) or "no evaluation"
+            print(f"{log}: status {result.status}, {minutes}, eval log-ppl by samples {curve}")
+        ok, output = check_compliance(log, args.ruleset, werror=args.werror)
+        print(f"{log}: compliance {args.ruleset} {'PASSED' if ok else 'FAILED'}")
+        if not ok:
+            failed += 1
+            print("\n".join(line for line in output.splitlines() if "CHECK" in line or "failed" in line.lower()))
+    return 1 if failed else 0

@@ -111,6 +111,7 @@ def _open_exclusive(path: Path) -> tuple[IO[str], Path]:
         except FileExistsError:
             n += 1
             candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+            print(f"{path} exists: this run's MLPerf log goes to {candidate}", file=sys.stderr)
 
 
 def _jsonable(value: Any) -> Any:
