@@ -1,0 +1,55 @@
+"""The hyper-parameter record: the reference's keys, the checker's required keys, the RCPs' values."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from orchestrator.mlperf.compliance import LATEST_RULESET, rules_file
+from orchestrator.mlperf.hyperparameters import gradient_accumulation_steps, reference_hyperparameters
+from orchestrator.mlperf.schedule import Schedule
+
+# The keys pretrain_llama31.py logs (its `configs` dict, then seed and init_checkpoint_step), in its order.
+REFERENCE_KEYS = [
+    "global_batch_size", "gradient_accumulation_steps", "max_sequence_length", "eval_samples",
+    "opt_name", "opt_base_learning_rate", "opt_adamw_beta_1", "opt_adamw_beta_2", "opt_adamw_epsilon",
+    "opt_adamw_weight_decay", "opt_gradient_clip_norm", "opt_end_learning_rate",
+    "opt_learning_rate_warmup_steps", "opt_learning_rate_decay_steps", "opt_learning_rate_decay_schedule",
+    "seed", "init_checkpoint_step",
+]  # fmt: skip
+
+
+def test_keys_are_the_reference_keys_in_order() -> None:
+    params = reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=1234, start_step=0)
+    assert list(params) == REFERENCE_KEYS
+
+
+def test_every_key_the_checker_requires_once_is_logged() -> None:
+    path = rules_file(LATEST_RULESET)
+    if path is None:
+        pytest.skip("mlperf-logging is not installed")
+    rules = yaml.safe_load(path.read_text())
+    required = {r["KEY"]["NAME"] for r in rules if "KEY" in r and r["KEY"].get("REQ") == "EXACTLY_ONE"}
+    params = reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=1234, start_step=0)
+    assert required <= set(params)
+
+
+def test_values_of_the_1152_reference_convergence_points() -> None:
+    """rcps_llama31_405b.json (mlperf-logging training_6.0.0) logs, for GBS 1152 on 288xDGX-H100 (DP 8, MBS 1):
+    opt_base_learning_rate 8e-05, opt_learning_rate_warmup_steps 8000, gradient_accumulation_steps 144."""
+    params = reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=1, start_step=0)
+    assert params["opt_base_learning_rate"] == 8e-05
+    assert params["opt_learning_rate_warmup_steps"] == 8000
+    assert params["gradient_accumulation_steps"] == 144
+    assert params["opt_learning_rate_decay_steps"] == 1_200_000 - 8000
+    assert params["opt_end_learning_rate"] == 8e-07
+
+
+def test_gradient_accumulation_needs_whole_micro_batches() -> None:
+    assert gradient_accumulation_steps(2304, 8, 2) == 144
+    with pytest.raises(ValueError, match="1216 is not a multiple of .* 3 x 1"):
+        gradient_accumulation_steps(1216, 3, 1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        gradient_accumulation_steps(1152, 0, 1)
+    with pytest.raises(ValueError, match="start_step"):
+        reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=1, start_step=-1)
