@@ -11,7 +11,6 @@ Pure functions over the ledger and the checkpoint directory, so that the in-job 
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +78,10 @@ def crash_loop(plan: RunPlan, attempts: list[Attempt]) -> StopReason | None:
 
 
 def reconcile(ledger: Ledger, current_job: str | None, current_restart: int, progress: int | None) -> None:
-    """Close attempts whose driver died (killed by Slurm, node lost) using sacct and today's progress."""
+    """Close attempts whose driver died (killed by Slurm, node lost) using sacct and today's progress, and
+    name the cause of a requeue of this job that its driver could only see as a SIGTERM."""
+    if current_job and current_restart > 0 and slurm.available():
+        _label_requeues(ledger, current_job)
     dangling = [
         a for a in ledger.attempts()
         if a.outcome == "running" and not (a.job_id == current_job and a.restart == current_restart)
@@ -99,6 +101,21 @@ def reconcile(ledger: Ledger, current_job: str | None, current_restart: int, pro
         ledger.end_attempt(attempt.id, outcome, end_step=progress, note="end reconciled from sacct")
 
 
+def _label_requeues(ledger: Ledger, job_id: str) -> None:
+    """A requeued job's earlier runs, as sacct -D reports them (NODE_FAIL, PREEMPTED, REQUEUED ...)."""
+    try:
+        runs = slurm.history(job_id)
+    except slurm.SlurmError:
+        return
+    mine = [a for a in ledger.attempts("train") if a.job_id == job_id]
+    for attempt in mine:
+        if attempt.restart < len(runs) - 1 and attempt.outcome in ("preempted", "running"):
+            outcome = SACCT_OUTCOMES.get(runs[attempt.restart].base_state)
+            if outcome and outcome != attempt.outcome and outcome in ("node_failure", "preempted", "cancelled"):
+                ledger.end_attempt(attempt.id, outcome, end_step=attempt.end_step, exit_code=attempt.exit_code,
+                                   note=f"sacct: {runs[attempt.restart].state}")  # fmt: skip
+
+
 def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
     """Training jobs queued after this one that may still run."""
     jobs = [j for j in ledger.jobs("train") if j.cancelled_at is None and j.job_id != current_job]
@@ -108,7 +125,7 @@ def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
     if not jobs or not slurm.available():
         return []
     records = slurm.sacct([j.job_id for j in jobs])
-    return [j for j in jobs if j.job_id in records and records[j.job_id].active or j.job_id not in records]
+    return [j for j in jobs if j.job_id not in records or records[j.job_id].active]
 
 
 def cancel_successors(ledger: Ledger, current_job: str | None, why: str) -> list[str]:
@@ -121,6 +138,3 @@ def cancel_successors(ledger: Ledger, current_job: str | None, why: str) -> list
         ledger.event("cancel", f"cancelled {', '.join(ids)}: {why}")
     return ids
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -18,7 +17,8 @@ from orchestrator.plan import PlanError, RunPlan, explain_overrides_help, parse_
 from orchestrator.profiles import MODELS, cluster_names, load_cluster
 from orchestrator.settings import RunRequest, RunSettings
 
-console = Console(stderr=False, highlight=False, soft_wrap=True)
+# Wide tables when output goes to a file or a pipe (logs, CI), the terminal's width otherwise.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EPILOG = """\

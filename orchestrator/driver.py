@@ -138,6 +138,7 @@ class StageDriver:
             if self.ctx.scheduler == "slurm" and self.ctx.restart < self.plan.chain.max_retries:
                 say(f"requeueing after failure (retry {self.ctx.restart + 1} of {self.plan.chain.max_retries})")
                 slurm.requeue(self.ctx.job_id)
+            raise SystemExit(rc or 1)  # the job itself ends FAILED in sacct; afterany successors still start
         return {"stage": "train", "outcome": outcome, "exit_code": rc, "end_step": end_step}
 
     def _finish_early(self, outcome: str, why: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import yaml
 from pydantic import Field, ValidationError
@@ -31,6 +31,9 @@ from orchestrator.profiles import (
     load_cluster,
     parse_time_limit,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.mlperf.schedule import Schedule
 
 Stage = Literal["consolidate", "preprocess", "import", "train", "smoke"]
 
@@ -103,6 +106,7 @@ class MlperfSpec(Strict):
     step_time_atol_s: int = 7200
     start_steps: int = 0
     start_eval_at_samples: int | None = None
+    allow_new_rcp: bool = Field(False, description="allow a GBS outside [1152, 9216] (needs new RCPs)")
     seeds: tuple[int, ...] = ()
 
 
@@ -140,6 +144,16 @@ class RunPlan(Strict):
     @property
     def tokens_per_step(self) -> int:
         return self.train.global_batch_size * self.train.seq_length
+
+    def mlperf_schedule(self) -> "Schedule | None":
+        """The MLPerf rules' schedule for this GBS (None when the plan is not an MLPerf run)."""
+        if self.mlperf is None:
+            return None
+        from orchestrator.mlperf.schedule import Schedule
+
+        m = self.mlperf
+        return Schedule(self.train.global_batch_size, target_log_ppl=m.target_log_ppl, eval_every_samples=m.eval_every_samples,
+                        eval_samples=m.eval_samples, start_eval_at_samples=m.start_eval_at_samples, allow_new_rcp=m.allow_new_rcp)  # fmt: skip
 
     def memory_estimate(self) -> memory.MemoryEstimate:
         return memory.estimate(
@@ -255,6 +269,8 @@ def build_plan(
         tree["mlperf"] = {}
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
+    if tree.get("mlperf") is not None:
+        _apply_mlperf_schedule(tree, overrides or {})
     _fill_data(tree, run_dir)
     if not tree["stages"]:
         tree["stages"] = _stages(tree)
@@ -325,6 +341,36 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     if data.get("train_prefixes") and not data.get("train_weights"):
         n = len(data["train_prefixes"])
         data["train_weights"] = [round(100.0 / n, 6)] * n
+
+
+def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    """MLPerf runs take LR, warm-up, LR horizon and evaluation from the rules at their GBS, unless overridden."""
+    from orchestrator.mlperf.schedule import GbsError, Schedule
+
+    m = tree["mlperf"]
+    try:
+        sched = Schedule(int(tree["train"]["global_batch_size"]), target_log_ppl=m.get("target_log_ppl", 5.6),
+                         eval_every_samples=m.get("eval_every_samples", 18432), eval_samples=m.get("eval_samples", 5760),
+                         start_eval_at_samples=m.get("start_eval_at_samples"), allow_new_rcp=m.get("allow_new_rcp", False))  # fmt: skip
+    except GbsError as exc:
+        raise PlanError([Problem(field="train.global_batch_size", message=str(exc),
+                                 fix="a GBS in [1152, 9216], or --set mlperf.allow_new_rcp=true")]) from None  # fmt: skip
+    derived = {
+        "train.optim.lr": sched.base_lr,
+        "train.optim.min_lr": sched.min_lr,
+        "train.optim.warmup_steps": sched.warmup_steps,
+        "train.optim.weight_decay": 0.1,
+        "train.optim.beta1": 0.9,
+        "train.optim.beta2": 0.95,
+        "train.optim.eps": 1e-5,
+        "train.optim.clip_grad": 1.0,
+        "train.max_steps": sched.max_steps,
+        "train.val_interval": sched.eval_interval_steps,
+        "train.val_batches": sched.eval_batches,
+    }
+    for key, value in derived.items():
+        if key not in overrides:
+            set_dotted(tree, key, value)
 
 
 def _tokenizer_tag(tree: dict[str, Any]) -> str:

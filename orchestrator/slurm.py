@@ -70,6 +70,12 @@ def sacct(job_ids: Iterable[str]) -> dict[str, JobRecord]:
     return records
 
 
+def history(job_id: str) -> list[JobRecord]:
+    """Every run of one job, oldest first (``sacct -D``): a requeued job appears once per start."""
+    out = run(["sacct", "-n", "-P", "-X", "-D", "-j", str(job_id), "-o", "JobID,JobName,State,ExitCode,Start,End,NodeList"])
+    return [JobRecord(*line.split("|")) for line in out.splitlines() if line.count("|") == 6]
+
+
 def cancel(job_ids: Iterable[str]) -> list[str]:
     ids = [str(j) for j in job_ids]
     if ids:
