@@ -34,21 +34,43 @@ SUITE_MD = "suite.md"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="?", metavar="RUN", help="run directory (logs/*.out, plan.json)")
-    parser.add_argument("--log", dest="logs", nargs="+", action="extend", type=Path, metavar="FILE",
-                        help="training log files of one run, first job first (a later record of a step wins)")
+    parser.add_argument(
+        "--log",
+        dest="logs",
+        nargs="+",
+        action="extend",
+        type=Path,
+        metavar="FILE",
+        help="training log files of one run, first job first (a later record of a step wins)",
+    )
     parser.add_argument("--model", help="model name (the baseline key); with RUN, overrides plan.json")
     parser.add_argument("--suite", type=Path, metavar="DIR", help="summarise every run under DIR, one row per model")
-    parser.add_argument("--baseline", type=Path, metavar="FILE",
-                        help='JSON: {"<model>": {"final_loss": x, "throughput": y}}; adds the verdict')
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help="largest |final - baseline| / baseline that passes (default %(default)s)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="FILE",
+        help='JSON: {"<model>": {"final_loss": x, "throughput": y}}; adds the verdict',
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="largest |final - baseline| / baseline that passes (default %(default)s)",
+    )
     parser.add_argument("--json", action="store_true", help="print metrics.json (suite: the rows) instead of a table")
-    parser.add_argument("--out", type=Path, metavar="DIR",
-                        help="where to write metrics.json, metrics.csv, plots, report.md (default: RUN; --suite: DIR)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where to write metrics.json, metrics.csv, plots, report.md (default: RUN; --suite: DIR)",
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--flops-per-token", type=float, help="model FLOPs per token for MFU (default: from the "
-                        "plan, or the model profile named by --model)")
-    parser.add_argument("--peak-tflops", type=float, help="GPU peak dense TFLOP/s for MFU (default: from the plan)")  # fmt: skip
+    parser.add_argument(
+        "--flops-per-token",
+        type=float,
+        help="model FLOPs per token for MFU (default: from the plan, or the model profile named by --model)",
+    )
+    parser.add_argument("--peak-tflops", type=float, help="GPU peak dense TFLOP/s for MFU (default: from the plan)")
 
 
 def _fail(message: str) -> int:
@@ -63,8 +85,15 @@ def _progress(paths: Sequence[Path]) -> tuple[ContextManager, Callable[[int], No
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-    bar = Progress("parsing logs", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)  # fmt: skip
+    bar = Progress(
+        "parsing logs",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
     task = bar.add_task("parse", total=total_bytes(paths))
     return bar, lambda n: bar.advance(task, n)
 

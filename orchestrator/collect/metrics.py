@@ -83,7 +83,7 @@ class RunMetrics:
             "throughput_tokens_per_sec_per_gpu": self.throughput,
             "throughput_window": None
             if self.window is None
-            else dict(zip(("first_step", "last_step", "steps"), self.window)),
+            else dict(zip(("first_step", "last_step", "steps"), self.window, strict=True)),
             "mean_step_time_s": self.mean_step_time,
             "flops_per_token": self.flops_per_token,
             "peak_flops_per_gpu": self.peak_flops_per_gpu,
@@ -229,7 +229,9 @@ def _fill(m: RunMetrics, records: list[StepRecord], flops_per_token: float | Non
     if m.final_loss is None:
         notes.append(f"the last step ({last.global_step}) has no {LOSS}")
     if m.final_step < m.last_planned_step:
-        notes.append(f"incomplete: the logs end at step {m.final_step}; the run plans steps up to {m.last_planned_step}")
+        notes.append(
+            f"incomplete: the logs end at step {m.final_step}; the run plans steps up to {m.last_planned_step}"
+        )
     if m.final_step - m.first_step + 1 != len(records):
         notes.append(
             f"global_step has gaps ({len(records)} records for steps {m.first_step}..{m.final_step}): the first and "

@@ -49,7 +49,7 @@ class StepRecord(NamedTuple):
             return None
 
     def as_dict(self) -> dict[str, float]:
-        return dict(zip(self.fields, self.values))
+        return dict(zip(self.fields, self.values, strict=True))
 
 
 @dataclass

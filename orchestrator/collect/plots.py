@@ -58,7 +58,7 @@ def plot_loss(metrics: RunMetrics, path: Path) -> Path | None:
     ax.plot(steps, losses, linewidth=1, label=LOSS)
     validations = [(s, v) for s, v in metrics.val_loss_history if math.isfinite(v)]
     if validations:
-        ax.plot(*zip(*validations), "o", markersize=4, label="val_loss (at the first line showing it)")
+        ax.plot(*zip(*validations, strict=True), "o", markersize=4, label="val_loss (at the first line showing it)")
     if metrics.baseline is not None:
         base, band = metrics.baseline.final_loss, metrics.baseline.final_loss * metrics.threshold
         ax.axhline(base, color="black", linestyle="--", linewidth=1, label=f"baseline {base:.4g}")

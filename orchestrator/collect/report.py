@@ -96,7 +96,13 @@ def report_markdown(m: RunMetrics, plots: list[Path]) -> str:
         lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     if m.notes:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in m.notes]
-    lines += ["", "## Logs (chain order)", "", "| file | bytes | records | steps | skipped lines |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Logs (chain order)",
+        "",
+        "| file | bytes | records | steps | skipped lines |",
+        "|---|---|---|---|---|",
+    ]
     for s in m.sources:
         steps = "-" if s.first_step is None else f"{s.first_step}..{s.last_step}"
         lines.append(f"| `{s.path}` | {s.bytes:,} | {s.records} | {steps} | {s.skipped} |")

@@ -119,8 +119,7 @@ def summarise(
         if model not in latest or written >= latest[model][0]:
             latest[model] = (written, run_dir, body)
     return [
-        _row(body, run_dir, counts[model], baselines, threshold)
-        for model, (_, run_dir, body) in sorted(latest.items())
+        _row(body, run_dir, counts[model], baselines, threshold) for model, (_, run_dir, body) in sorted(latest.items())
     ]
 
 
