@@ -1,7 +1,7 @@
 """Log collection and benchmark verdicts: training logs -> per-step records -> the seeds' metrics -> outputs.
 
 ``collect_logs`` is the whole engine and knows nothing of run directories: give it the logs of one chain in chain
-order. ``rundir`` finds those logs and the model's numbers in a run directory; ``report`` writes metrics.json,
+order. ``run`` finds those logs and the model's numbers in a run directory; ``report`` writes metrics.json,
 metrics.csv, plots and report.md; ``suite`` summarises many runs; ``cli`` is the ``collect`` command.
 """
 

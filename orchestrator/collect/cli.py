@@ -1,11 +1,12 @@
-"""``collect``: metrics, plots and a verdict from training logs; the exit code gates nightly jobs and CI.
+"""collect: metrics, plots and a verdict from training logs; the exit code gates nightly jobs and CI.
 
-    collect RUN                          a run directory: logs/*.out (chain order = job id order), plan.json
+    collect RUN                          a run directory: its training logs in chain order, plan.json
     collect --log FILE... --model NAME   log files in chain order; outputs only with --out DIR
     collect --suite DIR                  one row per model over the runs in DIR; writes DIR/suite.md
 
 Exit codes: 0 the verdict is pass or none (no baseline), 1 a verdict is fail, 2 bad arguments,
 3 unusable input (no log files, no metric line in them, an unreadable baseline file).
+Rules, metrics.json schema and the FLOPs formula: docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, ContextManager, Sequence
 
+from rich.console import Console
+
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, BaselineError, load_baselines
 from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.collect.metrics import RunMetrics
 from orchestrator.collect.parse import total_bytes
 from orchestrator.collect.report import metrics_json, summary_rows, write_outputs
-from orchestrator.collect.rundir import RunInfo, collect_info, run_info
+from orchestrator.collect.run import RunInfo, collect_info, run_info
 from orchestrator.collect.suite import COLUMNS, row_cells, suite_json, suite_markdown, summarise
 
 EXIT_OK = 0
@@ -33,7 +36,7 @@ SUITE_MD = "suite.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", metavar="RUN", help="run directory (logs/*.out, plan.json)")
+    parser.add_argument("run", nargs="?", metavar="RUN", help="run directory (logs/train-<jobid>.out or ledger.sqlite, plan.json)")
     parser.add_argument(
         "--log",
         dest="logs",
@@ -82,7 +85,6 @@ def _progress(paths: Sequence[Path]) -> tuple[ContextManager, Callable[[int], No
     """A byte progress bar with rates on a terminal; nothing otherwise."""
     if not sys.stderr.isatty():
         return nullcontext(), None
-    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     bar = Progress(
@@ -113,11 +115,9 @@ def _profile_flops(model: str) -> tuple[float | None, str | None]:
     )
 
 
-def _print_table(m: RunMetrics, written: list[Path]) -> None:
-    from rich.console import Console
+def _print_table(m: RunMetrics, written: list[Path], console: Console) -> None:
     from rich.table import Table
 
-    console = Console()
     colour = {"pass": "green", "fail": "bold red"}.get(m.verdict, "")
     table = Table(show_header=False, title=f"collect: {m.model}", title_justify="left")
     table.add_column(style="bold")
@@ -148,7 +148,7 @@ def _run_info(args: argparse.Namespace) -> RunInfo:
     return info
 
 
-def _collect_one(args: argparse.Namespace, baselines: dict[str, Baseline] | None) -> int:
+def _collect_one(args: argparse.Namespace, baselines: dict[str, Baseline] | None, console: Console) -> int:
     try:
         info = _run_info(args)
     except OSError as exc:
@@ -172,11 +172,11 @@ def _collect_one(args: argparse.Namespace, baselines: dict[str, Baseline] | None
     if args.json:
         sys.stdout.write(metrics_json(metrics))
     else:
-        _print_table(metrics, written)
+        _print_table(metrics, written, console)
     return EXIT_FAIL if metrics.verdict == "fail" else EXIT_OK
 
 
-def _collect_suite(args: argparse.Namespace, baselines: dict[str, Baseline] | None) -> int:
+def _collect_suite(args: argparse.Namespace, baselines: dict[str, Baseline] | None, console: Console) -> int:
     if not args.suite.is_dir():
         return _fail(f"{args.suite}: not a directory")
     try:
@@ -193,13 +193,11 @@ def _collect_suite(args: argparse.Namespace, baselines: dict[str, Baseline] | No
     if args.json:
         sys.stdout.write(suite_json(rows))
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(*COLUMNS, title=f"suite: {args.suite}", title_justify="left")
         for row in rows:
             table.add_row(*row_cells(row))
-        console = Console()
         console.print(table, markup=False, highlight=False)
         for row in rows:
             if row.reason:
@@ -208,7 +206,9 @@ def _collect_suite(args: argparse.Namespace, baselines: dict[str, Baseline] | No
     return EXIT_FAIL if any(r.verdict == "fail" for r in rows) else EXIT_OK
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, console: Console | None = None) -> int:
+    """The ``collect`` command; ``console`` (default: stdout) receives the tables."""
+    console = console or Console()
     modes = [name for name, given in (("RUN", args.run), ("--log", args.logs), ("--suite", args.suite)) if given]
     if len(modes) != 1:
         print("collect: give exactly one of RUN, --log FILE..., --suite DIR", file=sys.stderr)
@@ -224,16 +224,16 @@ def run(args: argparse.Namespace) -> int:
     except BaselineError as exc:
         return _fail(str(exc))
     if args.suite:
-        return _collect_suite(args, baselines)
-    return _collect_one(args, baselines)
+        return _collect_suite(args, baselines, console)
+    return _collect_one(args, baselines, console)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="collect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    return run(parser.parse_args(argv), console)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, choose, judge, relative_diff
 from orchestrator.collect.metrics import json_safe
 from orchestrator.collect.report import METRICS_JSON
-from orchestrator.collect.rundir import collect_run, find_logs
+from orchestrator.collect.run import collect_run, find_logs
 
 
 @dataclass(frozen=True)

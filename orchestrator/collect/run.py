@@ -1,8 +1,10 @@
 """Where a run directory keeps what ``collect`` needs: the training logs in chain order and the model's numbers.
 
-This is the seam between the engine (``collect_logs``, layout-free) and the run layout: a run directory holds
-``plan.json`` and ``logs/train-<jobid>.out``, one file per Slurm job of the chain. Without a job ledger, chain order
-is job-id order (Slurm ids only grow); a ledger that knows the order can build ``RunInfo`` itself.
+This is the seam between the engine (``collect_logs``, layout-free) and the run layout (``orchestrator.rundir``):
+``plan.json`` gives the model, its architecture, the sequence length and the GPU's peak; the training logs are
+``logs/train-<jobid>.out`` (Slurm; a requeue appends to the same file) or submitit's ``submitit/<jobid>_0_log.out``
+(local runs). Chain order comes from the ledger (train jobs in submission order, each attempt's log first);
+without one, from the job ids in the file names (Slurm ids only grow).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, choose
 from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.collect.metrics import RunMetrics
 
-LOG_GLOB = "logs/*.out"
+TRAIN_STAGE = "train"
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,30 @@ def _job_order(path: Path) -> tuple[tuple[int, ...], str]:
     return tuple(int(n) for n in re.findall(r"\d+", path.name)), path.name
 
 
+def _ledger_logs(run_dir: Path) -> list[Path]:
+    """The train jobs' logs in the ledger's order: submission order, and each job's attempts in order."""
+    ledger_path = run_dir / "ledger.sqlite"
+    if not ledger_path.is_file():
+        return []
+    from orchestrator.ledger import Ledger
+
+    ledger = Ledger(ledger_path)
+    attempts = ledger.attempts(TRAIN_STAGE)
+    ordered: dict[Path, None] = {}
+    for job in ledger.jobs(TRAIN_STAGE):
+        candidates = [Path(a.log_path) for a in attempts if a.job_id == job.job_id and a.log_path]
+        candidates += [
+            run_dir / "logs" / f"{TRAIN_STAGE}-{job.job_id}.out",
+            run_dir / "submitit" / f"{job.job_id}_0_log.out",
+        ]
+        ordered.update(dict.fromkeys(p for p in candidates if p.is_file()))
+    return list(ordered)
+
+
 def find_logs(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """The run's training logs, oldest job first."""
-    return sorted(Path(run_dir).glob(LOG_GLOB), key=_job_order)
+    """The run's training logs, first job first."""
+    run_dir = Path(run_dir)
+    return _ledger_logs(run_dir) or sorted((run_dir / "logs").glob(f"{TRAIN_STAGE}-*.out"), key=_job_order)
 
 
 def _dig(tree: Any, *keys: str) -> Any:
@@ -58,7 +81,10 @@ def run_info(run_dir: str | os.PathLike[str], *, model: str | None = None) -> Ru
         raise FileNotFoundError(f"{run_dir}: not a directory; give a run directory, or --log FILE... --model NAME")
     logs = tuple(find_logs(run_dir))
     if not logs:
-        raise FileNotFoundError(f"{run_dir}: no training logs ({run_dir / LOG_GLOB}); has the run started?")
+        raise FileNotFoundError(
+            f"{run_dir}: no training logs (logs/{TRAIN_STAGE}-<jobid>.out, or a train job in ledger.sqlite); "
+            "has the training stage started?"
+        )
     notes: list[str] = []
     plan_path = run_dir / "plan.json"
     plan: Any = None
@@ -130,3 +156,11 @@ def collect_run(
 ) -> RunMetrics:
     """``collect_info`` of a run directory, with the plan's FLOPs per token and GPU peak for MFU."""
     return collect_info(run_info(run_dir, model=model), baselines=baselines, threshold=threshold)
+
+
+def collect_run_dir(run_dir: str | os.PathLike[str], console: Any = None) -> int:
+    """``collect RUN`` after a run ends (``submit --wait``, local runs): outputs into the run directory, the table
+    on ``console`` (a rich Console), and the command's exit code."""
+    from orchestrator.collect.cli import main
+
+    return main([str(run_dir)], console=console)
