@@ -174,7 +174,7 @@ def test_a_resume_that_falls_short_drops_the_abandoned_steps(tmp_path: Path) -> 
     first = write_log(tmp_path / "train-1.out", range(58), 100, lambda s: step_metrics(s, loss=1000 + s, tps=1e4))
     second = write_log(tmp_path / "train-2.out", range(50, 54), 100, lambda s: step_metrics(s, loss=s, tps=1e4))
     series, _ = read_logs([first, second])
-    records = series.records()
+    records = list(series)
     assert records[-1].global_step == 53 and records[-1].get("reduced_train_loss") == 53.0
     assert len(records) == 54
 

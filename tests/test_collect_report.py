@@ -44,6 +44,7 @@ def test_metrics_json_has_the_documented_fields_and_per_step_records(metrics, tm
     assert sorted(p.name for p in written) == ["loss.png", "metrics.csv", "metrics.json", "report.md", "throughput.png"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temporary left behind
     body = json.loads((out / "metrics.json").read_text())
+    assert body == metrics.to_dict()  # streamed step by step, the same document
     assert body["final_step"] == 99 and body["final_loss"] == printed(10 - 99 / 20)
     assert body["throughput_tokens_per_sec_per_gpu"] == pytest.approx(sum(rate(s) for s in range(10, 90)) / 80)
     assert body["verdict"] == "pass" and body["loss_rel_diff"] == pytest.approx((printed(5.05) - 5.0) / 5.0)

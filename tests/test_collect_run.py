@@ -51,10 +51,13 @@ def test_run_info_reads_the_plan_and_names_what_is_missing(tmp_path: Path) -> No
     info = run_info(tmp_path)
     assert info.model == tmp_path.name and info.flops_per_token is None
     assert any("no plan.json" in n for n in info.notes)
-    plan = {"model": {"name": "qwen3_30b_a3b", "arch": {
+    arch = {
         "family": "qwen3", "num_layers": 48, "hidden_size": 2048, "ffn_hidden_size": 6144, "num_attention_heads": 32,
         "num_query_groups": 4, "kv_channels": 128, "vocab_size": 151936, "qk_layernorm": True, "num_experts": 128,
-        "moe_top_k": 8, "moe_ffn_hidden_size": 768}}, "train": {"seq_length": 4096}, "cluster": {"gpu_peak_tflops": 989}}  # fmt: skip
+        "moe_top_k": 8, "moe_ffn_hidden_size": 768,
+    }  # fmt: skip
+    plan = {"model": {"name": "qwen3_30b_a3b", "arch": arch}, "train": {"seq_length": 4096},
+            "cluster": {"gpu_peak_tflops": 989}}  # fmt: skip
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     info = run_info(tmp_path)
     assert info.model == "qwen3_30b_a3b" and info.peak_flops_per_gpu == 989e12 and not info.notes
@@ -80,7 +83,7 @@ def test_python_m_orchestrator_collect_is_the_same_command(tmp_path: Path) -> No
     write_log(tmp_path / "logs" / "train-1.out", range(30), 30, lambda s: step_metrics(s, loss=4.0, tps=1e4))
     (tmp_path / "b.json").write_text(json.dumps({tmp_path.name: {"final_loss": 3.0}}))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "orchestrator", "collect", str(tmp_path), "--baseline",
-                           str(tmp_path / "b.json"), "--json"], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    command = [sys.executable, "-m", "orchestrator", "collect", str(tmp_path), "--baseline", str(tmp_path / "b.json")]
+    done = subprocess.run([*command, "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1, done.stderr
     assert json.loads(done.stdout)["verdict"] == "fail"

@@ -24,7 +24,7 @@ from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, BaselineE
 from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.collect.metrics import RunMetrics
 from orchestrator.collect.parse import total_bytes
-from orchestrator.collect.report import metrics_json, summary_rows, write_outputs
+from orchestrator.collect.report import summary_rows, write_metrics_json, write_outputs
 from orchestrator.collect.run import RunInfo, collect_info, run_info
 from orchestrator.collect.suite import COLUMNS, row_cells, suite_json, suite_markdown, summarise
 
@@ -36,7 +36,9 @@ SUITE_MD = "suite.md"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", nargs="?", metavar="RUN", help="run directory (logs/train-<jobid>.out or ledger.sqlite, plan.json)")
+    parser.add_argument(
+        "run", nargs="?", metavar="RUN", help="run directory (logs/train-<jobid>.out or ledger.sqlite, plan.json)"
+    )
     parser.add_argument(
         "--log",
         dest="logs",
@@ -170,7 +172,7 @@ def _collect_one(args: argparse.Namespace, baselines: dict[str, Baseline] | None
     out = args.out or info.run_dir
     written = write_outputs(metrics, out, plots=not args.no_plots) if out is not None else []
     if args.json:
-        sys.stdout.write(metrics_json(metrics))
+        write_metrics_json(metrics, sys.stdout)
     else:
         _print_table(metrics, written, console)
     return EXIT_FAIL if metrics.verdict == "fail" else EXIT_OK

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, Verdict, judge, relative_diff
-from orchestrator.collect.parse import Rewind, SourceStats, StepRecord, StepSeries
+from orchestrator.collect.parse import Rewind, SourceStats, StepSeries
 
 SCHEMA_VERSION = 1
 STEP = "global_step"
@@ -38,7 +38,7 @@ class RunMetrics:
     """Everything ``metrics.json`` holds; ``to_dict`` is its documented schema (docs/metrics.md)."""
 
     model: str
-    records: list[StepRecord]
+    records: StepSeries
     field_names: list[str]
     sources: list[SourceStats]
     rewinds: list[Rewind] = field(default_factory=list)
@@ -126,6 +126,11 @@ class RunMetrics:
             body["steps"] = [r.as_dict() for r in self.records]
         return json_safe(body)
 
+    def iter_steps(self) -> Iterator[dict[str, Any]]:
+        """metrics.json's ``steps`` entries one at a time, so writing them needs no list of all steps."""
+        for record in self.records:
+            yield json_safe(record.as_dict())
+
 
 def json_safe(value: Any) -> Any:
     """JSON has no NaN or infinity: those become null (the verdict reason still says the loss was nan).
@@ -141,8 +146,8 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _values(records: Sequence[StepRecord], name: str) -> list[float]:
-    return [v for v in (r.get(name) for r in records) if v is not None]
+def _present(series: StepSeries, name: str, rows: range) -> list[float]:
+    return [v for _, v in series.column(name, rows) if v is not None]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -153,14 +158,13 @@ def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-def val_loss_history(records: Sequence[StepRecord]) -> list[tuple[int, float]]:
+def val_loss_history(series: StepSeries) -> list[tuple[int, float]]:
     """Each distinct validation result, with the first step whose line shows it (NeMo repeats the latest one on
     every later line). Two validations that print the same 4 digits in a row look like one."""
     history: list[tuple[int, float]] = []
-    for record in records:
-        value = record.get(VAL_LOSS)
+    for step, value in series.column(VAL_LOSS):
         if value is not None and (not history or not _same(history[-1][1], value)):
-            history.append((record.global_step, value))
+            history.append((step, value))
     return history
 
 
@@ -174,10 +178,9 @@ def compute_metrics(
     flops_per_token: float | None = None,
     peak_flops_per_gpu: float | None = None,
 ) -> RunMetrics:
-    records = series.records()
     m = RunMetrics(
         model=model,
-        records=records,
+        records=series,
         field_names=series.field_names(),
         sources=sources,
         rewinds=series.rewinds,
@@ -203,8 +206,8 @@ def compute_metrics(
         )
     if series.rewind_count > len(series.rewinds):
         notes.append(f"... {series.rewind_count - len(series.rewinds)} more repeated steps not listed")
-    if records:
-        _fill(m, records, flops_per_token, peak_flops_per_gpu)
+    if series:
+        _fill(m, series, flops_per_token, peak_flops_per_gpu)
     judgement = judge(
         final_loss=m.final_loss,
         final_step=m.final_step,
@@ -218,42 +221,42 @@ def compute_metrics(
     return m
 
 
-def _fill(m: RunMetrics, records: list[StepRecord], flops_per_token: float | None, peak: float | None) -> None:
-    notes = m.notes
-    last = records[-1]
-    m.first_step, m.final_step, m.last_planned_step = records[0].global_step, last.global_step, last.last_iteration
+def _fill(m: RunMetrics, series: StepSeries, flops_per_token: float | None, peak: float | None) -> None:
+    notes, n = m.notes, len(series)
+    last = series[-1]
+    m.first_step, m.final_step, m.last_planned_step = series[0].global_step, last.global_step, last.last_iteration
     m.final_loss = last.get(LOSS)
     m.consumed_samples = last.get(CONSUMED)
     m.val_loss = last.get(VAL_LOSS)
-    m.val_loss_history = val_loss_history(records)
+    m.val_loss_history = val_loss_history(series)
     if m.final_loss is None:
         notes.append(f"the last step ({last.global_step}) has no {LOSS}")
     if m.final_step < m.last_planned_step:
         notes.append(
             f"incomplete: the logs end at step {m.final_step}; the run plans steps up to {m.last_planned_step}"
         )
-    if m.final_step - m.first_step + 1 != len(records):
+    if m.final_step - m.first_step + 1 != n:
         notes.append(
-            f"global_step has gaps ({len(records)} records for steps {m.first_step}..{m.final_step}): the first and "
+            f"global_step has gaps ({n} records for steps {m.first_step}..{m.final_step}): the first and "
             f"last {EDGE_STEPS} left out of the throughput are logged records, not steps"
         )
 
-    if len(records) < MIN_STEPS:
+    if n < MIN_STEPS:
         notes.append(
-            f"only {len(records)} steps logged: the throughput rule leaves out the first and last {EDGE_STEPS}, "
+            f"only {n} steps logged: the throughput rule leaves out the first and last {EDGE_STEPS}, "
             f"so it needs at least {MIN_STEPS}; no throughput, step time or MFU"
         )
     else:
-        window = records[EDGE_STEPS:-EDGE_STEPS]
-        m.window = (window[0].global_step, window[-1].global_step, len(window))
-        rates = _values(window, THROUGHPUT)
+        window = range(EDGE_STEPS, n - EDGE_STEPS)
+        m.window = (series[window[0]].global_step, series[window[-1]].global_step, len(window))
+        rates = _present(series, THROUGHPUT, window)
         if len(rates) < len(window):
             notes.append(
                 f"{THROUGHPUT} is missing on {len(window) - len(rates)} of the {len(window)} steps in the window "
                 "(NeMo's TimingCallback prints it only with log_tokens_per_sec=True)"
             )
         m.throughput = _mean(rates)
-        m.mean_step_time = _mean(_values(window, STEP_TIME))
+        m.mean_step_time = _mean(_present(series, STEP_TIME, window))
 
     if m.throughput is not None and flops_per_token:
         m.model_tflops_per_gpu = m.throughput * flops_per_token / 1e12

@@ -15,11 +15,13 @@ compete for memory, never log bytes.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence, overload
 
 MARKER = b"Training epoch "
 HEADER = re.compile(rb"Training epoch (\d+), iteration (\d+)/(\d+)")
@@ -179,43 +181,80 @@ def _scan(buf: bytes, fields: _Fields, source: int, stats: SourceStats, lines_be
         pos = find(MARKER, pos + len(MARKER))
 
 
-class StepSeries:
-    """The merged steps of a chain, ascending by global_step; a repeated step drops the records from it onward."""
+class StepSeries(Sequence[StepRecord]):
+    """The merged steps of a chain, ascending by global_step; a repeated step drops the records from it onward.
+
+    Stored in columns of machine numbers (about 100 bytes a step, no Python object per step); records are built
+    when asked for."""
 
     def __init__(self) -> None:
-        self._steps: dict[int, StepRecord] = {}
+        self._steps = array("q")  # global_step of each row, ascending
+        self._shape = array("H")  # index into _shapes: the row's field names
+        self._start = array("q")  # the row's first value in _values
+        self._last_iteration = array("q")
+        self._source = array("H")
+        self._values = array("d")
+        self._shapes: list[tuple[str, ...]] = []
+        self._shape_ids: dict[tuple[str, ...], int] = {}
         self.rewinds: list[Rewind] = []
         self.rewind_count = 0
-        self._last = -1
 
     def add(self, record: StepRecord) -> None:
-        steps, step = self._steps, record.global_step
-        if steps and self._last >= step:
-            self.rewind_count += 1
-            if len(self.rewinds) < MAX_REWINDS_KEPT:
-                self.rewinds.append(Rewind(record.source, step, self._last))
-            while steps and next(reversed(steps)) >= step:
-                steps.popitem()
-        steps[step] = record
-        self._last = step
+        step = record.global_step
+        if self._steps and self._steps[-1] >= step:
+            self._rewind(record)
+        shape = self._shape_ids.get(record.fields)
+        if shape is None:
+            shape = self._shape_ids[record.fields] = len(self._shapes)
+            self._shapes.append(record.fields)
+        self._steps.append(step)
+        self._shape.append(shape)
+        self._start.append(len(self._values))
+        self._last_iteration.append(record.last_iteration)
+        self._source.append(record.source)
+        self._values.extend(record.values)
+
+    def _rewind(self, record: StepRecord) -> None:
+        """Drop every row from ``record.global_step`` on: the later record wins, and what followed it is void."""
+        first = bisect.bisect_left(self._steps, record.global_step)
+        self.rewind_count += 1
+        if len(self.rewinds) < MAX_REWINDS_KEPT:
+            self.rewinds.append(Rewind(record.source, record.global_step, self._steps[-1]))
+        del self._values[self._start[first] :]
+        for column in (self._steps, self._shape, self._start, self._last_iteration, self._source):
+            del column[first:]
 
     def __len__(self) -> int:
         return len(self._steps)
 
-    def __iter__(self) -> Iterator[StepRecord]:
-        return iter(self._steps.values())
+    @overload
+    def __getitem__(self, index: int) -> StepRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[StepRecord]: ...
+    def __getitem__(self, index: int | slice) -> StepRecord | list[StepRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        i = range(len(self))[index]  # negative indices, IndexError
+        fields = self._shapes[self._shape[i]]
+        start = self._start[i]
+        values = tuple(self._values[start : start + len(fields)])
+        return StepRecord(self._steps[i], fields, values, self._last_iteration[i], self._source[i])
 
-    def records(self) -> list[StepRecord]:
-        return list(self._steps.values())
+    def column(self, name: str, rows: range | None = None) -> Iterator[tuple[int, float | None]]:
+        """(global_step, value of ``name`` or None) for ``rows`` (default: all), without building records."""
+        positions = [fields.index(name) if name in fields else -1 for fields in self._shapes]
+        steps, shape, start, values = self._steps, self._shape, self._start, self._values
+        for i in range(len(self)) if rows is None else rows:
+            at = positions[shape[i]]
+            yield steps[i], (values[start[i] + at] if at >= 0 else None)
 
     def field_names(self) -> list[str]:
-        """Every field seen, ``global_step`` first, the rest in first-seen order (the log's own order)."""
+        """Every field of the kept rows, ``global_step`` first, the rest in first-seen order (the log's order)."""
         names: dict[str, None] = {"global_step": None}
-        seen: set[tuple[str, ...]] = set()
-        for record in self._steps.values():
-            if record.fields not in seen:
-                seen.add(record.fields)
-                names.update(dict.fromkeys(record.fields))
+        used = set(self._shape)
+        for shape_id, fields in enumerate(self._shapes):
+            if shape_id in used:
+                names.update(dict.fromkeys(fields))
         return list(names)
 
 

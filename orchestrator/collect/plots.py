@@ -14,10 +14,9 @@ THROUGHPUT_PNG = "throughput.png"
 
 def _series(metrics: RunMetrics, name: str) -> tuple[list[int], list[float]]:
     steps, values = [], []
-    for record in metrics.records:
-        value = record.get(name)
+    for step, value in metrics.records.column(name):
         if value is not None and math.isfinite(value):
-            steps.append(record.global_step)
+            steps.append(step)
             values.append(value)
     return steps, values
 

@@ -7,13 +7,13 @@ one, never half of one.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 from pathlib import Path
+from typing import TextIO
 
-from orchestrator.atomic import atomic_write_text
+from orchestrator.atomic import atomic_output, atomic_write_text
 from orchestrator.collect.metrics import RunMetrics
 from orchestrator.collect.plots import write_plots
 
@@ -64,13 +64,19 @@ def summary_rows(m: RunMetrics) -> list[tuple[str, str]]:
     ]
 
 
-def metrics_json(m: RunMetrics) -> str:
-    return json.dumps(m.to_dict(), indent=2, allow_nan=False) + "\n"
+def write_metrics_json(m: RunMetrics, out: TextIO) -> None:
+    """metrics.json into ``out``, one step per line, streamed: a million steps need no list of a million dicts."""
+    head = json.dumps(m.to_dict(steps=False), indent=2, allow_nan=False)
+    out.write(head[: -len("\n}")] + ',\n  "steps": [')
+    separator = "\n    "
+    for step in m.iter_steps():
+        out.write(separator + json.dumps(step, allow_nan=False))
+        separator = ",\n    "
+    out.write("\n  ]\n}\n")
 
 
-def metrics_csv(m: RunMetrics) -> str:
+def write_metrics_csv(m: RunMetrics, out: TextIO) -> None:
     """One row per step, one column per log field (``global_step`` first); empty where a line lacks the field."""
-    out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     names = m.field_names
     writer.writerow(names)
@@ -78,7 +84,6 @@ def metrics_csv(m: RunMetrics) -> str:
         values = record.as_dict()
         values["global_step"] = record.global_step
         writer.writerow([_csv_cell(values.get(name)) for name in names])
-    return out.getvalue()
 
 
 def _csv_cell(value: float | int | None) -> str:
@@ -125,11 +130,9 @@ def write_outputs(m: RunMetrics, out_dir: str | os.PathLike[str], *, plots: bool
         drawn, notes = write_plots(m, out)
         m.notes.extend(notes)
         written += drawn
-    for name, text in (
-        (METRICS_JSON, metrics_json(m)),
-        (METRICS_CSV, metrics_csv(m)),
-        (REPORT_MD, report_markdown(m, drawn)),
-    ):
-        atomic_write_text(out / name, text)
-        written.append(out / name)
-    return written
+    with atomic_output(out / METRICS_JSON, "w") as handle:
+        write_metrics_json(m, handle)
+    with atomic_output(out / METRICS_CSV, "w") as handle:
+        write_metrics_csv(m, handle)
+    atomic_write_text(out / REPORT_MD, report_markdown(m, drawn))
+    return written + [out / METRICS_JSON, out / METRICS_CSV, out / REPORT_MD]
