@@ -11,8 +11,8 @@ Two kinds of log, written to a temporary directory (page cache warm, so this mea
 Each measurement runs in a fresh Python process (``collect_logs``: parse, merge, metrics) and reports the best of
 ``--repeat`` runs, since this machine is shared. Usage::
 
-    python benchmarks/parse_logs.py                       # noisy 128 MB and 1 GB, metrics 256 MB
-    python benchmarks/parse_logs.py --noisy-mb 200 --metrics-mb 0 --repeat 1
+    python benchmarks/parse_logs.py                                  # the default cases, best of 3
+    python benchmarks/parse_logs.py --case noisy:2048:5000 --case metrics:64 --repeat 1
 """
 
 from __future__ import annotations
@@ -133,11 +133,17 @@ def measure(path: Path, repeat: int) -> dict:
     return best
 
 
+DEFAULT_CASES = ["noisy:128:5000", "noisy:1024:5000", "noisy:128:50000", "metrics:256"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--noisy-mb", type=int, nargs="*", default=[128, 1024], help="sizes of the noisy logs")
-    parser.add_argument("--noisy-steps", type=int, default=5000, help="steps in each noisy log")
-    parser.add_argument("--metrics-mb", type=int, default=256, help="size of the metrics-only log (0: skip)")
+    parser.add_argument(
+        "--case",
+        action="append",
+        metavar="KIND:MB[:STEPS]",
+        help=f"noisy:MB:STEPS or metrics:MB; repeatable (default: {' '.join(DEFAULT_CASES)})",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to write the logs (default: a temp dir)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -147,20 +153,23 @@ def main() -> None:
         return
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'log':<24} {'MB':>7} {'steps':>9} {'MB/s (best)':>12} {'all runs':>22} {'RSS MiB: start':>15} {'peak':>6}")
+    print(f"{'log':<28} {'MB':>6} {'steps':>9} {'metric bytes':>12} {'MB/s (best)':>12} {'all runs':>22} "
+          f"{'RSS MiB: start':>15} {'peak':>6}")  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        cases = [(f"noisy {mb} MB", mb, "noisy") for mb in args.noisy_mb]
-        if args.metrics_mb:
-            cases.append((f"metrics-only {args.metrics_mb} MB", args.metrics_mb, "metrics"))
-        for label, mb, kind in cases:
-            path = Path(tmp) / f"{kind}-{mb}.out"
+        for case in args.case or DEFAULT_CASES:
+            kind, mb, *rest = case.split(":")
+            path = Path(tmp) / f"{case.replace(':', '-')}.out"
             if kind == "noisy":
-                write_noisy(path, mb * MB, args.noisy_steps)
+                steps = int(rest[0]) if rest else 5000
+                write_noisy(path, int(mb) * MB, steps)
+            elif kind == "metrics":
+                write_metrics(path, int(mb) * MB)
             else:
-                write_metrics(path, mb * MB)
+                parser.error(f"--case {case}: kind must be noisy or metrics")
             r = measure(path, args.repeat)
+            share = r["steps"] * len(metric_line(r["steps"] // 2, r["steps"])) / r["bytes"]
             print(
-                f"{label:<24} {r['bytes'] / MB:>7.0f} {r['steps']:>9,} {r['mb_per_s']:>12.1f} "
+                f"{case:<28} {r['bytes'] / MB:>6.0f} {r['steps']:>9,} {share:>12.1%} {r['mb_per_s']:>12.1f} "
                 f"{str(r['mb_per_s_all']):>22} {r['rss_before'] / 2**20:>15.0f} {r['rss_peak'] / 2**20:>6.0f}"
             )
             path.unlink()

@@ -1,8 +1,9 @@
 """Log collection and benchmark verdicts: training logs -> per-step records -> the seeds' metrics -> outputs.
 
 ``collect_logs`` is the whole engine and knows nothing of run directories: give it the logs of one chain in chain
-order. ``run`` finds those logs and the model's numbers in a run directory; ``report`` writes metrics.json,
-metrics.csv, plots and report.md; ``suite`` summarises many runs; ``cli`` is the ``collect`` command.
+order. ``parse`` reads them, ``metrics`` applies the seeds' rules, ``flops`` and ``baseline`` feed MFU and the
+verdict; ``run`` finds a run directory's logs and the model's numbers; ``report`` and ``plots`` write metrics.json,
+metrics.csv, the PNGs and report.md; ``suite`` summarises many runs; ``cli`` is the ``collect`` command.
 """
 
 from __future__ import annotations

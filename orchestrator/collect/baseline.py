@@ -110,7 +110,7 @@ def judge(
     """``pass`` when |final - baseline| / baseline <= threshold at the baseline's step, else ``fail``; ``none``
     without a baseline. A run that stopped before its last planned step fails: the seeds compare the last step."""
     if baseline is None:
-        return Judgement("none", "no baseline for this model", None)
+        return Judgement("none", "no baseline to compare with", None)
     diff = relative_diff(final_loss, baseline.final_loss)
     if final_loss is None or final_step is None:
         return Judgement("fail", "no reduced_train_loss at the last step", None)
