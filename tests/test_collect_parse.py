@@ -200,3 +200,10 @@ def test_field_names_keep_the_log_order_and_add_late_fields(tmp_path: Path) -> N
         "global_step", "lr", "global_batch_size", "reduced_train_loss", "train_step_timing in s",
         "tokens_per_sec_per_gpu", "consumed_samples", "val_loss",
     ]  # fmt: skip
+
+
+def test_skipped_lines_are_all_counted_and_a_few_shown() -> None:
+    text = "".join(f"Training epoch 0, iteration {i}/99 | lr: 1e-05 | loss: 2.0\n" for i in range(12))
+    records, stats = parse_text(text + SEED_000)
+    assert len(records) == 3 and stats.skipped == 12
+    assert [e.split(":")[1] for e in stats.skipped_examples] == ["1", "2", "3", "4", "5"]

@@ -20,6 +20,7 @@ from typing import Callable, ContextManager, Sequence
 
 from rich.console import Console
 
+from orchestrator.atomic import atomic_write_text
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, BaselineError, load_baselines
 from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.collect.metrics import RunMetrics
@@ -186,11 +187,9 @@ def _collect_suite(args: argparse.Namespace, baselines: dict[str, Baseline] | No
     except OSError as exc:
         return _fail(str(exc))
     if not rows:
-        return _fail(f"{args.suite}: no runs (directories with metrics.json or logs/*.out) here or one level down")
+        return _fail(f"{args.suite}: no runs (directories with metrics.json or training logs) here or one level down")
     markdown = suite_markdown(rows, args.threshold)
     out = args.out or args.suite
-    from orchestrator.atomic import atomic_write_text
-
     atomic_write_text(out / SUITE_MD, markdown)
     if args.json:
         sys.stdout.write(suite_json(rows))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, Verdict, judge, relative_diff
-from orchestrator.collect.parse import Rewind, SourceStats, StepSeries
+from orchestrator.collect.parse import SourceStats, StepSeries
 
 SCHEMA_VERSION = 1
 STEP = "global_step"
@@ -39,10 +39,7 @@ class RunMetrics:
 
     model: str
     records: StepSeries
-    field_names: list[str]
     sources: list[SourceStats]
-    rewinds: list[Rewind] = field(default_factory=list)
-    rewind_count: int = 0
     first_step: int | None = None
     final_step: int | None = None
     last_planned_step: int | None = None
@@ -68,6 +65,10 @@ class RunMetrics:
     @property
     def num_steps(self) -> int:
         return len(self.records)
+
+    @property
+    def field_names(self) -> list[str]:
+        return self.records.field_names()
 
     def to_dict(self, *, steps: bool = True) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -119,7 +120,7 @@ class RunMetrics:
             ],
             "rewinds": [
                 {"source": r.source, "first_dropped": r.first_dropped, "last_dropped": r.last_dropped}
-                for r in self.rewinds
+                for r in self.records.rewinds
             ],
         }
         if steps:
@@ -181,10 +182,7 @@ def compute_metrics(
     m = RunMetrics(
         model=model,
         records=series,
-        field_names=series.field_names(),
         sources=sources,
-        rewinds=series.rewinds,
-        rewind_count=series.rewind_count,
         baseline=baseline,
         threshold=threshold,
         flops_per_token=flops_per_token,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence, overload
 
 MARKER = b"Training epoch "
-HEADER = re.compile(rb"Training epoch (\d+), iteration (\d+)/(\d+)")
+HEADER = re.compile(rb"Training epoch \d+, iteration \d+/(\d+)")
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_ ./()\-]*")
 CHUNK_BYTES = 4 << 20
@@ -67,11 +67,12 @@ class SourceStats:
     skipped_examples: list[str] = field(default_factory=list)
     partial_last_line: bool = False
 
-    def skip(self, line_no: int, text: bytes, why: str) -> None:
+    def skip(self, line_no: Callable[[], int], text: bytes, why: str) -> None:
+        """Count a skipped line; the first few become examples (``line_no`` is only computed for those)."""
         self.skipped += 1
         if len(self.skipped_examples) < MAX_EXAMPLES:
             shown = text[:160].decode("utf-8", "replace").rstrip()
-            self.skipped_examples.append(f"{self.path}:{line_no}: {why}: {shown}")
+            self.skipped_examples.append(f"{self.path}:{line_no()}: {why}: {shown}")
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _parse_line(line: bytes, fields: _Fields, source: int) -> StepRecord | str:
     step = values[step_at]
     if not step.is_integer() or step < 0:
         return f"global_step {step} is not a step number"
-    return StepRecord(int(step), names, values, int(head[3]), source)
+    return StepRecord(int(step), names, values, int(head[1]), source)
 
 
 def iter_records(
@@ -175,7 +176,7 @@ def _scan(buf: bytes, fields: _Fields, source: int, stats: SourceStats, lines_be
             line = line[: line.find(b"\r")]
         record = _parse_line(line, fields, source)
         if isinstance(record, str):
-            stats.skip(lines_before + buf.count(b"\n", 0, pos) + 1, line, record)
+            stats.skip(lambda at=pos: lines_before + buf.count(b"\n", 0, at) + 1, line, record)
         else:
             yield record
         pos = find(MARKER, pos + len(MARKER))
@@ -189,10 +190,10 @@ class StepSeries(Sequence[StepRecord]):
 
     def __init__(self) -> None:
         self._steps = array("q")  # global_step of each row, ascending
-        self._shape = array("H")  # index into _shapes: the row's field names
+        self._shape = array("I")  # index into _shapes: the row's field names
         self._start = array("q")  # the row's first value in _values
         self._last_iteration = array("q")
-        self._source = array("H")
+        self._source = array("I")
         self._values = array("d")
         self._shapes: list[tuple[str, ...]] = []
         self._shape_ids: dict[tuple[str, ...], int] = {}
