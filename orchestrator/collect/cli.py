@@ -123,8 +123,8 @@ def _print_table(m: RunMetrics, written: list[Path], console: Console) -> None:
 
     colour = {"pass": "green", "fail": "bold red"}.get(m.verdict, "")
     table = Table(show_header=False, title=f"collect: {m.model}", title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
     for label, value in summary_rows(m):
         table.add_row(label, f"[{colour}]{value}[/]" if label == "verdict" and colour else value, end_section=False)
     console.print(table, markup=True, highlight=False)
@@ -191,20 +191,26 @@ def _collect_suite(args: argparse.Namespace, baselines: dict[str, Baseline] | No
     markdown = suite_markdown(rows, args.threshold)
     out = args.out or args.suite
     atomic_write_text(out / SUITE_MD, markdown)
+    code = EXIT_FAIL if any(r.verdict == "fail" for r in rows) else EXIT_OK
     if args.json:
         sys.stdout.write(suite_json(rows))
-    else:
+        return code
+    if console.is_terminal:
         from rich.table import Table
 
-        table = Table(*COLUMNS, title=f"suite: {args.suite}", title_justify="left")
+        table = Table(title=f"suite: {args.suite}", title_justify="left")
+        for header in COLUMNS:
+            table.add_column(header, overflow="fold")  # wrap a number rather than cut its digits
         for row in rows:
             table.add_row(*row_cells(row))
         console.print(table, markup=False, highlight=False)
         for row in rows:
             if row.reason:
                 console.print(f"- {row.model}: {row.verdict}: {row.reason}", markup=False, highlight=False)
-        console.print(f"wrote {out / SUITE_MD}", markup=False, highlight=False)
-    return EXIT_FAIL if any(r.verdict == "fail" for r in rows) else EXIT_OK
+    else:  # a CI log or a pipe: the markdown, whose lines are never cut to 80 columns
+        console.print(markdown, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out / SUITE_MD}", markup=False, highlight=False)
+    return code
 
 
 def run(args: argparse.Namespace, console: Console | None = None) -> int:
