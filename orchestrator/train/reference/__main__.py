@@ -1,0 +1,39 @@
+"""Entry point: ``python -m orchestrator.train.reference --run-dir DIR``.
+
+Exit codes: 0 the run reached ``max_steps`` (``DIR/DONE`` written); 75 stopped early with a checkpoint (signal,
+deadline, ``chain.steps_per_job``): the next job resumes; anything else is an error (traceback on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+
+_early: list[str] = []
+
+
+def _remember(signum: int, frame: object) -> None:
+    _early.append(signal.Signals(signum).name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", required=True, help="run directory holding plan.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    # A stop signal during the seconds torch takes to import must not kill the task: remember it, stop at step 0.
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, _remember)
+    from orchestrator.train.reference import trainer
+
+    return trainer.run(args.run_dir, early_signal=_early[0] if _early else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.train.reference", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

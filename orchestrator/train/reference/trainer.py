@@ -1,0 +1,490 @@
+"""The reference training loop: data-parallel AdamW over the Llama-style model, under the trainers' contract.
+
+- Ranks: torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else one
+  process. MASTER_ADDR/MASTER_PORT come from the environment. gloo on CPU, nccl on CUDA (one GPU per local rank).
+- Step ``k`` (0-based ``global_step``): ``GBS / (micro_batch_size * world)`` micro-batches per rank, each loss the
+  mean token cross-entropy of its micro-batch divided by the micro-batch count, gradients averaged over ranks by
+  DDP (synchronised on the last micro-batch only), clipped to ``clip_grad``, one AdamW step at :func:`lr_at`.
+  ``reduced_train_loss`` is that loss summed over micro-batches and averaged over ranks: the global batch's mean.
+- Stops between steps only: SIGUSR2/SIGTERM set a flag on any rank, ``ORCHESTRATOR_DEADLINE`` (unix seconds) is
+  checked against the longest step seen plus one checkpoint save, and all ranks agree on the flags with one
+  all-reduce per step. A stop saves and exits 75, as does reaching ``chain.steps_per_job``; ``max_steps`` saves,
+  writes ``<run_dir>/DONE`` and exits 0.
+- Resume: the newest complete checkpoint (model, optimizer, RNG states, consumed samples) or, if none,
+  ``train.init_from`` (weights, plus optimizer state unless ``init_weights_only``), or a seeded fresh model.
+  Runs on CPU are bitwise reproducible across a stop and resume.
+- Rank 0 prints NeMo's log line every step, plus ``[orchestrator]`` lines for the banner, checkpoints and stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from orchestrator import logline
+from orchestrator.atomic import atomic_write_json
+from orchestrator.plan import RunPlan
+from orchestrator.profiles import Optimizer
+from orchestrator.train import checkpoint
+from orchestrator.train.reference import data as datamod
+from orchestrator.train.reference.model import Transformer
+
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; the chain continues
+DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
+DONE_FILE = "DONE"
+#: Before the first save is timed, a save is assumed to write the state at this rate, plus a second.
+ASSUMED_SAVE_BYTES_PER_S = 200e6
+
+
+# ------------------------------------------------------------------------------------------------- ranks
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    launcher: str
+
+
+def resolve_ranks(env: Mapping[str, str]) -> Ranks:
+    """Where this process sits: torchrun's variables win (torchrun may itself run under srun), then srun's."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        world = int(env["WORLD_SIZE"])
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+        return Ranks(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), local_world, "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
+        local_world = int(per_node.split("(")[0].split(",")[0])  # "2(x3)" -> 2
+        return Ranks(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local_world, "srun")
+    return Ranks(0, 1, 0, 1, "single process")
+
+
+def init_distributed(ranks: Ranks) -> torch.device:
+    """Pick the device, join the process group (world > 1), and keep CPU ranks from oversubscribing cores."""
+    if torch.cuda.is_available():
+        device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        if "OMP_NUM_THREADS" not in os.environ:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // ranks.local_world_size))
+    if ranks.world_size > 1:
+        missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if missing:
+            raise RuntimeError(
+                f"{ranks.world_size} ranks ({ranks.launcher}) but {' and '.join(missing)} not set; the step script "
+                "exports them (first host of the node list, a port derived from the job id)"
+            )
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            rank=ranks.rank,
+            world_size=ranks.world_size,
+            timeout=dt.timedelta(minutes=10),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return device
+
+
+# --------------------------------------------------------------------------------------------- schedule
+
+
+def lr_at(step: int, optim: Optimizer, max_steps: int) -> float:
+    """NeMo's CosineAnnealing (warm-up, no hold) at 0-based step ``k``, with ``W = warmup_steps``, ``M = max_steps``:
+
+    - ``W > 0 and k <= W``: ``lr * (k + 1) / (W + 1)``
+    - ``k > M``: ``min_lr``
+    - otherwise: ``min_lr + (lr - min_lr) * 0.5 * (1 + cos(pi * (k - W) / (M - W)))``
+
+    This is the LR the optimizer uses for step ``k`` and the ``lr`` printed on its line.
+    """
+    warm = optim.warmup_steps
+    if warm > 0 and step <= warm:
+        return optim.lr * (step + 1) / (warm + 1)
+    if step > max_steps:
+        return optim.min_lr
+    progress = (step - warm) / max(max_steps - warm, 1)
+    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def deadline_reached(now: float, deadline: float | None, step_s: float, save_s: float) -> bool:
+    """True when one more step and one checkpoint save would not finish before the deadline."""
+    return deadline is not None and now + step_s + save_s >= deadline
+
+
+# ------------------------------------------------------------------------------------------------ signals
+
+
+class StopSignals:
+    """SIGUSR2 / SIGTERM set a flag; the loop acts on it at the next step boundary.
+
+    ``received`` carries over a signal that arrived before this object existed (the entry point installs a
+    handler before importing torch, whose import alone takes seconds).
+    """
+
+    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
+
+    def __init__(self, received: str | None = None) -> None:
+        self.received = received
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received = self.received or signal.Signals(signum).name
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+def fingerprint(plan: RunPlan) -> dict[str, Any]:
+    """What must not change between a checkpoint and the run that resumes it (the data stream and the model)."""
+    return dict(
+        arch=plan.model.arch.model_dump(mode="json"),
+        seq_length=plan.train.seq_length,
+        global_batch_size=plan.train.global_batch_size,
+        seed=plan.train.seed,
+        train_prefixes=list(plan.data.train_prefixes),
+        train_weights=list(plan.data.train_weights),
+        validation_prefixes=list(plan.data.validation_prefixes),
+        split=plan.data.split,
+    )
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Trainer:
+    def __init__(self, plan: RunPlan, ranks: Ranks, device: torch.device, signals: StopSignals) -> None:
+        self.plan, self.ranks, self.device, self.signals = plan, ranks, device, signals
+        train, layout, arch = plan.train, plan.layout, plan.model.arch
+        self.run_dir = Path(plan.run_dir)
+        self.ckpt_dir = Path(train.ckpt_dir)
+        self.is_main = ranks.rank == 0
+        self.distributed = ranks.world_size > 1
+        if (layout.tp, layout.pp, layout.cp, layout.ep) != (1, 1, 1, 1):
+            raise ValueError(f"layout: the reference backend is data-parallel only (tp/pp/cp/ep = "
+                             f"{layout.tp}/{layout.pp}/{layout.cp}/{layout.ep}); set them to 1 or use the nemo backend")  # fmt: skip
+        if ranks.world_size != plan.world_size:
+            raise ValueError(
+                f"launched with {ranks.world_size} ranks ({ranks.launcher}) but the plan's layout is "
+                f"{plan.world_size} (layout.nodes={layout.nodes} x layout.tasks_per_node={layout.tasks_per_node}); "
+                "launch as many tasks as the plan says, or re-plan"
+            )
+        per_micro = layout.micro_batch_size * ranks.world_size
+        if train.global_batch_size % per_micro:
+            raise ValueError(f"train.global_batch_size={train.global_batch_size} is not a multiple of "
+                             f"micro_batch_size x world = {per_micro}")  # fmt: skip
+        self.accumulation = train.global_batch_size // per_micro
+        self.autocast = device.type == "cuda" and train.precision == "bf16-mixed"
+
+        torch.manual_seed(train.seed)
+        self.model = Transformer(arch, train.seq_length).to(device)
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # norms and biases, as Megatron
+        opt = train.optim
+        self.optimizer = torch.optim.AdamW(
+            [dict(params=decay, weight_decay=opt.weight_decay), dict(params=no_decay, weight_decay=0.0)],
+            lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=device.type == "cuda",
+        )  # fmt: skip
+        self.train_batches = datamod.Batches(datamod.train_samples(plan), layout.micro_batch_size, ranks.world_size, ranks.rank)
+        self.val_batches = None
+        if train.val_interval and train.val_batches:
+            samples = datamod.validation_samples(plan)
+            if samples is None:
+                raise ValueError(
+                    f"train.val_interval={train.val_interval} but there is no validation data: data.split="
+                    f"{plan.data.split!r} leaves no validation documents; set data.validation_prefixes or a split "
+                    "with a validation part, or train.val_interval=null"
+                )
+            self.val_batches = datamod.Batches(samples, layout.micro_batch_size, ranks.world_size, ranks.rank)
+        self.step = 0
+        self.consumed = 0
+        self.val_loss: float | None = None
+        self.saved_step = 0  # the state at step 0 is reproducible without a checkpoint
+        self.save_s: float | None = None
+        self.step_s = 0.0
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            print(f"[orchestrator] {message}", flush=True)
+
+    def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(tensor, op=op)
+        return tensor
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def _tensor(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(batch).to(self.device, non_blocking=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ------------------------------------------------------------------------------------- checkpoints
+
+    def _rng_state(self) -> dict[str, Any]:
+        return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
+
+    def save(self) -> None:
+        """Checkpoint ``self.step`` (every rank calls this: RNG states are gathered to rank 0, which writes)."""
+        if not self.plan.train.save_checkpoints or self.saved_step == self.step:
+            return
+        start = time.perf_counter()
+        states: list[Any] = [None] * self.ranks.world_size
+        if self.distributed:
+            dist.all_gather_object(states, self._rng_state())
+        else:
+            states[0] = self._rng_state()
+        name = checkpoint.step_name(self.step)
+        if self.is_main:
+            tmp = checkpoint.begin(self.ckpt_dir, self.step)
+            torch.save(self.model.state_dict(), tmp / "model.pt")
+            checkpoint.fault_injection_delay()
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(states, tmp / "rng.pt")
+            meta = dict(
+                format=1,
+                step=self.step,
+                consumed_samples=self.consumed,
+                scheduler=dict(name="cosine-annealing", next_step=self.step, next_lr=self._lr(self.step)),
+                world_size=self.ranks.world_size,
+                run_id=self.plan.run_id,
+                fingerprint=fingerprint(self.plan),
+                plan_fingerprint=_digest(fingerprint(self.plan)),
+                time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            )
+            checkpoint.publish(tmp, self.ckpt_dir, self.step, meta)
+        self.barrier()
+        self.saved_step = self.step
+        self.save_s = time.perf_counter() - start
+        self.say(f"saved {name} (consumed_samples={self.consumed}, {self.save_s:.2f} s)")
+
+    def _load(self, path: Path, *, full: bool, optimizer: bool) -> dict[str, Any]:
+        meta = checkpoint.read_meta(path)
+        self._check_fingerprint(path, meta.get("fingerprint", {}), strict_data=full)
+        self.model.load_state_dict(torch.load(path / "model.pt", map_location=self.device, weights_only=True))
+        if optimizer:
+            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+        if full:
+            states = torch.load(path / "rng.pt", weights_only=True)
+            own = states[self.ranks.rank] if self.ranks.rank < len(states) else None
+            if own is None:
+                self.say(f"{path.name} holds RNG states of {len(states)} ranks; ranks beyond keep their seeded state")
+            else:
+                torch.set_rng_state(own["torch"])
+                if own.get("cuda") is not None and self.device.type == "cuda":
+                    torch.cuda.set_rng_state(own["cuda"])
+            self.step, self.consumed = int(meta["step"]), int(meta["consumed_samples"])
+            self.saved_step = self.step
+        return meta
+
+    def _check_fingerprint(self, path: Path, saved: Mapping[str, Any], strict_data: bool) -> None:
+        mine = fingerprint(self.plan)
+        if saved.get("arch") not in (None, mine["arch"]):
+            changed = sorted(k for k in mine["arch"] if saved["arch"].get(k) != mine["arch"][k])
+            raise checkpoint.CheckpointError(
+                f"{path}: saved for a different model (model.arch fields {', '.join(changed)} differ); "
+                "resume with the plan that wrote it, or point train.ckpt_dir elsewhere"
+            )
+        differs = sorted(k for k in mine if k != "arch" and k in saved and saved[k] != mine[k])
+        if differs and strict_data:
+            self.say(f"warning: {path.name} was written with different {', '.join(differs)}; "
+                     "the data stream after this point differs from the original run's")  # fmt: skip
+
+    def restore(self) -> str:
+        """Resume, initialise from ``train.init_from``, or start fresh; returns what happened, for the banner."""
+        if self.is_main:
+            for stale in checkpoint.remove_stale(self.ckpt_dir):
+                print(f"[orchestrator] removed {stale.name} (left by an interrupted write)", flush=True)
+        self.barrier()
+        step = checkpoint.find_resume(self.ckpt_dir)
+        train = self.plan.train
+        if step is not None:
+            path = checkpoint.step_dir(self.ckpt_dir, step)
+            self._load(path, full=True, optimizer=True)
+            return f"resumed from {path.name} (consumed_samples={self.consumed})"
+        if train.init_from:
+            path = checkpoint.resolve(train.init_from)
+            self._load(path, full=False, optimizer=not train.init_weights_only)
+            what = "weights" if train.init_weights_only else "weights and optimizer state"
+            return f"initialised {what} from {path} (train.init_from); step 0"
+        return f"fresh start at step 0 (seed {train.seed})"
+
+    # ------------------------------------------------------------------------------------------- steps
+
+    def _lr(self, step: int) -> float:
+        return lr_at(step, self.plan.train.optim, self.plan.train.max_steps)
+
+    def train_step(self, model: torch.nn.Module) -> tuple[float, float, float]:
+        """One optimizer step over the global batch; returns (lr, reduced loss, wall seconds)."""
+        start = time.perf_counter()
+        lr = self._lr(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        for micro in range(self.accumulation):
+            tokens = self._tensor(self.train_batches.micro_batch(self.consumed, micro))
+            last = micro == self.accumulation - 1
+            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    loss = model(tokens[:, :-1], tokens[:, 1:])
+                (loss / self.accumulation).backward()
+            total += loss.detach() / self.accumulation
+        clip = self.plan.train.optim.clip_grad
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        reduced = self.all_reduce(total).item() / self.ranks.world_size
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return lr, reduced, time.perf_counter() - start
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean loss over ``val_batches`` micro-batches per rank of the fixed validation samples."""
+        assert self.val_batches is not None
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        count = self.plan.train.val_batches
+        for micro in range(count):
+            tokens = self._tensor(self.val_batches.micro_batch(0, micro))
+            with self._autocast():
+                total += self.model(tokens[:, :-1], tokens[:, 1:])
+        self.model.train()
+        return self.all_reduce(total).item() / (count * self.ranks.world_size)
+
+    def log(self, lr: float, loss: float, seconds: float, first: bool) -> None:
+        if not self.is_main:
+            return
+        train = self.plan.train
+        metrics: dict[str, float] = {
+            "lr": lr,
+            "global_batch_size": train.global_batch_size,
+            "global_step": self.step,
+            "reduced_train_loss": loss,
+            "train_step_timing in s": seconds,
+            "tokens_per_sec_per_gpu": train.global_batch_size * train.seq_length / (self.ranks.world_size * seconds),
+        }
+        if not first:  # NeMo leaves consumed_samples off a run's first line
+            metrics["consumed_samples"] = (self.step + 1) * train.global_batch_size
+        if self.val_loss is not None:
+            metrics["val_loss"] = self.val_loss
+        print(logline.format_log_line(0, self.step, train.max_steps, metrics), flush=True)
+
+    def _stop_reason(self, deadline: float | None) -> str | None:
+        """Every rank's view at this step boundary, agreed by one all-reduce (any rank's flag stops all)."""
+        save_s = self.save_s
+        if save_s is None:
+            state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) * 3
+            save_s = 1.0 + state_bytes / ASSUMED_SAVE_BYTES_PER_S
+        late = deadline_reached(time.time(), deadline, self.step_s, save_s)
+        received = self.signals.received
+        flags = torch.tensor([received is not None, late], dtype=torch.int32, device=self.device)
+        self.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[0]:
+            return f"{received} received" if received else "a stop signal received on another rank"
+        if flags[1]:
+            return f"{DEADLINE_ENV} is less than one step ({self.step_s:.1f} s) and one save ({save_s:.1f} s) away"
+        return None
+
+    def _finish(self) -> int:
+        self.save()
+        if self.is_main:
+            done = dict(
+                final_step=self.step,
+                consumed_samples=self.consumed,
+                checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if self.plan.train.save_checkpoints else None,
+                time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            )
+            atomic_write_json(self.run_dir / DONE_FILE, done)
+            self.say(f"done: {self.step} steps, consumed_samples={self.consumed}; wrote {self.run_dir / DONE_FILE}")
+        return 0
+
+    def fit(self) -> int:
+        plan, train = self.plan, self.plan.train
+        deadline = float(os.environ[DEADLINE_ENV]) if os.environ.get(DEADLINE_ENV) else None
+        arch = plan.model.arch
+        self.say(
+            f"reference trainer: run {plan.run_id}, model {plan.model.name} ({arch.num_layers} layers, hidden "
+            f"{arch.hidden_size}, {arch.num_params() / 1e6:.2f}M parameters), {self.ranks.world_size} rank(s) via "
+            f"{self.ranks.launcher} on {self.device.type}"
+            + (f" ({torch.get_num_threads()} threads each)" if self.device.type == "cpu" else "")
+        )
+        self.say(
+            f"global batch {train.global_batch_size} = micro {plan.layout.micro_batch_size} x {self.ranks.world_size} "
+            f"rank(s) x {self.accumulation} accumulation, sequence {train.seq_length}, max_steps {train.max_steps}, "
+            f"steps_per_job {plan.chain.steps_per_job or 'unlimited'}, checkpoints in {self.ckpt_dir}"
+        )
+        if self.device.type == "cpu" and train.precision == "bf16-mixed":
+            self.say("precision: fp32 on CPU (bf16-mixed applies on CUDA only)")
+        self.say(self.restore())
+        if self.step >= train.max_steps:
+            return self._finish()
+        model: torch.nn.Module = self.model
+        if self.distributed:
+            model = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        first_step = self.step
+        while True:
+            reason = self._stop_reason(deadline)
+            if reason:
+                self.say(f"stopping at step {self.step}: {reason}")
+                self.save()
+                return EXIT_STOPPED
+            lr, loss, seconds = self.train_step(model)
+            self.log(lr, loss, seconds, first=self.step == first_step)
+            self.step_s = max(self.step_s, seconds)
+            self.step += 1
+            self.consumed += train.global_batch_size
+            if self.val_batches is not None and train.val_interval and self.step % train.val_interval == 0:
+                self.val_loss = self.validate()
+                self.say(f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
+                         f"({train.val_batches} micro-batches per rank)")  # fmt: skip
+            if self.step >= train.max_steps:
+                return self._finish()
+            if train.ckpt_interval and self.step % train.ckpt_interval == 0:
+                self.save()
+            if plan.chain.steps_per_job and self.step - first_step >= plan.chain.steps_per_job:
+                self.say(f"stopping at step {self.step}: chain.steps_per_job={plan.chain.steps_per_job} done in this job")
+                self.save()
+                return EXIT_STOPPED
+
+
+def run(run_dir: str | os.PathLike[str], early_signal: str | None = None) -> int:
+    """Train the plan in ``run_dir``; 0 when max_steps is reached, 75 when stopped with a checkpoint."""
+    signals = StopSignals(early_signal)
+    plan = RunPlan.load(run_dir)
+    ranks = resolve_ranks(os.environ)
+    device = init_distributed(ranks)
+    try:
+        return Trainer(plan, ranks, device, signals).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
