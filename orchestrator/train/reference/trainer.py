@@ -64,16 +64,19 @@ class Ranks:
 
 
 def resolve_ranks(env: Mapping[str, str]) -> Ranks:
-    """Where this process sits: torchrun's variables win (torchrun may itself run under srun), then srun's."""
+    """Where this process sits. RANK/WORLD_SIZE/LOCAL_RANK (torchrun, ``orchestrator.launch``, or the step script
+    that copies them from Slurm) win over srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; the tasks per node come
+    from LOCAL_WORLD_SIZE or Slurm's SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE ("2(x3)")."""
+    launcher = "srun" if "SLURM_PROCID" in env else "torchrun-style env"
     if "RANK" in env and "WORLD_SIZE" in env:
-        world = int(env["WORLD_SIZE"])
-        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
-        return Ranks(int(env["RANK"]), world, int(env.get("LOCAL_RANK", 0)), local_world, "torchrun")
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        per_node = env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", "1")
-        local_world = int(per_node.split("(")[0].split(",")[0])  # "2(x3)" -> 2
-        return Ranks(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)), local_world, "srun")
-    return Ranks(0, 1, 0, 1, "single process")
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    else:
+        return Ranks(0, 1, 0, 1, "single process")
+    per_node = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
+    local_world = int(per_node.split("(")[0].split(",")[0]) if per_node else world
+    return Ranks(rank, world, local, local_world, launcher)
 
 
 def init_distributed(ranks: Ranks) -> torch.device:
@@ -188,6 +191,9 @@ class Trainer:
                 f"{plan.world_size} (layout.nodes={layout.nodes} x layout.tasks_per_node={layout.tasks_per_node}); "
                 "launch as many tasks as the plan says, or re-plan"
             )
+        if train.optim.min_lr > train.optim.lr:
+            raise ValueError(f"train.optim.min_lr={train.optim.min_lr} exceeds train.optim.lr={train.optim.lr}; "
+                             "the cosine decay goes from lr down to min_lr")  # fmt: skip
         per_micro = layout.micro_batch_size * ranks.world_size
         if train.global_batch_size % per_micro:
             raise ValueError(f"train.global_batch_size={train.global_batch_size} is not a multiple of "
