@@ -201,3 +201,12 @@ def test_init_from_loads_weights_and_starts_at_step_0(workdir: Path, baseline: t
     assert "initialised weights from" in result.stdout and "step-00000012" in result.stdout
     assert sorted(result.losses) == [0, 1]
     assert float(result.losses[0]) < float(baseline[1].losses[0]) - 0.5  # trained weights, not a fresh model
+
+
+def test_resuming_with_another_model_is_refused(workdir: Path, baseline: tuple[Path, Result]) -> None:
+    run_dir = workdir / "other-model"
+    make_plan(run_dir, workdir / "data", **{"model.arch.num_layers": 3, "train.ckpt_dir": str(baseline[0] / "checkpoints"),
+                                           "train.max_steps": 20})  # fmt: skip
+    result = train(run_dir)
+    assert result.returncode not in (0, EXIT_STOPPED)
+    assert "saved for a different model (model.arch fields num_layers differ)" in result.stderr

@@ -227,6 +227,7 @@ class Trainer:
         self.saved_step = 0  # the state at step 0 is reproducible without a checkpoint
         self.save_s: float | None = None
         self.step_s = 0.0
+        self.fingerprint_digest = _digest(fingerprint(plan))
 
     # ---------------------------------------------------------------------------------------- helpers
 
@@ -281,7 +282,7 @@ class Trainer:
                 world_size=self.ranks.world_size,
                 run_id=self.plan.run_id,
                 fingerprint=fingerprint(self.plan),
-                plan_fingerprint=_digest(fingerprint(self.plan)),
+                plan_fingerprint=self.fingerprint_digest,
                 time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             )
             checkpoint.publish(tmp, self.ckpt_dir, self.step, meta)
@@ -292,7 +293,7 @@ class Trainer:
 
     def _load(self, path: Path, *, full: bool, optimizer: bool) -> dict[str, Any]:
         meta = checkpoint.read_meta(path)
-        self._check_fingerprint(path, meta.get("fingerprint", {}), strict_data=full)
+        self._check_fingerprint(path, meta.get("fingerprint", {}), resuming=full)
         self.model.load_state_dict(torch.load(path / "model.pt", map_location=self.device, weights_only=True))
         if optimizer:
             self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
@@ -309,18 +310,20 @@ class Trainer:
             self.saved_step = self.step
         return meta
 
-    def _check_fingerprint(self, path: Path, saved: Mapping[str, Any], strict_data: bool) -> None:
+    def _check_fingerprint(self, path: Path, saved: Mapping[str, Any], resuming: bool) -> None:
+        """A resumed run must be the same model (error) on the same data (warning); ``init_from`` may change both
+        (a mismatch of shapes still fails in ``load_state_dict``)."""
         mine = fingerprint(self.plan)
-        if saved.get("arch") not in (None, mine["arch"]):
-            changed = sorted(k for k in mine["arch"] if saved["arch"].get(k) != mine["arch"][k])
+        arch = sorted(k for k in mine["arch"] if k in saved.get("arch", {}) and saved["arch"][k] != mine["arch"][k])
+        if arch and resuming:
             raise checkpoint.CheckpointError(
-                f"{path}: saved for a different model (model.arch fields {', '.join(changed)} differ); "
+                f"{path}: saved for a different model (model.arch fields {', '.join(arch)} differ); "
                 "resume with the plan that wrote it, or point train.ckpt_dir elsewhere"
             )
-        differs = sorted(k for k in mine if k != "arch" and k in saved and saved[k] != mine[k])
-        if differs and strict_data:
-            self.say(f"warning: {path.name} was written with different {', '.join(differs)}; "
-                     "the data stream after this point differs from the original run's")  # fmt: skip
+        differs = arch + sorted(k for k in mine if k != "arch" and k in saved and saved[k] != mine[k])
+        if differs:
+            self.say(f"{'warning: ' if resuming else ''}{path.name} was written with different {', '.join(differs)}"
+                     + ("; the data stream from here on differs from the original run's" if resuming else ""))  # fmt: skip
 
     def restore(self) -> str:
         """Resume, initialise from ``train.init_from``, or start fresh; returns what happened, for the banner."""
