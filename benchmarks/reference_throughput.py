@@ -54,7 +54,8 @@ def measure(profile: str, world: int, steps: int, data: str, work: Path) -> dict
     run_dir.mkdir(parents=True)
     (run_dir / "plan.json").write_text(plan.to_json())
     train = [sys.executable, "-m", "orchestrator.train.reference", "--run-dir", str(run_dir)]
-    cmd = [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", str(world), "--", *train] if world > 1 else train
+    launch = [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", str(world), "--"]
+    cmd = [*launch, *train] if world > 1 else train
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     rates, times = [], []
     for line in out.splitlines():
@@ -84,7 +85,8 @@ def main() -> int:
     probe = build_plan(args.profile, "local", check=False)
     with tempfile.TemporaryDirectory(prefix="reference-throughput-") as tmp:
         work = Path(tmp)
-        tokens = build_dataset(work / "stdlib", args.tokenizer_model or tokenizer_model_path(probe), probe.model.arch.vocab_size, args.max_tokens)
+        model_file = args.tokenizer_model or tokenizer_model_path(probe)
+        tokens = build_dataset(work / "stdlib", model_file, probe.model.arch.vocab_size, args.max_tokens)
         print(f"dataset: {tokens} tokens of Python's standard library, tokenizer {probe.model.tokenizer.model}")
         for world in args.worlds:
             r = measure(args.profile, world, args.steps, str(work / "stdlib"), work)

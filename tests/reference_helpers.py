@@ -80,7 +80,8 @@ def make_plan(run_dir: Path, data_dir: Path, **overrides: Any) -> RunPlan:
 
 
 def trainer_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
+    launcher_vars = ("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(launcher_vars)}
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("ORCHESTRATOR_DEADLINE", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ def test_an_epoch_is_a_permutation_of_documents_cut_into_windows(tmp_path: Path)
     # the next token of its document, or the first token of another document after the last one of this.
     last_tokens = set(starts + np.array(lengths) - 1)
     for s in samples:
-        for a, b in zip(s[:-1], s[1:]):
+        for a, b in itertools.pairwise(s):
             assert b == a + 1 or (a in last_tokens and b in set(starts))
     assert [int(s[0]) for s in samples] != sorted(int(s[0]) for s in samples)  # samples are shuffled
 
@@ -56,7 +57,7 @@ def test_stream_is_a_function_of_seed_and_position(tmp_path: Path) -> None:
     n = 4 * len(a)  # several epochs
     forward = [a[k] for k in range(n)]
     backward = [b[k] for k in reversed(range(n))][::-1]  # random access, as a resumed run reads
-    for x, y in zip(forward, backward):
+    for x, y in zip(forward, backward, strict=True):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, c[k]) for k, x in enumerate(forward))
     epochs = [np.concatenate(forward[e * len(a) : (e + 1) * len(a)]) for e in range(4)]
@@ -114,7 +115,8 @@ def test_micro_batches_partition_the_global_batch_across_ranks(tmp_path: Path) -
     ranks = [data.Batches(stream, mbs, world, r) for r in range(world)]
     consumed = 3 * gbs
     whole = np.concatenate([single.micro_batch(consumed, m) for m in range(gbs // mbs)])
-    split = np.concatenate([ranks[r].micro_batch(consumed, m) for m in range(gbs // (mbs * world)) for r in range(world)])
+    micros = range(gbs // (mbs * world))
+    split = np.concatenate([ranks[r].micro_batch(consumed, m) for m in micros for r in range(world)])
     np.testing.assert_array_equal(whole, split)  # same samples, same order, whatever the world size
     np.testing.assert_array_equal(whole[0], stream[consumed])
 

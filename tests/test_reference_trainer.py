@@ -120,7 +120,8 @@ def test_stop_signals_save_exit_75_and_the_next_job_continues(workdir: Path) -> 
     make_plan(run_dir, workdir / "data", **{"train.max_steps": 100_000, "train.val_interval": None})
     start = 0
     for sig in (signal.SIGUSR2, signal.SIGTERM):
-        proc = subprocess.Popen(command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
         seen = []
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -150,7 +151,7 @@ def test_two_ranks_over_gloo_match_one_rank(workdir: Path, baseline: tuple[Path,
     procs = [
         subprocess.Popen(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=trainer_env(
             SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_TASKS_PER_NODE="2",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=port))  # fmt: skip
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
         for rank in range(2)
     ]
     outs = [p.communicate(timeout=150) for p in procs]
@@ -205,8 +206,8 @@ def test_init_from_loads_weights_and_starts_at_step_0(workdir: Path, baseline: t
 
 def test_resuming_with_another_model_is_refused(workdir: Path, baseline: tuple[Path, Result]) -> None:
     run_dir = workdir / "other-model"
-    make_plan(run_dir, workdir / "data", **{"model.arch.num_layers": 3, "train.ckpt_dir": str(baseline[0] / "checkpoints"),
-                                           "train.max_steps": 20})  # fmt: skip
+    other = {"model.arch.num_layers": 3, "train.ckpt_dir": str(baseline[0] / "checkpoints"), "train.max_steps": 20}
+    make_plan(run_dir, workdir / "data", **other)
     result = train(run_dir)
     assert result.returncode not in (0, EXIT_STOPPED)
     assert "saved for a different model (model.arch fields num_layers differ)" in result.stderr

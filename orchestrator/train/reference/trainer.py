@@ -1,15 +1,17 @@
 """The reference training loop: data-parallel AdamW over the Llama-style model, under the trainers' contract.
 
-- Ranks: torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else one
-  process. MASTER_ADDR/MASTER_PORT come from the environment. gloo on CPU, nccl on CUDA (one GPU per local rank).
+- Ranks: RANK/WORLD_SIZE/LOCAL_RANK (torchrun, ``orchestrator.launch``, the Slurm step script), else srun's
+  SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, else one process. MASTER_ADDR/MASTER_PORT come from the environment.
+  gloo on CPU, nccl on CUDA (one GPU per local rank).
 - Step ``k`` (0-based ``global_step``): ``GBS / (micro_batch_size * world)`` micro-batches per rank, each loss the
   mean token cross-entropy of its micro-batch divided by the micro-batch count, gradients averaged over ranks by
   DDP (synchronised on the last micro-batch only), clipped to ``clip_grad``, one AdamW step at :func:`lr_at`.
   ``reduced_train_loss`` is that loss summed over micro-batches and averaged over ranks: the global batch's mean.
-- Stops between steps only: SIGUSR2/SIGTERM set a flag on any rank, ``ORCHESTRATOR_DEADLINE`` (unix seconds) is
-  checked against the longest step seen plus one checkpoint save, and all ranks agree on the flags with one
-  all-reduce per step. A stop saves and exits 75, as does reaching ``chain.steps_per_job``; ``max_steps`` saves,
-  writes ``<run_dir>/DONE`` and exits 0.
+- Stops between steps only: SIGUSR2/SIGTERM set a flag on any rank; ``ORCHESTRATOR_DEADLINE`` (unix seconds) is
+  checked against the longest step seen (plus the last validation's time when the next step validates) plus one
+  checkpoint save (the last one's time; before any, the state's size at 200 MB/s plus a second); all ranks agree
+  on the flags with one all-reduce per step. A stop saves and exits 75, as does reaching ``chain.steps_per_job``;
+  ``max_steps`` saves, writes ``<run_dir>/DONE`` and exits 0.
 - Resume: the newest complete checkpoint (model, optimizer, RNG states, consumed samples) or, if none,
   ``train.init_from`` (weights, plus optimizer state unless ``init_weights_only``), or a seeded fresh model.
   Runs on CPU are bitwise reproducible across a stop and resume.
@@ -183,8 +185,9 @@ class Trainer:
         self.is_main = ranks.rank == 0
         self.distributed = ranks.world_size > 1
         if (layout.tp, layout.pp, layout.cp, layout.ep) != (1, 1, 1, 1):
-            raise ValueError(f"layout: the reference backend is data-parallel only (tp/pp/cp/ep = "
-                             f"{layout.tp}/{layout.pp}/{layout.cp}/{layout.ep}); set them to 1 or use the nemo backend")  # fmt: skip
+            parallel = f"{layout.tp}/{layout.pp}/{layout.cp}/{layout.ep}"
+            raise ValueError(f"layout: the reference backend is data-parallel only (tp/pp/cp/ep = {parallel}); "
+                             "set them to 1 or use the nemo backend")  # fmt: skip
         if ranks.world_size != plan.world_size:
             raise ValueError(
                 f"launched with {ranks.world_size} ranks ({ranks.launcher}) but the plan's layout is "
@@ -210,7 +213,8 @@ class Trainer:
             [dict(params=decay, weight_decay=opt.weight_decay), dict(params=no_decay, weight_decay=0.0)],
             lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=device.type == "cuda",
         )  # fmt: skip
-        self.train_batches = datamod.Batches(datamod.train_samples(plan), layout.micro_batch_size, ranks.world_size, ranks.rank)
+        mbs = layout.micro_batch_size
+        self.train_batches = datamod.Batches(datamod.train_samples(plan), mbs, ranks.world_size, ranks.rank)
         self.val_batches = None
         if train.val_interval and train.val_batches:
             samples = datamod.validation_samples(plan)
@@ -220,13 +224,14 @@ class Trainer:
                     f"{plan.data.split!r} leaves no validation documents; set data.validation_prefixes or a split "
                     "with a validation part, or train.val_interval=null"
                 )
-            self.val_batches = datamod.Batches(samples, layout.micro_batch_size, ranks.world_size, ranks.rank)
+            self.val_batches = datamod.Batches(samples, mbs, ranks.world_size, ranks.rank)
         self.step = 0
         self.consumed = 0
         self.val_loss: float | None = None
         self.saved_step = 0  # the state at step 0 is reproducible without a checkpoint
         self.save_s: float | None = None
-        self.step_s = 0.0
+        self.step_s = 0.0  # the longest step of this job
+        self.val_s = 0.0  # the last validation's duration
         self.fingerprint_digest = _digest(fingerprint(plan))
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -255,7 +260,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------- checkpoints
 
     def _rng_state(self) -> dict[str, Any]:
-        return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if self.device.type == "cuda" else None)
+        cuda = torch.cuda.get_rng_state() if self.device.type == "cuda" else None
+        return {"torch": torch.get_rng_state(), "cuda": cuda}
 
     def save(self) -> None:
         """Checkpoint ``self.step`` (every rank calls this: RNG states are gathered to rank 0, which writes)."""
@@ -294,9 +300,12 @@ class Trainer:
     def _load(self, path: Path, *, full: bool, optimizer: bool) -> dict[str, Any]:
         meta = checkpoint.read_meta(path)
         self._check_fingerprint(path, meta.get("fingerprint", {}), resuming=full)
-        self.model.load_state_dict(torch.load(path / "model.pt", map_location=self.device, weights_only=True))
+        def read(name: str) -> Any:
+            return torch.load(path / name, map_location=self.device, weights_only=True)
+
+        self.model.load_state_dict(read("model.pt"))
         if optimizer:
-            self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
+            self.optimizer.load_state_dict(read("optimizer.pt"))
         if full:
             states = torch.load(path / "rng.pt", weights_only=True)
             own = states[self.ranks.rank] if self.ranks.rank < len(states) else None
@@ -321,9 +330,11 @@ class Trainer:
                 "resume with the plan that wrote it, or point train.ckpt_dir elsewhere"
             )
         differs = arch + sorted(k for k in mine if k != "arch" and k in saved and saved[k] != mine[k])
-        if differs:
-            self.say(f"{'warning: ' if resuming else ''}{path.name} was written with different {', '.join(differs)}"
-                     + ("; the data stream from here on differs from the original run's" if resuming else ""))  # fmt: skip
+        if differs and resuming:
+            self.say(f"warning: {path.name} was written with different {', '.join(differs)}; "
+                     "the data stream from here on differs from the original run's")  # fmt: skip
+        elif differs:
+            self.say(f"{path.name} was written with different {', '.join(differs)}")
 
     def restore(self) -> str:
         """Resume, initialise from ``train.init_from``, or start fresh; returns what happened, for the banner."""
@@ -359,8 +370,8 @@ class Trainer:
         for micro in range(self.accumulation):
             tokens = self._tensor(self.train_batches.micro_batch(self.consumed, micro))
             last = micro == self.accumulation - 1
-            sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
-            with sync:
+            deferred = isinstance(model, DistributedDataParallel) and not last
+            with model.no_sync() if deferred else contextlib.nullcontext():
                 with self._autocast():
                     loss = model(tokens[:, :-1], tokens[:, 1:])
                 (loss / self.accumulation).backward()
@@ -413,23 +424,40 @@ class Trainer:
         if save_s is None:
             state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) * 3
             save_s = 1.0 + state_bytes / ASSUMED_SAVE_BYTES_PER_S
-        late = deadline_reached(time.time(), deadline, self.step_s, save_s)
+        interval = self.plan.train.val_interval
+        validates = self.val_batches is not None and interval and (self.step + 1) % interval == 0
+        step_s = self.step_s + (self.val_s if validates else 0.0)
+        late = deadline_reached(time.time(), deadline, step_s, save_s)
         received = self.signals.received
         flags = torch.tensor([received is not None, late], dtype=torch.int32, device=self.device)
         self.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0]:
             return f"{received} received" if received else "a stop signal received on another rank"
         if flags[1]:
-            return f"{DEADLINE_ENV} is less than one step ({self.step_s:.1f} s) and one save ({save_s:.1f} s) away"
+            return f"{DEADLINE_ENV} is less than one step ({step_s:.1f} s) and one save ({save_s:.1f} s) away"
         return None
+
+    def _describe_data(self) -> str:
+        blend = self.train_batches.samples
+        assert isinstance(blend, datamod.Blend)
+        weights = "/".join(f"{w:.3g}" for w in blend.weights)
+        text = (f"data: {len(blend.components)} training prefix(es), weights {weights}, "
+                f"{sum(len(c) for c in blend.components)} samples per epoch")  # fmt: skip
+        if self.val_batches is None:
+            return text + "; no validation"
+        total = len(self.val_batches.samples)
+        wanted = self.plan.train.val_batches * self.plan.layout.micro_batch_size * self.ranks.world_size
+        wrap = f" (fewer than the {wanted} each evaluation reads: they repeat)" if total < wanted else ""
+        return text + f"; validation: {total} samples in file order{wrap}, {wanted} per evaluation"
 
     def _finish(self) -> int:
         self.save()
         if self.is_main:
+            saved = self.plan.train.save_checkpoints
             done = dict(
                 final_step=self.step,
                 consumed_samples=self.consumed,
-                checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if self.plan.train.save_checkpoints else None,
+                checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if saved else None,
                 time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             )
             atomic_write_json(self.run_dir / DONE_FILE, done)
@@ -444,7 +472,7 @@ class Trainer:
             f"reference trainer: run {plan.run_id}, model {plan.model.name} ({arch.num_layers} layers, hidden "
             f"{arch.hidden_size}, {arch.num_params() / 1e6:.2f}M parameters), {self.ranks.world_size} rank(s) via "
             f"{self.ranks.launcher} on {self.device.type}"
-            + (f" ({torch.get_num_threads()} threads each)" if self.device.type == "cpu" else "")
+            + (f" ({torch.get_num_threads()} thread(s) per rank)" if self.device.type == "cpu" else "")
         )
         self.say(
             f"global batch {train.global_batch_size} = micro {plan.layout.micro_batch_size} x {self.ranks.world_size} "
@@ -453,12 +481,14 @@ class Trainer:
         )
         if self.device.type == "cpu" and train.precision == "bf16-mixed":
             self.say("precision: fp32 on CPU (bf16-mixed applies on CUDA only)")
+        self.say(self._describe_data())
         self.say(self.restore())
         if self.step >= train.max_steps:
             return self._finish()
         model: torch.nn.Module = self.model
         if self.distributed:
-            model = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            device_ids = [self.device] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(self.model, device_ids=device_ids)
         first_step = self.step
         while True:
             reason = self._stop_reason(deadline)
@@ -472,7 +502,9 @@ class Trainer:
             self.step += 1
             self.consumed += train.global_batch_size
             if self.val_batches is not None and train.val_interval and self.step % train.val_interval == 0:
+                start = time.perf_counter()
                 self.val_loss = self.validate()
+                self.val_s = time.perf_counter() - start
                 self.say(f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
                          f"({train.val_batches} micro-batches per rank)")  # fmt: skip
             if self.step >= train.max_steps:
@@ -480,7 +512,7 @@ class Trainer:
             if train.ckpt_interval and self.step % train.ckpt_interval == 0:
                 self.save()
             if plan.chain.steps_per_job and self.step - first_step >= plan.chain.steps_per_job:
-                self.say(f"stopping at step {self.step}: chain.steps_per_job={plan.chain.steps_per_job} done in this job")
+                self.say(f"stopping at step {self.step}: chain.steps_per_job={plan.chain.steps_per_job} done")
                 self.save()
                 return EXIT_STOPPED
 
