@@ -238,6 +238,9 @@ class StageDriver:
             env["ORCHESTRATOR_DEADLINE"] = f"{deadline:.0f}"
         if self.ctx.task_index is not None:
             env["ORCHESTRATOR_TASK_INDEX"] = str(self.ctx.task_index)
+        job = next((j for j in self.ledger.jobs(self.stage) if j.job_id == self.ctx.job_id), None)
+        if job is not None and job.chain_index is not None:
+            env["ORCHESTRATOR_CHAIN_INDEX"] = str(job.chain_index)
         script = self.rd.script(self.stage)
         self._say(f"step: bash {script}" + (f" (deadline {_stamp(deadline)})" if deadline else ""))
         self._proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True)

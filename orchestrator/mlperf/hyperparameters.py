@@ -27,8 +27,10 @@ def gradient_accumulation_steps(gbs: int, dp: int, mbs: int) -> int:
     return gbs // (dp * mbs)
 
 
-def reference_hyperparameters(schedule: Schedule, *, dp: int, mbs: int, seed: int, start_step: int) -> dict:
-    """Key -> value, in the reference's logging order.
+def reference_hyperparameters(
+    schedule: Schedule, *, dp: int, mbs: int, seed: int, start_step: int, seq_length: int = SEQUENCE_LENGTH
+) -> dict:
+    """Key -> value, in the reference's logging order; ``seq_length`` is what the run really trains with.
 
     ``start_step`` is the step the job starts from (``init_checkpoint_step``). The rules want 0: only a run that
     starts from the initial checkpoint is a compliant result, so a resumed partition's log fails that check.
@@ -38,7 +40,7 @@ def reference_hyperparameters(schedule: Schedule, *, dp: int, mbs: int, seed: in
     return {
         "global_batch_size": schedule.gbs,
         "gradient_accumulation_steps": gradient_accumulation_steps(schedule.gbs, dp, mbs),
-        "max_sequence_length": SEQUENCE_LENGTH,
+        "max_sequence_length": seq_length,
         "eval_samples": schedule.eval_samples,
         "opt_name": "adamw",
         "opt_base_learning_rate": schedule.base_lr,

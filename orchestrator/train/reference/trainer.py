@@ -31,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
@@ -46,9 +46,13 @@ from orchestrator.train import checkpoint
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
 
+if TYPE_CHECKING:
+    from orchestrator.mlperf.mllog import MlperfLogger
+
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; the chain continues
 DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
 DONE_FILE = "DONE"
+CHAIN_INDEX_ENV = "ORCHESTRATOR_CHAIN_INDEX"
 #: Before the first save is timed, a save is assumed to write the state at this rate, plus a second.
 ASSUMED_SAVE_BYTES_PER_S = 200e6
 
@@ -176,9 +180,29 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def mlperf_logger(plan: RunPlan, rank: int) -> "MlperfLogger | None":
+    """The MLPerf compliance log of this job (MLPerf plans only): one file per job and seed, rank 0 writes."""
+    schedule = plan.mlperf_schedule()
+    if schedule is None:
+        return None
+    from orchestrator.mlperf.mllog import MlperfLogger, log_filename
+
+    env = os.environ
+    job = env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or f"local{os.getpid()}"
+    name = log_filename(plan.run_id, plan.train.seed, int(env.get(CHAIN_INDEX_ENV, "0")), job,
+                        attempt=int(env.get("SLURM_RESTART_COUNT", "0") or 0))  # fmt: skip
+    logger = MlperfLogger(Path(plan.run_dir) / "mlperf" / name, rank=rank, gbs=schedule.gbs,
+                          target_log_ppl=schedule.target_log_ppl)  # fmt: skip
+    logger.on_init_start()
+    return logger
+
+
 class Trainer:
-    def __init__(self, plan: RunPlan, ranks: Ranks, device: torch.device, signals: StopSignals) -> None:
+    def __init__(self, plan: RunPlan, ranks: Ranks, device: torch.device, signals: StopSignals,
+                 mllog: "MlperfLogger | None" = None) -> None:  # fmt: skip
         self.plan, self.ranks, self.device, self.signals = plan, ranks, device, signals
+        self.mllog = mllog
+        self.schedule = plan.mlperf_schedule()
         train, layout, arch = plan.train, plan.layout, plan.model.arch
         self.run_dir = Path(plan.run_dir)
         self.ckpt_dir = Path(train.ckpt_dir)
@@ -388,11 +412,12 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float:
-        """Mean loss over ``val_batches`` micro-batches per rank of the fixed validation samples."""
+        """Mean loss over ``val_batches`` global batches (as NeMo's ``limit_val_batches``) of the fixed
+        validation samples: each rank reads ``val_batches x accumulation`` micro-batches."""
         assert self.val_batches is not None
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        count = self.plan.train.val_batches
+        count = self.plan.train.val_batches * self.accumulation
         for micro in range(count):
             tokens = self._tensor(self.val_batches.micro_batch(0, micro))
             with self._autocast():
@@ -424,9 +449,7 @@ class Trainer:
         if save_s is None:
             state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) * 3
             save_s = 1.0 + state_bytes / ASSUMED_SAVE_BYTES_PER_S
-        interval = self.plan.train.val_interval
-        validates = self.val_batches is not None and interval and (self.step + 1) % interval == 0
-        step_s = self.step_s + (self.val_s if validates else 0.0)
+        step_s = self.step_s + (self.val_s if self._evaluates(self.step + 1) else 0.0)
         late = deadline_reached(time.time(), deadline, step_s, save_s)
         received = self.signals.received
         flags = torch.tensor([received is not None, late], dtype=torch.int32, device=self.device)
@@ -436,6 +459,39 @@ class Trainer:
         if flags[1]:
             return f"{DEADLINE_ENV} is less than one step ({step_s:.1f} s) and one save ({save_s:.1f} s) away"
         return None
+
+    def _evaluates(self, steps_done: int) -> bool:
+        """Validate after this many steps? MLPerf plans follow the rules' schedule, others every val_interval."""
+        if self.val_batches is None:
+            return False
+        if self.schedule is not None:
+            return self.schedule.is_eval_step(steps_done)
+        interval = self.plan.train.val_interval
+        return bool(interval) and steps_done % interval == 0
+
+    def _mlperf_start(self) -> None:
+        if self.mllog is None or self.schedule is None:
+            return
+        from orchestrator.mlperf.hyperparameters import reference_hyperparameters
+        from orchestrator.mlperf.mllog import Submission
+
+        plan = self.plan
+        params = reference_hyperparameters(self.schedule, dp=self.ranks.world_size, mbs=plan.layout.micro_batch_size,
+                                           seed=plan.train.seed, start_step=self.step, seq_length=plan.train.seq_length)  # fmt: skip
+        # Log what this run really uses: an override of the rules' values shows in the log (and the checker says so).
+        opt = plan.train.optim
+        params.update(opt_base_learning_rate=opt.lr, opt_end_learning_rate=opt.min_lr,
+                      opt_learning_rate_warmup_steps=opt.warmup_steps,
+                      opt_learning_rate_decay_steps=plan.train.max_steps - opt.warmup_steps,
+                      opt_adamw_beta_1=opt.beta1, opt_adamw_beta_2=opt.beta2, opt_adamw_epsilon=opt.eps,
+                      opt_adamw_weight_decay=opt.weight_decay, opt_gradient_clip_norm=opt.clip_grad)  # fmt: skip
+        device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+        platform = f"{plan.layout.nodes}x{plan.layout.tasks_per_node}x{device}".replace(" ", "_")
+        self.mllog.on_train_start(self.step, params, Submission(org="orchestrator reference backend", platform=platform))
+
+    def _mlperf_end(self) -> None:
+        if self.mllog is not None:
+            self.mllog.on_train_end(self.step)
 
     def _describe_data(self) -> str:
         blend = self.train_batches.samples
@@ -450,8 +506,9 @@ class Trainer:
         wrap = f" (fewer than the {wanted} each evaluation reads: they repeat)" if total < wanted else ""
         return text + f"; validation: {total} samples in file order{wrap}, {wanted} per evaluation"
 
-    def _finish(self) -> int:
+    def _finish(self, why: str = "max_steps reached") -> int:
         self.save()
+        self._mlperf_end()
         if self.is_main:
             saved = self.plan.train.save_checkpoints
             done = dict(
@@ -459,6 +516,7 @@ class Trainer:
                 consumed_samples=self.consumed,
                 checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if saved else None,
                 time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                reason=why,
             )
             atomic_write_json(self.run_dir / DONE_FILE, done)
             self.say(f"done: {self.step} steps, consumed_samples={self.consumed}; wrote {self.run_dir / DONE_FILE}")
@@ -490,23 +548,32 @@ class Trainer:
             device_ids = [self.device] if self.device.type == "cuda" else None
             model = DistributedDataParallel(self.model, device_ids=device_ids)
         first_step = self.step
+        self._mlperf_start()
         while True:
             reason = self._stop_reason(deadline)
             if reason:
                 self.say(f"stopping at step {self.step}: {reason}")
                 self.save()
+                self._mlperf_end()
                 return EXIT_STOPPED
             lr, loss, seconds = self.train_step(model)
             self.log(lr, loss, seconds, first=self.step == first_step)
+            if plan.mlperf and seconds > plan.mlperf.step_time_atol_s:
+                raise RuntimeError(f"step {self.step} took {seconds:.0f} s > mlperf.step_time_atol_s="
+                                   f"{plan.mlperf.step_time_atol_s}: a straggler or a hang; stopping the job")  # fmt: skip
             self.step_s = max(self.step_s, seconds)
             self.step += 1
             self.consumed += train.global_batch_size
-            if self.val_batches is not None and train.val_interval and self.step % train.val_interval == 0:
+            if self._evaluates(self.step):
                 start = time.perf_counter()
+                if self.mllog:
+                    self.mllog.on_eval_start(self.step)
                 self.val_loss = self.validate()
                 self.val_s = time.perf_counter() - start
                 self.say(f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
-                         f"({train.val_batches} micro-batches per rank)")  # fmt: skip
+                         f"({train.val_batches} global batches)")  # fmt: skip
+                if self.mllog and self.mllog.on_eval_end(self.step, self.val_loss):
+                    return self._finish(f"MLPerf target log-perplexity {plan.mlperf.target_log_ppl} reached")  # type: ignore[union-attr]
             if self.step >= train.max_steps:
                 return self._finish()
             if train.ckpt_interval and self.step % train.ckpt_interval == 0:
@@ -514,6 +581,7 @@ class Trainer:
             if plan.chain.steps_per_job and self.step - first_step >= plan.chain.steps_per_job:
                 self.say(f"stopping at step {self.step}: chain.steps_per_job={plan.chain.steps_per_job} done")
                 self.save()
+                self._mlperf_end()
                 return EXIT_STOPPED
 
 
@@ -522,9 +590,10 @@ def run(run_dir: str | os.PathLike[str], early_signal: str | None = None) -> int
     signals = StopSignals(early_signal)
     plan = RunPlan.load(run_dir)
     ranks = resolve_ranks(os.environ)
+    mllog = mlperf_logger(plan, ranks.rank)
     device = init_distributed(ranks)
     try:
-        return Trainer(plan, ranks, device, signals).fit()
+        return Trainer(plan, ranks, device, signals, mllog).fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

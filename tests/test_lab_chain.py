@@ -1,0 +1,190 @@
+"""Checkpoint-resume chains on the real Slurm lab with the reference trainer: time limits, requeue (preemption),
+a node going DOWN, a crash loop, kill -9 during a checkpoint write, and nightly's idempotence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.collect.parse import SourceStats, iter_records, read_logs
+from orchestrator.ledger import Ledger
+from orchestrator.status import run_status
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.slurm
+
+TINY = ["--profile", "tiny", "--cluster", "slurm-lab"]
+
+
+def data_args(lab_data: dict[str, Any]) -> list[str]:
+    return [arg for key, value in lab_data.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def submit(run_dir: Path, lab_data: dict[str, Any], *args: str) -> None:
+    done = run_cli("submit", *TINY, "--run-dir", str(run_dir), *data_args(lab_data), *args)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 2.0) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def wait_idle(run_dir: Path, timeout: float) -> dict[str, Any]:
+    def idle() -> dict[str, Any] | None:
+        status = run_status(run_dir)
+        return status if status["jobs"] and not status["active"] else None
+
+    return wait_until(idle, timeout, f"{run_dir.name} to finish")
+
+
+def logged_steps(run_dir: Path) -> list[list[int]]:
+    """global_step of every metric line, per log file, in the ledger's job order."""
+    steps = []
+    for job in Ledger(run_dir / "ledger.sqlite").jobs("train"):
+        path = run_dir / "logs" / f"train-{job.job_id}.out"
+        if path.exists():
+            with open(path, "rb") as handle:
+                steps.append([r.global_step for r in iter_records(handle, SourceStats(str(path)))])
+    return steps
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*"))
+
+
+@pytest.fixture(scope="module")
+def step_seconds(lab_data, tmp_path_factory) -> float:
+    """Seconds per training step of the tiny profile on two lab ranks, measured here (machines differ)."""
+    run_dir = tmp_path_factory.mktemp("calibrate") / "run"
+    submit(run_dir, lab_data, "--max-steps", "12", "--time", "5", "--wait")
+    (log,) = (run_dir / "logs").glob("train-*.out")
+    with open(log, "rb") as handle:
+        timings = [r.get("train_step_timing in s") for r in iter_records(handle, SourceStats(str(log)))]
+    assert len(timings) == 12
+    return sorted(timings[2:])[len(timings[2:]) // 2]
+
+
+def test_one_minute_jobs_chain_to_the_last_step(slurm_lab, lab_data, step_seconds, tmp_path):
+    # About 80 s of training: more than one 1-minute job can do, less than four can.
+    steps = max(40, math.ceil(80 / step_seconds))
+    run_dir = tmp_path / "chain"
+    submit(run_dir, lab_data, "--chain", "4", "--time", "1", "--max-steps", str(steps))
+    status = wait_idle(run_dir, timeout=8 * 60)
+    assert status["done"] and status["done"]["final_step"] == steps
+    trained = [j for j in status["jobs"] if (j["steps_end"] or 0) > (j["steps_start"] or 0)]
+    assert len(trained) >= 2, status["jobs"]
+    assert all(j["ended"] in ("time limit", "done", "cancelled", "stopped") for j in status["jobs"]), status["jobs"]
+    per_log = logged_steps(run_dir)
+    assert sum(1 for log in per_log if log) >= 2, per_log
+    for log in per_log:
+        assert log == sorted(set(log)), "each job's own steps strictly increase"
+    # Jobs resume at their predecessor's last checkpoint (re-training any steps after it); merged with the later
+    # record winning, the chain's log is strictly increasing and covers every step once.
+    series, _ = read_logs([run_dir / "logs" / f"train-{j['job_id']}.out" for j in status["jobs"] if j["steps_end"]])
+    assert [r.global_step for r in series] == list(range(steps))
+
+
+def test_requeue_mid_run_resumes_and_finishes(slurm_lab, lab_data, step_seconds, tmp_path):
+    steps = max(30, math.ceil(40 / step_seconds))
+    run_dir = tmp_path / "requeue"
+    submit(run_dir, lab_data, "--time", "10", "--max-steps", str(steps), "--set", "train.ckpt_interval=5")
+    job_id = Ledger(run_dir / "ledger.sqlite").jobs("train")[0].job_id
+    wait_until(lambda: checkpoint_steps(run_dir), 180, "a first checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    status = wait_idle(run_dir, timeout=6 * 60)
+    assert status["done"] and status["done"]["final_step"] == steps
+    attempts = [a for a in Ledger(run_dir / "ledger.sqlite").attempts("train") if a.job_id == job_id]
+    assert [a.restart for a in attempts] == [0, 1]
+    assert attempts[0].outcome == "preempted" and attempts[1].outcome == "done"
+    assert attempts[1].start_step == attempts[0].end_step > 0
+
+
+def test_node_down_mid_run_resumes_and_finishes(slurm_lab, lab_data, step_seconds, tmp_path):
+    steps = max(30, math.ceil(40 / step_seconds))
+    run_dir = tmp_path / "nodedown"
+    submit(run_dir, lab_data, "--time", "10", "--max-steps", str(steps), "--set", "train.ckpt_interval=5")
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    job_id = ledger.jobs("train")[0].job_id
+    wait_until(lambda: checkpoint_steps(run_dir), 180, "a first checkpoint")
+    nodes = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%N"], capture_output=True, text=True).stdout.strip()
+    second = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True).stdout.split()[1]
+    subprocess.run(["scontrol", "update", f"nodename={second}", "state=down", "reason=orchestrator-test"], check=True)
+    try:
+        status = wait_idle(run_dir, timeout=6 * 60)
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={second}", "state=resume"], capture_output=True)
+    assert status["done"] and status["done"]["final_step"] == steps
+    attempts = [a for a in ledger.attempts("train") if a.job_id == job_id]
+    assert attempts[0].outcome == "node_failure", attempts
+    assert attempts[-1].outcome == "done" and attempts[-1].start_step > 0
+
+
+def test_a_trainer_that_always_fails_stops_after_two_strikes(slurm_lab, lab_data, tmp_path):
+    run_dir = tmp_path / "crashloop"
+    broken = dict(lab_data, **{"data.train_prefixes": [str(tmp_path / "no-such-dataset")]})
+    submit(run_dir, broken, "--chain", "4", "--time", "2", "--max-steps", "20")
+    status = wait_idle(run_dir, timeout=4 * 60)
+    assert not status["done"]
+    assert status["stopped"] and "2 consecutive training jobs ended without a new checkpoint" in status["stopped"]["reason"]
+    assert [j["ended"] for j in status["jobs"]] == ["failed", "failed", "cancelled", "cancelled"]
+    assert "no-such-dataset" in status["stopped"]["log_tail"], "the reason comes with the failing log's last lines"
+    shown = run_cli("status", str(run_dir))
+    assert "STOPPED" in shown.stdout and "no-such-dataset" in shown.stdout
+
+
+def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(slurm_lab, lab_data, tmp_path):
+    """A complete checkpoint at step 5, then kill -9 while step 10 is being written: the next job resumes from 5."""
+    run_dir = tmp_path / "kill9"
+    ckpts = run_dir / "checkpoints"
+    # Every save sleeps 15 s in the middle of writing its temporary directory (the trainer's fault-injection knob).
+    env = dict(os.environ, ORCHESTRATOR_CKPT_WRITE_DELAY_S="15")
+    done = run_cli("submit", *TINY, "--run-dir", str(run_dir), *data_args(lab_data), "--chain", "2", "--time", "6",
+                   "--max-steps", "15", "--set", "train.ckpt_interval=5", env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wait_until(lambda: 5 in checkpoint_steps(run_dir) and list(ckpts.glob(".tmp-step-00000010*")), 300,
+               "step 5 complete and step 10 being written")  # fmt: skip
+    subprocess.run(["pkill", "-9", "-f", "orchestrator.train.reference"], check=False)
+    status = wait_idle(run_dir, timeout=8 * 60)
+    attempts = Ledger(run_dir / "ledger.sqlite").attempts("train")
+    assert attempts[0].outcome == "failed" and attempts[0].end_step == 5, attempts
+    assert attempts[1].start_step == 5, "the half-written step-10 checkpoint was never taken as the latest"
+    assert status["done"] and status["done"]["final_step"] == 15
+
+
+def test_concurrent_nightly_calls_submit_exactly_one_chain(slurm_lab, lab_data, tmp_path):
+    run_dir = tmp_path / "nightly"
+    # A job of 5 steps out of 30 ends the first job with the run incomplete and idle.
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "30", "--set", "chain.steps_per_job=5", "--wait")
+    status = run_status(run_dir)
+    assert not status["done"] and not status["active"] and status["latest_checkpoint_step"] == 5
+    calls = [subprocess.Popen([sys.executable, "-m", "orchestrator", "nightly", "--run", str(run_dir), "--json"],
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    decisions = [json.loads(c.communicate(timeout=120)[0]) for c in calls]
+    assert sorted(d["action"] for d in decisions) == ["continue", "none"], decisions
+    assert len(Ledger(run_dir / "ledger.sqlite").jobs("train")) == 2
+    run_cli("cancel", str(run_dir))
+
+
+def test_nightly_on_a_finished_run_submits_nothing(slurm_lab, lab_data, tmp_path):
+    run_dir = tmp_path / "finished"
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "4", "--wait")
+    assert run_status(run_dir)["done"]
+    done = run_cli("nightly", "--run", str(run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["action"] == "none"
+    assert len(Ledger(run_dir / "ledger.sqlite").jobs("train")) == 1
