@@ -27,6 +27,7 @@ EDGE_TEXTS = [
     "1234567 89", "héllo wörld — “quoted” …", "日本語のテキスト です", "emoji 🙂🙂 ok", "a\x00b c", "\r\n x \r", "   ",
     "x" * 5000, "end.\nNext line", "a\u00a0b c", "tab\tsep words", " leading", "trailing ", "multi   space   run",
     "<s> </s> <unk> [INST]", "\u3000 ideographic space", "x\x00  y", "a\x00 b", "a \x00b",
+    "\n\nx", "x\n", "x\n\n", "a  \nb", "  \n  x", "\n ", "x \n\n y", "a\nb\nc d\ne", " \n", "\n",
 ]
 
 
@@ -91,6 +92,16 @@ def test_ids_equal_sentencepiece_on_real_text_and_edge_cases(real_texts: list[st
     eod = reference.eos_id()
     assert lengths.tolist() == [len(ids) + 1 if ids else 0 for ids in expected]
     assert np.frombuffer(data, np.uint16).tolist() == [i for ids in expected for i in (ids + [eod] if ids else [])]
+
+
+def test_ids_equal_sentencepiece_on_random_strings_of_the_characters_that_matter() -> None:
+    """Spaces, newlines, the space symbol, NUL, digits, accents, emoji, in every order: the cache must not care."""
+    tokenizer = SentencePieceTokenizer(mixtral_v1())
+    reference = sentencepiece.SentencePieceProcessor(model_file=mixtral_v1())
+    alphabet = [" ", " ", " ", "\n", "a", "b", "the", "ing", "\u2581", "\x00", "é", "1", "\t", "🙂", ".", "\r"]
+    rng = random.Random(7)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(4000)]
+    assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
 
 
 def test_mixtral_v1_is_the_32000_vocabulary_and_v3_shifts_every_ordinary_id_by_768() -> None:

@@ -17,7 +17,8 @@ Speed. SentencePiece's BPE encodes about 3 MB/s per core. :class:`SentencePieceT
 SentencePiece BPE only merges adjacent symbols whose concatenation is a piece, so where no piece can span a position
 the text can be cut there and the halves encoded apart. For models whose pieces never hold a space after another
 character (checked on the vocabulary at load time), a document cut before each space that follows a word gives
-"words" whose ids can be cached; only unseen words reach SentencePiece, batched. The cache is bounded, and it is only
+"words" whose ids can be cached; only unseen words reach SentencePiece, batched. Where no longer piece holds a
+newline, unseen words are also cut around newlines (paragraph breaks), so they are built from cached parts. The cache is bounded, and it is only
 used when the normalizer is the identity (no NFKC, no whitespace folding) and the model is BPE; otherwise every
 document goes to SentencePiece whole. Tests compare the two paths id for id on real text and on edge cases.
 """
@@ -207,8 +208,10 @@ class SentencePieceTokenizer(Tokenizer):
         self.vocab_size = self.sp.get_piece_size()
         self.eod = self.sp.eos_id()
         self.cache_entries = cache_entries
+        self._newline: bytes | None = None
         self.fast_path_blocker = self._fast_path_blocker()
-        self._cache: dict[str, bytes] = {}
+        self._cache: dict[str, bytes] = {}  # word -> ids of (space symbol + word)
+        self._tails: dict[str, bytes] = {}  # text after a newline -> its ids (no space symbol before it)
         self.hits = 0
         self.misses = 0
         if self.fast_path_blocker is None:
@@ -237,22 +240,30 @@ class SentencePieceTokenizer(Tokenizer):
         space_id = self.sp.piece_to_id(SPACE_SYMBOL)
         if space_id == self.sp.unk_id() or self.sp.is_control(space_id):
             return "the space symbol is not a piece"
+        newline_alone = True
         for i in range(self.vocab_size):
             if self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_byte(i):
                 continue
             piece = self.sp.id_to_piece(i)
             if any(piece[k] == SPACE_SYMBOL and piece[k - 1] != SPACE_SYMBOL for k in range(1, len(piece))):
                 return f"piece {i} {piece!r} spans a word boundary"
+            newline_alone = newline_alone and ("\n" not in piece or piece == "\n")
+        # When no longer piece holds a newline, a newline is always one token and words can be cut around it too
+        # (C4 separates paragraphs with newlines, so "end.\nNext" would otherwise be a word of its own).
+        ids = self.sp.encode("\n")
+        if newline_alone and len(ids) == 2 and ids[0] == space_id:
+            self._newline = np.asarray(ids[1:], dtype=self.dtype).tobytes()
         return None
 
     def _reset_cache(self) -> None:
         self._cache.clear()
+        self._tails.clear()
         # "" stands for the lone space symbol (a trailing space); SentencePiece gives [] for an empty string.
         self._cache[""] = np.asarray([self.sp.piece_to_id(SPACE_SYMBOL)], dtype=self.dtype).tobytes()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if self.fast_path_blocker is not None:
-            return self.sp.encode(list(texts))
+            return self.sp.encode(list(texts), num_threads=1)  # workers are the parallelism
         return [np.frombuffer(self._encode_bytes(t), dtype=self.dtype).tolist() for t in texts]
 
     def encode_documents(self, texts: Sequence[str], append_eod: bool) -> tuple[bytes, np.ndarray]:
@@ -271,7 +282,7 @@ class SentencePieceTokenizer(Tokenizer):
             return b""
         if SPACE_SYMBOL in text or _RUN in text:  # a literal space symbol merges like a space; _RUN is ours
             self.misses += 1
-            return np.asarray(self.sp.encode(text), dtype=self.dtype).tobytes()
+            return np.asarray(self.sp.encode(text, num_threads=1), dtype=self.dtype).tobytes()
         if text[0] == " ":  # leading spaces join the first word: cut only where a word ends
             words = _WORD_END.split(text)
         elif "  " in text:  # the same cut at C speed: a space after a space becomes _RUN, which is no cut point
@@ -288,7 +299,7 @@ class SentencePieceTokenizer(Tokenizer):
         return joined
 
     def _fill(self, words: list[str], parts: list[bytes | None]) -> None:
-        """Encode the words the cache lacks (one batched call) and remember them.
+        """Encode the words the cache lacks and remember them.
 
         Each word stands for the space symbol followed by the word, which is what SentencePiece encodes when it adds
         its dummy prefix to the word alone.
@@ -297,13 +308,44 @@ class SentencePieceTokenizer(Tokenizer):
         self.hits += len(words) - len(missing)
         self.misses += len(missing)
         unique = list(dict.fromkeys(words[i] for i in missing))
-        if len(self._cache) + len(unique) > self.cache_entries:
+        if len(self._cache) + len(self._tails) + 3 * len(unique) > self.cache_entries:
             self._reset_cache()
+        split = [w for w in unique if "\n" in w] if self._newline is not None else []
+        whole = [w for w in unique if "\n" not in w] if split else unique
+        heads: dict[str, None] = {}
+        tails: dict[str, None] = {}
+        for word in split:
+            head, *rest = word.split("\n")
+            if head not in self._cache:
+                heads[head] = None
+            tails.update((t, None) for t in rest if t and t not in self._tails)
+        if heads:
+            known = set(whole)
+            whole += [h for h in heads if h not in known]
+        # One string per call: SentencePiece's batch call costs ~1 ms of set-up, a short word ~5 us.
+        # "\n" before a text keeps SentencePiece from adding its space symbol; the ids of "▁" and "\n" are dropped.
+        encode = self.sp.encode
+        encoded = [encode(w.replace(_RUN, " ")) for w in whole] + [encode("\n" + t) for t in tails]
         dtype = self.dtype
-        for word, ids in zip(unique, self.sp.encode([w.replace(_RUN, " ") for w in unique])):
+        for word, ids in zip(whole, encoded):
             self._cache[word] = np.asarray(ids, dtype=dtype).tobytes()
+        for tail, ids in zip(tails, encoded[len(whole) :]):
+            self._tails[tail] = np.asarray(ids[2:], dtype=dtype).tobytes()
+        for word in split:
+            self._cache[word] = self._across_newlines(word)
         for i in missing:
             parts[i] = self._cache[words[i]]
+
+    def _across_newlines(self, word: str) -> bytes:
+        """A word holding newlines, from cached parts: its first line as a word, then each newline and what follows."""
+        assert self._newline is not None
+        head, *tails = word.split("\n")
+        out = [self._cache[head]]
+        for tail in tails:
+            out.append(self._newline)
+            if tail:
+                out.append(self._tails[tail])
+        return b"".join(out)
 
 
 # --- Hugging Face ----------------------------------------------------------------------------------------------
