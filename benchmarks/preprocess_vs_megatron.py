@@ -11,7 +11,7 @@ with its word cache off (``--word-cache 0``: every document through SentencePiec
 process design gains from what the cache gains. Without ``--input`` a real-text C4-layout shard is built with
 ``orchestrator.data.sample`` (``--docs`` documents). Megatron-LM's code is only run, from the checkout you name.
 
-Reported per run: wall time of the whole command (interpreter start-up included; Megatron's imports torch), text MB/s (UTF-8 bytes of the
+Reported per command (median of ``--repeat`` runs): wall time of the whole command (interpreter start-up included; Megatron's imports torch), text MB/s (UTF-8 bytes of the
 ``text`` values / wall), docs/s, tokens/s, and peak resident memory of the process tree (sum over the tool's
 processes, sampled every 0.1 s), the speed-up over Megatron's wall time; then the tokenizing phase alone (Megatron's
 from its own final docs/s, ours from the manifest) and whether every ``.bin`` and ``.idx`` is byte-identical.
@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -66,8 +67,13 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, int]:
-    """Run ``argv``; return (wall seconds, peak tree RSS bytes). Output goes to ``log``."""
+def timed(argv: list[str], cwd: Path, env: dict[str, str], log: Path, repeat: int = 1) -> tuple[float, int]:
+    """Run ``argv`` ``repeat`` times; return (median wall seconds, highest peak tree RSS bytes). Output: ``log``."""
+    runs = [_timed_once(argv, cwd, env, log) for _ in range(repeat)]
+    return statistics.median(w for w, _ in runs), max(p for _, p in runs)
+
+
+def _timed_once(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[float, int]:
     with open(log, "w") as out:
         start = time.perf_counter()
         process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -103,6 +109,7 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=20000, help="documents in the built shard (~2 KB each)")
     parser.add_argument("--tokenizer-model", default=None, help="SentencePiece model (default: Mixtral-8x22B v1)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the median wall time is shown")
     parser.add_argument("--work", type=Path, default=Path("benchmark-work"), help="scratch folder")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -126,12 +133,13 @@ def main() -> int:
     commit = subprocess.run(["git", "-C", str(args.megatron_lm), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     common = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model, "--workers", str(args.workers)]
     results = {"machine": machine(), "megatron_lm_commit": commit or "?", "input": str(shard), "workers": args.workers, "runs": []}
-    print(f"input {shard} ({plain.stat().st_size / 1e6:.1f} MB of JSON), {args.workers} workers, {results['machine']}")
+    print(f"input {shard} ({plain.stat().st_size / 1e6:.1f} MB of JSON), {args.workers} workers, median of {args.repeat} runs")
+    print(f"machine: {results['machine']}; Megatron-LM {results['megatron_lm_commit']}")
     for variant, extra in (("mlperf flags", []), ("--append-eod", ["--append-eod"])):
         tag = "eod" if extra else "plain"
         mega_prefix, ours_prefix, ours_gz_prefix = work / f"megatron-{tag}", work / f"native-{tag}", work / f"native-gz-{tag}"
         mega = timed([args.megatron_python, str(tool), "--input", str(plain), "--output-prefix", str(mega_prefix), *common, *extra],
-                     args.megatron_lm, megatron_env, work / f"megatron-{tag}.log")
+                     args.megatron_lm, megatron_env, work / f"megatron-{tag}.log", args.repeat)
         ours_argv = [sys.executable, "-m", "orchestrator.data.preprocess", "--force", *common, *extra]
         runs = {"Megatron-LM preprocess_data.py": mega}
         for name, source, prefix, more in (
@@ -140,7 +148,7 @@ def main() -> int:
             ("native, word cache off (.json)", plain, work / f"native-nocache-{tag}", ["--word-cache", "0"]),
         ):
             argv = [*ours_argv, *more, "--input", str(source), "--output-prefix", str(prefix)]
-            runs[name] = timed(argv, REPO, env, work / f"{Path(prefix).name}.log")
+            runs[name] = timed(argv, REPO, env, work / f"{Path(prefix).name}.log", args.repeat)
         manifest = json.loads(Path(f"{ours_prefix}.manifest.json").read_text())
         identical = all(
             Path(f"{mega_prefix}_text_document{ext}").read_bytes() == Path(f"{prefix}_text_document{ext}").read_bytes()

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from argparse import ArgumentParser
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,13 @@ def test_train_shards_split_in_order_into_equal_groups(tmp_path: Path) -> None:
     c4 = make_shards(tmp_path / "c4", train=list(range(8)), validation=[0, 1])
     the_plan = consolidate.plan(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45)
     assert [u.output for u in the_plan.units] == [
-        "c4-train.en_0.json.gz", "c4-train.en_1.json.gz", "c4-validation.en.json.gz", "c4-validation-45-samples.en.json.gz",
+        "c4-train.en_0.json.gz", "c4-train.en_1.json.gz", "c4-validation-45-samples.en.json.gz", "c4-validation.en.json.gz",
     ]
     assert the_plan.units[0].inputs == tuple(sample.train_shard_name(i) for i in range(4))
     assert the_plan.units[1].inputs == tuple(sample.train_shard_name(i) for i in range(4, 8))
-    assert the_plan.units[3].head_lines == 45
+    assert the_plan.units[2].head_lines == 45
+    whole = consolidate.plan(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=0)
+    assert [u.output for u in whole.units[2:]] == ["c4-validation.en.json.gz"]  # unit 2: what training reads
     assert run(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45) == []
     merged = tmp_path / "merged"
     # bytes are concatenated, not recompressed
@@ -68,7 +71,7 @@ def test_mlperf_default_is_eight_outputs_of_128_shards(tmp_path: Path) -> None:
     the_plan = consolidate.plan(c4, tmp_path / "merged")
     assert [len(u.inputs) for u in the_plan.units[:8]] == [128] * 8
     assert the_plan.units[6].inputs[0] == "c4-train.00768-of-01024.json.gz"  # en_6 and en_7: MLPerf's training data
-    assert the_plan.units[9].output == "c4-validation-91205-samples.en.json.gz" and not the_plan.notes
+    assert the_plan.units[8].output == "c4-validation-91205-samples.en.json.gz" and not the_plan.notes
 
 
 @pytest.mark.parametrize(
@@ -172,6 +175,18 @@ def test_consolidate_data_sh_requires_its_variables_and_passes_bash_n_and_shellc
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     lint = subprocess.run(["shellcheck", "--severity=style", str(SCRIPT)], capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
+
+
+def test_a_pipeline_gets_the_plan_and_completeness_from_the_stage_argv(tmp_path: Path) -> None:
+    c4 = make_shards(tmp_path / "c4", train=list(range(4)))
+    parser = ArgumentParser()
+    consolidate.add_arguments(parser)
+    args = parser.parse_args(["--c4-path", str(c4), "--merged-path", str(tmp_path / "m"), "--train-outputs", "2",
+                              "--n-validation-samples", "0"])  # fmt: skip
+    the_plan = consolidate.plan_from_args(args)
+    assert len(the_plan.units) == 3 and not consolidate.is_complete(the_plan, [0, 2])
+    assert run(c4, tmp_path / "m", train_outputs=2, n_validation_samples=0) == []
+    assert consolidate.is_complete(the_plan, [0, 2]) and consolidate.is_complete(the_plan)
 
 
 def test_task_index_makes_one_output(tmp_path: Path) -> None:

@@ -223,6 +223,10 @@ def test_the_manifest_makes_a_rerun_skip_and_a_changed_job_redo(tmp_path: Path) 
     assert not preprocess.is_complete(cfg)
     first = preprocess.preprocess(cfg, live_progress=False)
     assert preprocess.is_complete(cfg)
+    argv = ["--input", path, "--output-prefix", cfg.output_prefix, "--tokenizer-type", "SentencePieceTokenizer",
+            "--tokenizer-model", mixtral_v1(), "--workers", "7"]  # fmt: skip
+    assert preprocess.is_complete(preprocess.config_from_argv(argv))  # what a pipeline asks of a stage's argv
+    assert not preprocess.is_complete(preprocess.config_from_argv([*argv, "--append-eod"]))
     assert first["input"]["sha256"].startswith("sha256:") and first["tokenizer"]["vocab_size"] == 32000
     bin_file = indexed.bin_path(cfg.output("text"))
     stamp = bin_file.stat().st_mtime_ns

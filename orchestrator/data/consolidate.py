@@ -8,7 +8,9 @@ same files, with what that script lacks:
 - Planning by name first: a missing shard, a gap, or a count that does not split into ``--train-outputs`` equal
   groups is an error naming the shards, before any output is written. Any contiguous run of train shards from
   00000 is accepted (tests and demos use a few), split in order into equal groups.
-- One unit of work per output (unit ``i`` is Slurm array task ``i``; ``--list`` prints them). gzip members are
+- One unit of work per output (unit ``i`` is Slurm array task ``i``; ``--list`` prints them): units
+  ``0..TRAIN_OUTPUTS-1`` are the train files, unit ``TRAIN_OUTPUTS`` the validation file training reads (the
+  subset, or the whole validation set when ``N_VALIDATION_SAMPLES=0``), the whole validation set last. gzip members are
   concatenated as bytes, never recompressed; while copying, every member of every input is decompressed to check
   its CRC and length and to count documents, so a corrupt or truncated shard fails its output, by name.
 - Each output is written under a temporary name and renamed when complete; then a manifest (inputs with sizes,
@@ -145,9 +147,10 @@ def plan(
         for k in range(train_outputs)
     ]
     validation = tuple(_shard_name("validation", i, valid_total) for i in range(valid_count))
-    units.append(Unit(len(units), "c4-validation.en.json.gz", validation))
+    # Unit train_outputs is the validation file training reads: the subset when there is one, else the whole set.
     if n_validation_samples:
         units.append(Unit(len(units), f"c4-validation-{n_validation_samples}-samples.en.json.gz", validation, n_validation_samples))
+    units.append(Unit(len(units), "c4-validation.en.json.gz", validation))
     notes = []
     if train_count < train_total:
         notes.append(f"using train shards 00000..{train_count - 1:05d}, {train_count} of {train_total}")
@@ -186,9 +189,9 @@ def unit_complete(plan: Plan, unit: Unit) -> bool:
     return then == now and size == manifest["output"]["size"]
 
 
-def is_complete(plan: Plan) -> bool:
-    """Every output of the plan is complete (what a pipeline checks to skip consolidation)."""
-    return all(unit_complete(plan, unit) for unit in plan.units)
+def is_complete(plan: Plan, indices: list[int] | None = None) -> bool:
+    """The plan's outputs (or those of ``indices``) are complete: what a pipeline checks to skip consolidation."""
+    return all(unit_complete(plan, plan.units[i]) for i in (range(len(plan.units)) if indices is None else indices))
 
 
 class _CountingWriter:
@@ -345,7 +348,10 @@ def _env_int(name: str, default: int) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags default to MLPerf's environment variables (C4_PATH, MERGED_C4_PATH, TRAIN_OUTPUTS, N_VALIDATION_SAMPLES)."""
     parser.add_argument("--c4-path", default=os.environ.get("C4_PATH"), help="C4 en 3.0.1 shards (default: $C4_PATH)")
-    parser.add_argument("--merged-c4-path", default=os.environ.get("MERGED_C4_PATH"), help="output folder (default: $MERGED_C4_PATH)")
+    parser.add_argument(
+        "--merged-c4-path", "--merged-path", dest="merged_c4_path", default=os.environ.get("MERGED_C4_PATH"),
+        help="output folder (default: $MERGED_C4_PATH)",
+    )
     parser.add_argument("--train-outputs", type=int, default=_env_int("TRAIN_OUTPUTS", DEFAULT_TRAIN_OUTPUTS), help="train files (default 8)")
     parser.add_argument(
         "--n-validation-samples",
@@ -360,12 +366,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="outputs made at once when making all")
 
 
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The plan a command line asks for (a pipeline parses the stage's own argv with :func:`add_arguments`)."""
+    if not args.c4_path or not args.merged_c4_path:
+        raise ConsolidationError("set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)")
+    return plan(args.c4_path, args.merged_c4_path, args.train_outputs, args.n_validation_samples)
+
+
 def run(args: argparse.Namespace) -> int:
     if not args.c4_path or not args.merged_c4_path:
         print("error: set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)", file=sys.stderr)
         return 2
     try:
-        the_plan = plan(args.c4_path, args.merged_c4_path, args.train_outputs, args.n_validation_samples)
+        the_plan = plan_from_args(args)
     except ConsolidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

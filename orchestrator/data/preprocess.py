@@ -515,6 +515,13 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     )
 
 
+def config_from_argv(argv: list[str]) -> PreprocessConfig:
+    """The job a command line describes: a pipeline checks :func:`is_complete` on exactly the argv it would run."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    return config_from_args(parser.parse_args([str(a) for a in argv]))
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
