@@ -242,6 +242,18 @@ def test_the_manifest_makes_a_rerun_skip_and_a_changed_job_redo(tmp_path: Path) 
     assert not preprocess.is_complete(config(tmp_path, path, append_eod=True))
 
 
+def test_a_rerun_after_a_kill_removes_what_the_killed_run_left(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "some text"}])
+    cfg = config(tmp_path, path)
+    out = Path(cfg.output_prefix).parent
+    out.mkdir(parents=True)
+    (out / ".data.partial-k1ll3d").mkdir()
+    (out / ".data.partial-k1ll3d" / "worker-1-0.bin").write_bytes(b"\0" * 10)
+    (out / ".data_text_document.bin.tmp-77-abcd").write_bytes(b"\0" * 10)
+    preprocess.preprocess(cfg, live_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["data.manifest.json", "data_text_document.bin", "data_text_document.idx"]
+
+
 # --- command line ---------------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 import orchestrator
 from orchestrator.atomic import atomic_write_json
@@ -146,8 +147,6 @@ def _init_worker(spec: TokenizerSpec, keys: tuple[str, ...], append_eod: bool, s
 
 def _parse_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str]:
     """The values of ``keys`` in one JSON line, or None and why not."""
-    import orjson
-
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as fast_error:
@@ -241,9 +240,10 @@ def is_complete(config: PreprocessConfig, tokenizer_identity: dict[str, Any] | N
     if manifest is None or manifest.get("version") != MANIFEST_VERSION:
         return False
     try:
-        if manifest["input"] | {"sha256": None} != _file_identity(config.input) | {"sha256": None}:
-            return False
+        now = _file_identity(config.input)
     except OSError:
+        return False
+    if any(manifest["input"].get(k) != v for k, v in now.items()):
         return False
     if manifest["flags"] != config.flags():
         return False
@@ -337,6 +337,19 @@ def _check(config: PreprocessConfig) -> None:
         raise PreprocessError(f"--on-bad-record {config.on_bad_record!r}: use fail or skip")
 
 
+def _remove_leftovers(config: PreprocessConfig) -> None:
+    """Scratch folders and temporary outputs of a killed run of this job (one run per prefix at a time)."""
+    folder = Path(config.output_prefix).resolve().parent
+    patterns = [f".{Path(config.output_prefix).name}.partial-*"]
+    patterns += [f".{Path(config.output(key)).name}.{ext}.tmp-*" for key in config.json_keys for ext in ("bin", "idx")]
+    for pattern in patterns:
+        for leftover in folder.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
 def preprocess(config: PreprocessConfig, force: bool = False, live_progress: bool | None = None) -> dict[str, Any]:
     """Run the native engine; return the manifest (that of the earlier run when it is complete and not forced)."""
     _check(config)
@@ -352,6 +365,7 @@ def preprocess(config: PreprocessConfig, force: bool = False, live_progress: boo
     config.manifest_path.unlink(missing_ok=True)  # the outputs are about to change: not complete any more
     out_dir = Path(config.output_prefix).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(config)
     scratch = tempfile.mkdtemp(prefix=f".{Path(config.output_prefix).name}.partial-", dir=out_dir)
 
     digest = hashlib.sha256()
