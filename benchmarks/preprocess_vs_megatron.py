@@ -11,10 +11,11 @@ with its word cache off (``--word-cache 0``: every document through SentencePiec
 process design gains from what the cache gains. Without ``--input`` a real-text C4-layout shard is built with
 ``orchestrator.data.sample`` (``--docs`` documents). Megatron-LM's code is only run, from the checkout you name.
 
-Reported per command (median of ``--repeat`` runs): wall time of the whole command (interpreter start-up included; Megatron's imports torch), text MB/s (UTF-8 bytes of the
-``text`` values / wall), docs/s, tokens/s, and peak resident memory of the process tree (sum over the tool's
-processes, sampled every 0.1 s), the speed-up over Megatron's wall time; then the tokenizing phase alone (Megatron's
-from its own final docs/s, ours from the manifest) and whether every ``.bin`` and ``.idx`` is byte-identical.
+Reported per command (median of ``--repeat`` runs): wall time of the whole command (interpreter start-up included;
+Megatron's imports torch), text MB/s (UTF-8 bytes of the ``text`` values / wall), docs/s, tokens/s, peak resident
+memory of the process tree (summed over the tool's processes, sampled every 0.1 s) and the speed-up over Megatron's
+wall time; then the tokenizing phase alone (Megatron's from its own final docs/s, ours from the manifest) and
+whether every ``.bin`` and ``.idx`` is byte-identical.
 """
 
 from __future__ import annotations

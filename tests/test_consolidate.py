@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "consolidate_data.sh"
 
 
-def make_shards(folder: Path, train: list[int], validation: list[int] = [0], docs: int = 30) -> Path:
+def make_shards(folder: Path, train: list[int], validation: tuple[int, ...] = (0,), docs: int = 30) -> Path:
     """Small C4-layout shards; each document names its shard and line so outputs can be checked line by line."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, indices, name in (("train", train, sample.train_shard_name), ("validation", validation, sample.validation_shard_name)):

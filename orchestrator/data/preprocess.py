@@ -24,8 +24,8 @@ Bad records (invalid JSON, a missing key, a value that is not a string, invalid 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import collections
+import hashlib
 import json
 import multiprocessing
 import os
@@ -33,7 +33,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,12 @@ import orchestrator
 from orchestrator.atomic import atomic_write_json
 from orchestrator.data import indexed
 from orchestrator.data.progress import RateProgress
-from orchestrator.data.stream import JSONL_SUFFIXES, CorruptInput, content_blocks, line_blocks
+from orchestrator.data.stream import (
+    JSONL_SUFFIXES,
+    CorruptInput,
+    content_blocks,
+    line_blocks,
+)
 from orchestrator.data.tokenizer import (
     DEFAULT_CACHE_ENTRIES,
     HUGGINGFACE_TYPES,

@@ -12,11 +12,13 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 LOG_INTERVAL_S = 30.0
 
 
-def _si(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+def _si(value: float, unit: str) -> str:
+    """``2.70k docs/s``; byte units take the prefix: ``13.4 MB/s``."""
+    for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return f"{value:.0f}"
+            number = f"{value / scale:.3g}"
+            return f"{number} {prefix}{unit}" if unit.startswith("B") else f"{number}{prefix} {unit}"
+    return f"{value:.0f} {unit}"
 
 
 class RateProgress:
@@ -63,7 +65,7 @@ class RateProgress:
 
     def line(self) -> str:
         rates = self.rates()
-        return ", ".join(f"{_si(rates[name])} {unit}" for name, unit in self.counters.items())
+        return ", ".join(_si(rates[name], unit) for name, unit in self.counters.items())
 
     def update(self, done_bytes: int, **increments: int) -> None:
         self.done_bytes += done_bytes

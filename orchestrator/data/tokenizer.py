@@ -17,10 +17,11 @@ Speed. SentencePiece's BPE encodes about 3 MB/s per core. :class:`SentencePieceT
 SentencePiece BPE only merges adjacent symbols whose concatenation is a piece, so where no piece can span a position
 the text can be cut there and the halves encoded apart. For models whose pieces never hold a space after another
 character (checked on the vocabulary at load time), a document cut before each space that follows a word gives
-"words" whose ids can be cached; only unseen words reach SentencePiece, batched. Where no longer piece holds a
-newline, unseen words are also cut around newlines (paragraph breaks), so they are built from cached parts. The cache is bounded, and it is only
-used when the normalizer is the identity (no NFKC, no whitespace folding) and the model is BPE; otherwise every
-document goes to SentencePiece whole. Tests compare the two paths id for id on real text and on edge cases.
+"words" whose ids can be cached; only unseen words reach SentencePiece. Where no longer piece holds a newline,
+unseen words are also cut around newlines (paragraph breaks), so they are built from cached parts. The cache is
+bounded, and it is only used when the normalizer is the identity (no NFKC, no whitespace folding) and the model is
+BPE; otherwise every document goes to SentencePiece whole. Tests compare the two paths id for id on real text, edge
+cases and random strings.
 """
 
 from __future__ import annotations
