@@ -11,7 +11,9 @@
 - ``HuggingFaceTokenizer``: ``AutoTokenizer.from_pretrained(path, use_fast=not --tokenizer-hf-no-use-fast)``; ids are
   ``tokenizer(text).input_ids`` (BOS included for Llama/Mistral) unless ``--tokenizer-hf-no-include-special-tokens``,
   then ``convert_tokens_to_ids(tokenize(text))``, which is also what NeMo's ``preprocess_data_for_megatron.py`` (the
-  MLPerf reference) computes; ``eod`` is the id of ``eos_token``; ``vocab_size`` is ``len(tokenizer)``.
+  MLPerf reference) computes; ``eod`` is the id of ``eos_token``; ``vocab_size`` is ``len(tokenizer)``. For the slow
+  legacy ``LlamaTokenizer`` (MLPerf's Mixtral folder) without special tokens, texts that spell no added token take
+  the SentencePiece route below, which gives the same ids.
 
 Speed. SentencePiece's BPE encodes about 3 MB/s per core. :class:`SentencePieceTokenizer` adds an exact cache:
 SentencePiece BPE only merges adjacent symbols whose concatenation is a piece, so where no piece can span a position
@@ -66,7 +68,9 @@ class TokenizerSpec:
         if self.tokenizer_type in SENTENCEPIECE_TYPES:
             return SentencePieceTokenizer(self.tokenizer_model, cache_entries=self.cache_entries)
         if self.tokenizer_type in HUGGINGFACE_TYPES:
-            return HuggingFaceTokenizer(self.tokenizer_model, self.hf_use_fast, self.hf_include_special_tokens)
+            return HuggingFaceTokenizer(
+                self.tokenizer_model, self.hf_use_fast, self.hf_include_special_tokens, cache_entries=self.cache_entries
+            )
         raise TokenizerError(f"--tokenizer-type {self.tokenizer_type!r} is not supported; use one of {TOKENIZER_TYPES}")
 
 
@@ -113,6 +117,15 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+def _join_documents(docs: list[bytes], tokenizer: Tokenizer, append_eod: bool) -> tuple[bytes, np.ndarray]:
+    """Documents' token bytes back to back (EOD after those with tokens) and their token counts."""
+    if append_eod:
+        eod = np.asarray([tokenizer.check_eod()], dtype=tokenizer.dtype).tobytes()
+        docs = [d + eod if d else d for d in docs]
+    lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) // tokenizer.dtype.itemsize
+    return b"".join(docs), lengths
 
 
 # --- SentencePiece ---------------------------------------------------------------------------------------------
@@ -265,22 +278,19 @@ class SentencePieceTokenizer(Tokenizer):
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if self.fast_path_blocker is not None:
             return self.sp.encode(list(texts), num_threads=1)  # workers are the parallelism
-        return [np.frombuffer(self._encode_bytes(t), dtype=self.dtype).tolist() for t in texts]
+        return [np.frombuffer(self.encode_bytes(t), dtype=self.dtype).tolist() for t in texts]
 
     def encode_documents(self, texts: Sequence[str], append_eod: bool) -> tuple[bytes, np.ndarray]:
         if self.fast_path_blocker is not None:
             return super().encode_documents(texts, append_eod)
-        eod = np.asarray([self.check_eod()], dtype=self.dtype).tobytes() if append_eod else b""
-        docs = [self._encode_bytes(t) for t in texts]
-        if eod:
-            docs = [d + eod if d else d for d in docs]
-        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=len(docs)) // self.dtype.itemsize
-        return b"".join(docs), lengths
+        return _join_documents([self.encode_bytes(t) for t in texts], self, append_eod)
 
-    def _encode_bytes(self, text: str) -> bytes:
-        """One document's ids as bytes of :attr:`dtype`, through the word cache."""
+    def encode_bytes(self, text: str) -> bytes:
+        """One document's ids as bytes of :attr:`dtype`, through the word cache when the model allows it."""
         if not text:
             return b""
+        if self.fast_path_blocker is not None:
+            return np.asarray(self.sp.encode(text), dtype=self.dtype).tobytes()
         if SPACE_SYMBOL in text or _RUN in text:  # a literal space symbol merges like a space; _RUN is ours
             self.misses += 1
             return np.asarray(self.sp.encode(text, num_threads=1), dtype=self.dtype).tobytes()
@@ -355,7 +365,9 @@ class SentencePieceTokenizer(Tokenizer):
 class HuggingFaceTokenizer(Tokenizer):
     """Megatron's ``HuggingFaceTokenizer``: AutoTokenizer with the special-token set-up Megatron applies."""
 
-    def __init__(self, path: str, use_fast: bool = True, include_special_tokens: bool = True) -> None:
+    def __init__(
+        self, path: str, use_fast: bool = True, include_special_tokens: bool = True, cache_entries: int = DEFAULT_CACHE_ENTRIES
+    ) -> None:
         try:
             from transformers import AutoTokenizer
         except ImportError as exc:
@@ -385,6 +397,22 @@ class HuggingFaceTokenizer(Tokenizer):
         tok.add_special_tokens(special)
         self.vocab_size = len(tok)
         self.eod = tok.convert_tokens_to_ids(tok.eos_token) if tok.eos_token is not None else None
+        # NeMo's (MLPerf's) ids, convert_tokens_to_ids(tokenize(text)) of the slow legacy LlamaTokenizer, are
+        # sp_model.encode(text) for any text that spells none of the added tokens (<s>, </s>, <unk>...): those texts
+        # take the SentencePiece route with its word cache, the others the tokenizer itself.
+        self._sentencepiece: SentencePieceTokenizer | None = None
+        self._added = tuple(tok.added_tokens_encoder)
+        if (
+            not include_special_tokens
+            and type(tok).__name__ == "LlamaTokenizer"
+            and getattr(tok, "legacy", False)
+            and not getattr(tok, "split_special_tokens", False)
+            and not getattr(tok, "do_lower_case", False)
+            and Path(getattr(tok, "vocab_file", "") or "").is_file()
+        ):
+            route = SentencePieceTokenizer(tok.vocab_file, cache_entries=cache_entries)
+            if route.vocab_size == self.vocab_size:
+                self._sentencepiece = route
 
     def identity(self) -> dict[str, Any]:
         files = sorted(p for p in Path(self.path).glob("*") if p.is_file()) if Path(self.path).is_dir() else []
@@ -399,8 +427,34 @@ class HuggingFaceTokenizer(Tokenizer):
             "eod": self.eod,
         }
 
+    @property
+    def sentencepiece_route(self) -> bool:
+        return self._sentencepiece is not None
+
+    @property
+    def hits(self) -> int:
+        return self._sentencepiece.hits if self._sentencepiece is not None else 0
+
+    @property
+    def misses(self) -> int:
+        return self._sentencepiece.misses if self._sentencepiece is not None else 0
+
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         tok = self.tokenizer
         if self.include_special_tokens:
             return tok(list(texts)).input_ids
+        if self._sentencepiece is not None:
+            return [np.frombuffer(self._route_bytes(t), dtype=self.dtype).tolist() for t in texts]
         return [tok.convert_tokens_to_ids(tok.tokenize(t)) for t in texts]
+
+    def encode_documents(self, texts: Sequence[str], append_eod: bool) -> tuple[bytes, np.ndarray]:
+        if self._sentencepiece is None:
+            return super().encode_documents(texts, append_eod)
+        return _join_documents([self._route_bytes(t) for t in texts], self, append_eod)
+
+    def _route_bytes(self, text: str) -> bytes:
+        assert self._sentencepiece is not None
+        if any(token in text for token in self._added):
+            tok = self.tokenizer
+            return np.asarray(tok.convert_tokens_to_ids(tok.tokenize(text)), dtype=self.dtype).tobytes()
+        return self._sentencepiece.encode_bytes(text)
