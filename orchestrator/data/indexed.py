@@ -99,11 +99,17 @@ class IndexedDatasetWriter:
         self._doc_index.append(len(self._lengths))
 
     def add_documents(self, flat_tokens: np.ndarray, lengths: np.ndarray) -> None:
-        """Many one-sequence documents at once: ``flat_tokens`` is their concatenation."""
+        """Many one-sequence documents at once: ``flat_tokens`` is their concatenation.
+
+        A document of length 0 gets no sequence but still a document boundary, as ``preprocess_data.py`` records
+        a document whose text has no tokens.
+        """
         self._bin.write(np.ascontiguousarray(flat_tokens, dtype=self.dtype).tobytes())
+        lengths = np.asarray(lengths)
+        nonempty = lengths > 0
         start = len(self._lengths)
-        self._lengths.frombytes(np.ascontiguousarray(lengths, dtype=np.int32).tobytes())
-        self._doc_index.frombytes(np.arange(start + 1, len(self._lengths) + 1, dtype=np.int64).tobytes())
+        self._lengths.frombytes(np.ascontiguousarray(lengths[nonempty], dtype=np.int32).tobytes())
+        self._doc_index.frombytes((start + np.cumsum(nonempty, dtype=np.int64)).tobytes())
 
     def append_dataset(self, prefix: str | os.PathLike[str]) -> None:
         """Concatenate a finished dataset (a worker's shard) onto this one; offsets are re-based."""

@@ -1,0 +1,412 @@
+"""C4 consolidation: MLPerf's merged files from C4 en 3.0.1's shards, verified, atomic and resumable.
+
+MLPerf's ``utils/consolidate_data.sh`` turns ``c4-train.NNNNN-of-01024.json.gz`` into ``c4-train.en_{0..7}.json.gz``
+(128 consecutive shards each, by ``cat``), the validation shards into ``c4-validation.en.json.gz``, and the first
+``N_VALIDATION_SAMPLES`` validation documents into ``c4-validation-<N>-samples.en.json.gz``. This module writes the
+same files, with what that script lacks:
+
+- Planning by name first: a missing shard, a gap, or a count that does not split into ``--train-outputs`` equal
+  groups is an error naming the shards, before any output is written. Any contiguous run of train shards from
+  00000 is accepted (tests and demos use a few), split in order into equal groups.
+- One unit of work per output (unit ``i`` is Slurm array task ``i``; ``--list`` prints them): units
+  ``0..TRAIN_OUTPUTS-1`` are the train files, unit ``TRAIN_OUTPUTS`` the validation file training reads (the
+  subset, or the whole validation set when ``N_VALIDATION_SAMPLES=0``), the whole validation set last. gzip members are
+  concatenated as bytes, never recompressed; while copying, every member of every input is decompressed to check
+  its CRC and length and to count documents, so a corrupt or truncated shard fails its output, by name.
+- Each output is written under a temporary name and renamed when complete; then a manifest (inputs with sizes,
+  modification times, CRC-32s and document counts; the output's size, CRC-32 and document count) is written to
+  ``<merged>/.consolidate/<output>.json``. A rerun skips outputs whose manifest still matches their inputs and
+  redoes the rest, so an interrupted run resumes with only the partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import sys
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import orchestrator
+from orchestrator.atomic import atomic_output, atomic_write_json
+from orchestrator.data.progress import RateProgress
+from orchestrator.data.stream import CorruptInput, gunzip_blocks
+
+SHARD = re.compile(r"^c4-(train|validation)\.(\d{5})-of-(\d{5})\.json\.gz$")
+MANIFEST_DIR = ".consolidate"
+MANIFEST_KIND = "orchestrator.consolidate"
+MANIFEST_VERSION = 1
+DEFAULT_TRAIN_OUTPUTS = 8
+DEFAULT_VALIDATION_SAMPLES = 91205
+SUBSET_GZIP_LEVEL = 6  # gzip's default, as MLPerf's `| gzip` uses
+NAMES_SHOWN = 10
+
+
+class ConsolidationError(ValueError):
+    """The shards cannot be consolidated as asked; the message names the shards and the fix."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One output file and the shards it is made of (array task ``index`` makes it)."""
+
+    index: int
+    output: str
+    inputs: tuple[str, ...]
+    head_lines: int | None = None  # None: concatenate whole shards; N: the first N lines, recompressed
+
+    def describe(self) -> str:
+        first, last = self.inputs[0], self.inputs[-1]
+        span = first if len(self.inputs) == 1 else f"{first} .. {last}"
+        what = f"first {self.head_lines} documents of " if self.head_lines is not None else ""
+        return f"{self.index}\t{self.output}\t{what}{len(self.inputs)} shards ({span})"
+
+
+@dataclass(frozen=True)
+class Plan:
+    c4_path: Path
+    merged_path: Path
+    units: tuple[Unit, ...]
+    notes: tuple[str, ...] = ()
+
+    def manifest_path(self, unit: Unit) -> Path:
+        return self.merged_path / MANIFEST_DIR / f"{unit.output}.json"
+
+
+def _shard_name(split: str, index: int, total: int) -> str:
+    return f"c4-{split}.{index:05d}-of-{total:05d}.json.gz"
+
+
+def _names(split: str, indices: list[int], total: int) -> str:
+    shown = ", ".join(_shard_name(split, i, total) for i in indices[:NAMES_SHOWN])
+    more = f" and {len(indices) - NAMES_SHOWN} more" if len(indices) > NAMES_SHOWN else ""
+    return shown + more
+
+
+def _contiguous(c4_path: Path, split: str, found: dict[int, int]) -> tuple[int, int]:
+    """(count, total) of a split's shards, which must be 00000..count-1 of one total; else an error naming gaps."""
+    totals = sorted(set(found.values()))
+    if len(totals) > 1:
+        raise ConsolidationError(f"{c4_path}: c4-{split} shards of different totals ({', '.join(f'-of-{t:05d}' for t in totals)})")
+    total = totals[0]
+    count = max(found) + 1
+    beyond = sorted(i for i in found if i >= total)
+    if beyond:
+        raise ConsolidationError(f"{c4_path}: shard index past its total: {_names(split, beyond, total)}")
+    missing = [i for i in range(count) if i not in found]
+    if missing:
+        raise ConsolidationError(
+            f"{c4_path}: missing {len(missing)} c4-{split} shard(s) inside 00000..{count - 1:05d}: "
+            f"{_names(split, missing, total)}. Fetch them (C4 en 3.0.1) and rerun"
+        )
+    return count, total
+
+
+def plan(
+    c4_path: str | os.PathLike[str],
+    merged_path: str | os.PathLike[str],
+    train_outputs: int = DEFAULT_TRAIN_OUTPUTS,
+    n_validation_samples: int = DEFAULT_VALIDATION_SAMPLES,
+) -> Plan:
+    """The units for the shards in ``c4_path``; raises :class:`ConsolidationError` before anything is written."""
+    c4, merged = Path(c4_path), Path(merged_path)
+    if not c4.is_dir():
+        raise ConsolidationError(f"C4_PATH {c4}: not a directory")
+    if train_outputs < 1:
+        raise ConsolidationError(f"TRAIN_OUTPUTS={train_outputs}: give at least 1")
+    if n_validation_samples < 0:
+        raise ConsolidationError(f"N_VALIDATION_SAMPLES={n_validation_samples}: give 0 (no subset) or more")
+    found: dict[str, dict[int, int]] = {"train": {}, "validation": {}}
+    for entry in os.scandir(c4):
+        match = SHARD.match(entry.name)
+        if match:
+            found[match[1]][int(match[2])] = int(match[3])
+    for split in found:
+        if not found[split]:
+            raise ConsolidationError(f"C4_PATH {c4}: no c4-{split}.NNNNN-of-NNNNN.json.gz shards (C4 en 3.0.1 layout)")
+    train_count, train_total = _contiguous(c4, "train", found["train"])
+    valid_count, valid_total = _contiguous(c4, "validation", found["validation"])
+    if train_count % train_outputs:
+        complete = -(-train_count // train_outputs) * train_outputs
+        needed = list(range(train_count, complete))
+        hint = f"missing {_names('train', needed, train_total)}" if complete <= train_total else "use another TRAIN_OUTPUTS"
+        raise ConsolidationError(
+            f"{c4}: {train_count} train shards (00000..{train_count - 1:05d}) do not split into TRAIN_OUTPUTS="
+            f"{train_outputs} equal groups; {hint}"
+        )
+    per_output = train_count // train_outputs
+    units = [
+        Unit(k, f"c4-train.en_{k}.json.gz", tuple(_shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)))
+        for k in range(train_outputs)
+    ]
+    validation = tuple(_shard_name("validation", i, valid_total) for i in range(valid_count))
+    # Unit train_outputs is the validation file training reads: the subset when there is one, else the whole set.
+    if n_validation_samples:
+        units.append(Unit(len(units), f"c4-validation-{n_validation_samples}-samples.en.json.gz", validation, n_validation_samples))
+    units.append(Unit(len(units), "c4-validation.en.json.gz", validation))
+    notes = []
+    if train_count < train_total:
+        notes.append(f"using train shards 00000..{train_count - 1:05d}, {train_count} of {train_total}")
+    if valid_count < valid_total:
+        notes.append(f"using validation shards 00000..{valid_count - 1:05d}, {valid_count} of {valid_total}")
+    return Plan(c4, merged, tuple(units), tuple(notes))
+
+
+# --- doing one unit ------------------------------------------------------------------------------------------
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"name": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("kind") == MANIFEST_KIND and manifest.get("version") == MANIFEST_VERSION else None
+
+
+def unit_complete(plan: Plan, unit: Unit) -> bool:
+    """The unit's output is on disk as its manifest describes, and its inputs are the ones it was made from."""
+    manifest = _read_manifest(plan.manifest_path(unit))
+    if manifest is None or manifest["output"]["name"] != unit.output or manifest.get("head_lines") != unit.head_lines:
+        return False
+    try:
+        now = [_identity(plan.c4_path / name) for name in unit.inputs]
+        size = (plan.merged_path / unit.output).stat().st_size
+    except OSError:
+        return False
+    then = [{k: i[k] for k in ("name", "size", "mtime_ns")} for i in manifest["inputs"]]
+    return then == now and size == manifest["output"]["size"]
+
+
+def is_complete(plan: Plan, indices: list[int] | None = None) -> bool:
+    """The plan's outputs (or those of ``indices``) are complete: what a pipeline checks to skip consolidation."""
+    return all(unit_complete(plan, plan.units[i]) for i in (range(len(plan.units)) if indices is None else indices))
+
+
+class _CountingWriter:
+    """Writes through to a file while keeping the CRC-32 and size of what went by."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink = sink
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        return self.sink.write(data)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+def _concatenate(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> list[dict[str, Any]]:
+    """Copy each shard's bytes to ``out`` while inflating them to check integrity and count documents."""
+    records = []
+    for name in unit.inputs:
+        path = plan.c4_path / name
+        identity = _identity(path)
+        crc = 0
+
+        def on_raw(raw: bytes) -> None:
+            nonlocal crc
+            crc = zlib.crc32(raw, crc)
+            out.write(raw)
+            advance(len(raw), 0)
+
+        documents = 0
+        for data in gunzip_blocks(path, on_raw):
+            lines = data.count(b"\n")
+            documents += lines
+            advance(0, lines)
+        records.append(identity | {"crc32": f"{crc:08x}", "documents": documents})
+    return records
+
+
+def _head(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> tuple[list[dict[str, Any]], int]:
+    """The first ``unit.head_lines`` lines of the shards, recompressed (MLPerf: ``zcat | head -n N | gzip``)."""
+    assert unit.head_lines is not None
+    wanted = unit.head_lines
+    records = []
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=SUBSET_GZIP_LEVEL, mtime=0) as gz:  # type: ignore[arg-type]
+        for name in unit.inputs:
+            if wanted == 0:
+                break
+            path = plan.c4_path / name
+            records.append(_identity(path))
+            for data in gunzip_blocks(path, lambda raw: advance(len(raw), 0)):
+                lines = data.count(b"\n")
+                if lines >= wanted:
+                    cut = 0
+                    for _ in range(wanted):
+                        cut = data.index(b"\n", cut) + 1
+                    gz.write(data[:cut])
+                    advance(0, wanted)
+                    wanted = 0
+                    break
+                gz.write(data)
+                advance(0, lines)
+                wanted -= lines
+    return records, unit.head_lines - wanted
+
+
+def run_unit(plan: Plan, index: int, force: bool = False, advance: Callable[[int, int], None] | None = None) -> str:
+    """Make output ``index`` unless it is complete; return ``"skipped"`` or ``"done"``.
+
+    Raises :class:`ConsolidationError` naming the shard when an input is damaged; the output is then not written.
+    """
+    unit = plan.units[index]
+    if not force and unit_complete(plan, unit):
+        return "skipped"
+    advance = advance or (lambda raw, docs: None)
+    final = plan.merged_path / unit.output
+    manifest_path = plan.manifest_path(unit)
+    manifest_path.unlink(missing_ok=True)
+    for stale in plan.merged_path.glob(f".{unit.output}.tmp-*"):  # left by a killed run of this unit
+        stale.unlink(missing_ok=True)
+    try:
+        with atomic_output(final) as handle:
+            out = _CountingWriter(handle)
+            if unit.head_lines is None:
+                inputs = _concatenate(plan, unit, out, advance)
+                documents = sum(i["documents"] for i in inputs)
+                if out.size != sum(i["size"] for i in inputs):
+                    raise ConsolidationError(f"{final}: wrote {out.size} bytes, the shards hold {sum(i['size'] for i in inputs)}")
+            else:
+                inputs, documents = _head(plan, unit, out, advance)
+    except CorruptInput as exc:
+        raise ConsolidationError(f"{exc}; {unit.output} was not written. Re-fetch that shard and rerun") from None
+    if unit.head_lines is not None and documents < unit.head_lines:
+        print(
+            f"warning: {unit.output} has {documents} documents: the validation shards hold fewer than "
+            f"N_VALIDATION_SAMPLES={unit.head_lines}",
+            file=sys.stderr,
+        )
+    atomic_write_json(
+        manifest_path,
+        {
+            "kind": MANIFEST_KIND,
+            "version": MANIFEST_VERSION,
+            "orchestrator_version": orchestrator.__version__,
+            "unit": unit.index,
+            "head_lines": unit.head_lines,
+            "inputs": inputs,
+            "output": {"name": unit.output, "size": out.size, "crc32": f"{out.crc:08x}", "documents": documents},
+        },
+    )
+    return "done"
+
+
+def run_all(plan: Plan, indices: list[int], force: bool = False, jobs: int = 1, live_progress: bool | None = None) -> list[str]:
+    """Make the given outputs, ``jobs`` at a time; return the error messages (empty when all succeeded)."""
+    total = sum((plan.c4_path / name).stat().st_size for i in indices for name in plan.units[i].inputs)
+    progress = RateProgress("consolidate", total, {"raw_bytes": "B/s gzip", "documents": "docs/s"}, live=live_progress)
+    lock = threading.Lock()
+
+    def advance(raw: int, documents: int) -> None:
+        with lock:
+            progress.update(raw, raw_bytes=raw, documents=documents)
+
+    def one(index: int) -> str | None:
+        unit = plan.units[index]
+        try:
+            state = run_unit(plan, index, force, advance)
+        except ConsolidationError as exc:
+            return str(exc)
+        if state == "skipped":
+            advance(sum((plan.c4_path / n).stat().st_size for n in unit.inputs), 0)
+        print(f"{unit.output}: {state}", file=sys.stderr)
+        return None
+
+    try:
+        with ThreadPoolExecutor(max(1, jobs)) as pool:  # zlib and file I/O release the GIL
+            errors = [e for e in pool.map(one, indices) if e]
+    finally:
+        progress.close()
+    return errors
+
+
+# --- command line --------------------------------------------------------------------------------------------
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags default to MLPerf's environment variables (C4_PATH, MERGED_C4_PATH, TRAIN_OUTPUTS, N_VALIDATION_SAMPLES)."""
+    parser.add_argument("--c4-path", default=os.environ.get("C4_PATH"), help="C4 en 3.0.1 shards (default: $C4_PATH)")
+    parser.add_argument(
+        "--merged-c4-path", "--merged-path", dest="merged_c4_path", default=os.environ.get("MERGED_C4_PATH"),
+        help="output folder (default: $MERGED_C4_PATH)",
+    )
+    parser.add_argument("--train-outputs", type=int, default=_env_int("TRAIN_OUTPUTS", DEFAULT_TRAIN_OUTPUTS), help="train files (default 8)")
+    parser.add_argument(
+        "--n-validation-samples",
+        type=int,
+        default=_env_int("N_VALIDATION_SAMPLES", DEFAULT_VALIDATION_SAMPLES),
+        help="documents in the validation subset (default 91205; 0: no subset)",
+    )
+    parser.add_argument("--task-index", type=int, default=None, help="make only this output (a Slurm array task); default all")
+    parser.add_argument("--list", action="store_true", help="print the units (index, output, shards) and exit")
+    parser.add_argument("--count", action="store_true", help="print the number of units (the array size) and exit")
+    parser.add_argument("--force", action="store_true", help="redo outputs even when complete")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="outputs made at once when making all")
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The plan a command line asks for (a pipeline parses the stage's own argv with :func:`add_arguments`)."""
+    if not args.c4_path or not args.merged_c4_path:
+        raise ConsolidationError("set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)")
+    return plan(args.c4_path, args.merged_c4_path, args.train_outputs, args.n_validation_samples)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.c4_path or not args.merged_c4_path:
+        print("error: set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)", file=sys.stderr)
+        return 2
+    try:
+        the_plan = plan_from_args(args)
+    except ConsolidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.count:
+        print(len(the_plan.units))
+        return 0
+    if args.list:
+        for unit in the_plan.units:
+            print(unit.describe())
+        return 0
+    for note in the_plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.task_index is not None and not 0 <= args.task_index < len(the_plan.units):
+        print(f"error: --task-index {args.task_index}: the plan has units 0..{len(the_plan.units) - 1}", file=sys.stderr)
+        return 2
+    the_plan.merged_path.mkdir(parents=True, exist_ok=True)
+    indices = [args.task_index] if args.task_index is not None else list(range(len(the_plan.units)))
+    errors = run_all(the_plan, indices, args.force, args.jobs)
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.data.consolidate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
