@@ -179,7 +179,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 if plan.cluster.scheduler == "slurm":
                     console.print("# would run: " + " ".join(sbatch_command(plan, script, "<dependency>" if script.stage != plan.stages[0] else None)), markup=False)
             continue
-        sub = submit_run(plan, skip=_skip_complete, say=lambda m: console.print(m, markup=False))
+        sub = submit_run(plan, say=lambda m: console.print(m, markup=False))
         console.print(f"run directory: {sub.run_dir}")
         if args.wait and plan.cluster.scheduler == "slurm":
             from orchestrator.status import wait_for_run
@@ -192,12 +192,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
             if rc:
                 return rc
     return 0
-
-
-def _skip_complete(plan: RunPlan, stage: str) -> str | None:
-    from orchestrator.pipeline import complete_reason
-
-    return complete_reason(plan, stage)
 
 
 def _collect_and_report(run_dir: Path) -> int:

@@ -32,8 +32,6 @@ from orchestrator.ledger import Ledger
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
 
-#: Exit code of a trainer that saved a checkpoint and stopped early on request (EX_TEMPFAIL).
-EXIT_RESUMABLE = 75
 
 
 @dataclass(frozen=True)
@@ -164,13 +162,15 @@ class StageDriver:
         return {"stage": "train", "outcome": "stopped", "note": reason.reason}
 
     def _classify(self, rc: int) -> str:
+        """How the step ended. Trainers exit 0 both at the end (DONE written) and after a requested stop that
+        saved a checkpoint; anything else is a failure (srun --kill-on-bad-exit makes that the step's code)."""
         if self.rd.done():
             return "done"
         if self._signalled:
             return self._signalled
         if self._slurm_term:
             return "preempted"
-        if rc == EXIT_RESUMABLE:
+        if rc == 0:
             steps = self.plan.chain.steps_per_job
             end = chain.progress_step(self.plan) or 0
             if steps and end - (self._start_step or 0) >= steps:

@@ -23,6 +23,7 @@ Outcome = Literal[
     "running",  # started, not ended (or the driver was killed; reconciled from sacct)
     "done",  # the run reached max_steps
     "time_limit",  # stopped itself before the time limit after saving
+    "partition",  # trained its chain.steps_per_job steps (MLPerf's MAX_STEPS) and saved
     "preempted",  # stopped by a signal it did not ask for (preemption, requeue, cancel)
     "node_failure",
     "failed",

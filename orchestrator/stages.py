@@ -43,6 +43,29 @@ def tokenizer_model_path(plan: RunPlan) -> str:
     return model
 
 
+def consolidate_argv(plan: RunPlan, python: str) -> list[Any]:
+    """MLPerf's consolidation (C4_PATH, MERGED_C4_PATH, TRAIN_OUTPUTS, N_VALIDATION_SAMPLES) as flags."""
+    return [python, "-u", "-m", "orchestrator.data.consolidate", "--c4-path", plan.data.c4_path,
+            "--merged-path", plan.data.merged_path, "--train-outputs", plan.data.train_outputs,
+            "--n-validation-samples", plan.data.n_validation_samples or 0]  # fmt: skip
+
+
+def preprocess_argv(plan: RunPlan, python: str) -> list[Any]:
+    """Megatron's preprocess_data.py flags, with the tokenizer semantics NeMo's tool (the seeds', MLPerf's) has:
+    no BOS, and Hugging Face's slow tokenizer where one exists."""
+    tok = plan.model.tokenizer
+    argv: list[Any] = [python, "-u", "-m", "orchestrator.data.preprocess", "--json-keys", "text"]
+    if tok.library == "sentencepiece":
+        argv += ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model_path(plan)]
+    else:
+        argv += ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer_model_path(plan),
+                 "--tokenizer-hf-no-use-fast", "--tokenizer-hf-no-include-special-tokens"]  # fmt: skip
+    argv += ["--workers", plan.data.workers or plan.cluster.cpus_per_task or plan.cluster.cpu_tasks_per_node]
+    if plan.data.append_eod:
+        argv.append("--append-eod")
+    return argv
+
+
 def context(plan: RunPlan, stage: str) -> dict[str, Any]:
     """Template values of a stage."""
     python = python_for_driver(plan)
@@ -50,24 +73,13 @@ def context(plan: RunPlan, stage: str) -> dict[str, Any]:
         module = "orchestrator.train.nemo" if plan.train.backend == "nemo" else "orchestrator.train.reference"
         return {"module": module}
     if stage == "consolidate":
-        program = [python, "-u", "-m", "orchestrator.data.consolidate", "--c4-path", plan.data.c4_path,
-                   "--merged-path", plan.data.merged_path, "--train-outputs", plan.data.train_outputs]  # fmt: skip
-        if plan.data.n_validation_samples:
-            program += ["--n-validation-samples", plan.data.n_validation_samples]
-        # Array task k writes merged output k; task train_outputs writes the validation file.
+        # Array task k writes merged output k; task train_outputs writes the validation file training reads.
         needed = list(plan.data.train_shards or range(plan.data.train_outputs))
-        return {"program": program, "array": [*needed, plan.data.train_outputs]}
+        return {"program": consolidate_argv(plan, python), "array": [*needed, plan.data.train_outputs]}
     if stage == "preprocess":
         jobs = preprocess_jobs(plan)
-        tok = plan.model.tokenizer
-        program = [python, "-u", "-m", "orchestrator.data.preprocess", "--json-keys", "text",
-                   "--tokenizer-type", "SentencePieceTokenizer" if tok.library == "sentencepiece" else "HuggingFaceTokenizer",
-                   "--tokenizer-model", tokenizer_model_path(plan),
-                   "--workers", plan.data.workers or plan.cluster.cpus_per_task or 1]  # fmt: skip
-        if plan.data.append_eod:
-            program.append("--append-eod")
-        return {"program": program, "inputs": [str(i) for i, _ in jobs], "outputs": [str(o) for _, o in jobs],
-                "launcher_single": [], "array": list(range(len(jobs)))}  # fmt: skip
+        return {"program": preprocess_argv(plan, python), "inputs": [str(i) for i, _ in jobs],
+                "outputs": [str(o) for _, o in jobs], "launcher_single": [], "array": list(range(len(jobs)))}  # fmt: skip
     if stage == "import":
         return {}
     if stage == "smoke":

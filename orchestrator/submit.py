@@ -59,18 +59,14 @@ def sbatch_command(plan: RunPlan, script: StageScript, dependency: str | None) -
     return [*args, str(RunDir.of(plan.run_dir).script(script.stage))]
 
 
-def submit_run(
-    plan: RunPlan,
-    *,
-    skip: Callable[[RunPlan, str], str | None] | None = None,
-    say: Callable[[str], None] = print,
-) -> Submission:
-    """Create the run and queue (Slurm) or run (local) every stage that still has work.
+def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print) -> Submission:
+    """Create the run and queue (Slurm) or run (local) every stage that still has work."""
+    from orchestrator.pipeline import complete_reason, prepare_inputs
 
-    ``skip(plan, stage)`` returns why a stage can be skipped (its outputs are complete), or None.
-    """
     scripts = render_all(plan)
     rd = create_run(plan, scripts)
+    prepare_inputs(plan, say)
+    skip = complete_reason
     if plan.cluster.scheduler == "local":
         return _run_local(plan, rd, scripts, skip, say)
     return queue_stages(plan, rd, scripts, skip, say)

@@ -29,3 +29,33 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def lab_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Real text made into Megatron datasets by this project's own pipeline, once per session: the sample corpus
+    (4 C4-layout shards), consolidated into 2 files and tokenized with the Mixtral v1 tokenizer. The returned
+    plan overrides point a tiny-profile run at them."""
+    from orchestrator.data import consolidate, preprocess, sample
+    from orchestrator.plan import build_plan
+    from orchestrator.stages import preprocess_argv, tokenizer_model_path
+
+    root = tmp_path_factory.mktemp("lab-data")
+    sample.build_corpus(root / "c4", 4, 1, 400, 1234)
+    assert consolidate.main(["--c4-path", str(root / "c4"), "--merged-path", str(root / "merged"),
+                             "--train-outputs", "2", "--n-validation-samples", "0"]) == 0  # fmt: skip
+    plan = build_plan("tiny", "local", run_dir=root / "plan")
+    assert tokenizer_model_path(plan).endswith("tokenizer.model.v1")
+    flags = [str(a) for a in preprocess_argv(plan, sys.executable)[4:]]
+    inputs = {"c4-train.en_0": "c4-train.en_0.json.gz", "c4-train.en_1": "c4-train.en_1.json.gz",
+              "c4-validation.en": "c4-validation.en.json.gz"}  # fmt: skip
+    for name, file in inputs.items():
+        assert preprocess.main([*flags, "--input", str(root / "merged" / file), "--output-prefix", str(root / "pre" / name)]) == 0
+    pre = root / "pre"
+    return {
+        "data.source": "preprocessed",
+        "data.preprocessed_path": str(pre),
+        "data.train_prefixes": [str(pre / "c4-train.en_0_text_document"), str(pre / "c4-train.en_1_text_document")],
+        "data.train_weights": [50, 50],
+        "data.validation_prefixes": [str(pre / "c4-validation.en_text_document")],
+    }

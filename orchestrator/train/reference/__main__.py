@@ -1,7 +1,8 @@
 """Entry point: ``python -m orchestrator.train.reference --run-dir DIR``.
 
-Exit codes: 0 the run reached ``max_steps`` (``DIR/DONE`` written); 75 stopped early with a checkpoint (signal,
-deadline, ``chain.steps_per_job``): the next job resumes; anything else is an error (traceback on stderr).
+Exit codes: 0 the run reached ``max_steps`` (``DIR/DONE`` written) or stopped early with a checkpoint (signal,
+deadline, ``chain.steps_per_job``; no ``DONE``): the next job resumes; anything else is an error (traceback on
+stderr).
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@
 - Stops between steps only: SIGUSR2/SIGTERM set a flag on any rank; ``ORCHESTRATOR_DEADLINE`` (unix seconds) is
   checked against the longest step seen (plus the last validation's time when the next step validates) plus one
   checkpoint save (the last one's time; before any, the state's size at 200 MB/s plus a second); all ranks agree
-  on the flags with one all-reduce per step. A stop saves and exits 75, as does reaching ``chain.steps_per_job``;
-  ``max_steps`` saves, writes ``<run_dir>/DONE`` and exits 0.
+  on the flags with one all-reduce per step. A stop saves and exits 0, as does reaching ``chain.steps_per_job``;
+  ``max_steps`` saves, writes ``<run_dir>/DONE`` and exits 0: the driver tells them apart by ``DONE``. (A
+  distinct code for "stopped" would be a non-zero task exit, on which ``srun --kill-on-bad-exit`` kills the
+  other ranks mid-exit.)
 - Resume: the newest complete checkpoint (model, optimizer, RNG states, consumed samples) or, if none,
   ``train.init_from`` (weights, plus optimizer state unless ``init_weights_only``), or a seeded fresh model.
   Runs on CPU are bitwise reproducible across a stop and resume.
@@ -49,7 +51,7 @@ from orchestrator.train.reference.model import Transformer
 if TYPE_CHECKING:
     from orchestrator.mlperf.mllog import MlperfLogger
 
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped early with a checkpoint; the chain continues
+EXIT_STOPPED = 0  # stopped early with a checkpoint (no DONE): the chain continues
 DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
 DONE_FILE = "DONE"
 CHAIN_INDEX_ENV = "ORCHESTRATOR_CHAIN_INDEX"
@@ -586,7 +588,7 @@ class Trainer:
 
 
 def run(run_dir: str | os.PathLike[str], early_signal: str | None = None) -> int:
-    """Train the plan in ``run_dir``; 0 when max_steps is reached, 75 when stopped with a checkpoint."""
+    """Train the plan in ``run_dir``; 0 when max_steps is reached (DONE written) or stopped with a checkpoint."""
     signals = StopSignals(early_signal)
     plan = RunPlan.load(run_dir)
     ranks = resolve_ranks(os.environ)
