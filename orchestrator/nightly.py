@@ -154,7 +154,8 @@ def _next_time(hour: int, minute: int) -> str:
 
 
 def _say(message: str) -> None:
-    print(message, flush=True)
+    """Progress goes to stderr, so that stdout carries only the decision (a line, or JSON with --json)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

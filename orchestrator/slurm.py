@@ -70,6 +70,23 @@ def sacct(job_ids: Iterable[str]) -> dict[str, JobRecord]:
     return records
 
 
+def queued(names: Iterable[str]) -> dict[str, str]:
+    """Jobs Slurm still holds (pending, running, requeued and held), by base job id -> state, found by job name.
+
+    ``squeue`` is the authority here: ``sacct`` shows a requeued job's last finished run (NODE_FAIL, PREEMPTED)
+    until it starts again, which would read as "nothing queued".
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    out = run(["squeue", "-h", "-n", ",".join(wanted), "-o", "%i|%T"])
+    jobs: dict[str, str] = {}
+    for line in out.splitlines():
+        job, _, state = line.partition("|")
+        jobs.setdefault(job.split("_")[0], state)
+    return jobs
+
+
 def history(job_id: str) -> list[JobRecord]:
     """Every run of one job, oldest first (``sacct -D``): a requeued job appears once per start."""
     out = run(["sacct", "-n", "-P", "-X", "-D", "-j", str(job_id), "-o", "JobID,JobName,State,ExitCode,Start,End,NodeList"])

@@ -13,6 +13,7 @@ from rich.table import Table
 from orchestrator import chain, slurm
 from orchestrator.ledger import Ledger
 from orchestrator.plan import RunPlan
+from orchestrator.render import job_name
 from orchestrator.rundir import RunDir
 
 
@@ -24,9 +25,11 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
     jobs = ledger.jobs()
     attempts = ledger.attempts()
     records: dict[str, slurm.JobRecord] = {}
+    held: dict[str, str] = {}
     sacct_error = None
     if plan.cluster.scheduler == "slurm" and jobs:
         try:
+            held = slurm.queued(job_name(plan, j.stage) for j in jobs)
             records = slurm.sacct([j.job_id for j in jobs])
         except slurm.SlurmError as exc:
             sacct_error = str(exc)
@@ -39,7 +42,9 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         starts = [r.start for r in tasks.values() if r.start not in ("", "Unknown", "None")]
         ends = [r.end for r in tasks.values() if r.end not in ("", "Unknown", "None")]
         last = mine[-1] if mine else None
-        if not tasks and plan.cluster.scheduler == "slurm" and job.cancelled_at is None and _epoch(job.submitted_at) > recent:
+        if job.job_id in held:
+            states = [held[job.job_id]]  # squeue knows best while Slurm holds the job (a requeue included)
+        elif not tasks and plan.cluster.scheduler == "slurm" and job.cancelled_at is None and _epoch(job.submitted_at) > recent:
             states = ["SUBMITTED"]  # accounting has not seen it yet; it is queued
         ended = _how(last.outcome if last else None, states, job.cancelled_at is not None)
         rows.append({

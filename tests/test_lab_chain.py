@@ -29,9 +29,10 @@ def data_args(lab_data: dict[str, Any]) -> list[str]:
     return [arg for key, value in lab_data.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
 
 
-def submit(run_dir: Path, lab_data: dict[str, Any], *args: str) -> None:
+def submit(run_dir: Path, lab_data: dict[str, Any], *args: str, expect: int = 0) -> None:
+    """``submit``; with ``--wait`` it exits 0 only when the run is done."""
     done = run_cli("submit", *TINY, "--run-dir", str(run_dir), *data_args(lab_data), *args)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == expect, done.stdout + done.stderr
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 2.0) -> Any:
@@ -127,6 +128,7 @@ def test_node_down_mid_run_resumes_and_finishes(slurm_lab, lab_data, step_second
     try:
         status = wait_idle(run_dir, timeout=6 * 60)
     finally:
+        # ReturnToService=2 brings the node back once its slurmd answers; resume it in case it did not.
         subprocess.run(["scontrol", "update", f"nodename={second}", "state=resume"], capture_output=True)
     assert status["done"] and status["done"]["final_step"] == steps
     attempts = [a for a in ledger.attempts("train") if a.job_id == job_id]
@@ -158,7 +160,8 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(s
     assert done.returncode == 0, done.stderr
     wait_until(lambda: 5 in checkpoint_steps(run_dir) and list(ckpts.glob(".tmp-step-00000010*")), 300,
                "step 5 complete and step 10 being written")  # fmt: skip
-    subprocess.run(["pkill", "-9", "-f", "orchestrator.train.reference"], check=False)
+    # kill -9 this run's trainer processes (only this run's: the lab may be running other jobs)
+    subprocess.run(["pkill", "-9", "-f", f"orchestrator.train.reference --run-dir {run_dir}"], check=False)
     status = wait_idle(run_dir, timeout=8 * 60)
     attempts = Ledger(run_dir / "ledger.sqlite").attempts("train")
     assert attempts[0].outcome == "failed" and attempts[0].end_step == 5, attempts
@@ -169,7 +172,7 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(s
 def test_concurrent_nightly_calls_submit_exactly_one_chain(slurm_lab, lab_data, tmp_path):
     run_dir = tmp_path / "nightly"
     # A job of 5 steps out of 30 ends the first job with the run incomplete and idle.
-    submit(run_dir, lab_data, "--time", "5", "--max-steps", "30", "--set", "chain.steps_per_job=5", "--wait")
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "30", "--set", "chain.steps_per_job=5", "--wait", expect=1)
     status = run_status(run_dir)
     assert not status["done"] and not status["active"] and status["latest_checkpoint_step"] == 5
     calls = [subprocess.Popen([sys.executable, "-m", "orchestrator", "nightly", "--run", str(run_dir), "--json"],
