@@ -1,0 +1,152 @@
+"""Train with NeMo: ``python -m orchestrator.train.nemo --run-dir DIR``, one task per GPU under ``srun``.
+
+Lightning's ``SLURMEnvironment`` reads the ranks from ``SLURM_*`` (no automatic requeue), ``MASTER_ADDR`` and
+``MASTER_PORT`` come from the step script, and the process environment gets NeMo's performance settings
+(``PerfEnvPlugin``) before CUDA starts, unless the cluster profile already set them.
+
+Exit status, read by the in-job driver:
+
+* 0 - ``max_steps`` reached (or reached by an earlier job); the final checkpoint is complete and global rank 0 has
+  written ``<run_dir>/DONE`` (JSON: ``final_step``, ``consumed_samples``, ``time``).
+* 75 - stopped early at a step boundary (SIGTERM/SIGUSR2, ``ORCHESTRATOR_DEADLINE`` near, ``chain.steps_per_job``)
+  with a finished ``*last`` checkpoint: the next job resumes from it.
+* anything else - a failure (an exception, or training ended early without a saved checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+from orchestrator.atomic import atomic_write_json
+from orchestrator.plan import RunPlan
+from orchestrator.train.nemo_checkpoints import init_checkpoint, latest_step
+from orchestrator.train.nemo_stop import install_signal_handlers
+
+EXIT_DONE = 0
+EXIT_RESUMABLE = 75
+EXIT_FAILED = 1
+DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
+DONE_MARKER = "DONE"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", required=True, help="run directory holding plan.json")
+    parser.add_argument("--print-recipe", action="store_true",
+                        help="print the configured NeMo recipe (summary and environment) as JSON and exit; no GPU needed")
+
+
+def run(args: argparse.Namespace) -> int:
+    install_signal_handlers()  # first: a stop signal during the minutes of start-up is remembered, not fatal
+    plan = RunPlan.load(args.run_dir)
+    if plan.train.backend != "nemo":
+        print(f"{args.run_dir}: train.backend is {plan.train.backend!r}; run orchestrator.train.{plan.train.backend}")
+        return EXIT_FAILED
+    # NeMo takes ~20 s to import; importing it here keeps --help fast and the signal handlers above in force.
+    import fiddle as fdl
+
+    from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
+    from orchestrator.train.nemo_stop import StopControl
+
+    recipe = build_recipe(plan, deadline=deadline_from_env())
+    env = perf_env(plan, recipe)
+    if args.print_recipe:
+        print(json.dumps({"recipe": summarize(recipe), "environment": env}, indent=2, default=str))
+        return EXIT_DONE
+    if already_done(plan):
+        return EXIT_DONE
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if global_rank() == 0:
+        print(describe_start(plan), flush=True)
+    task = fdl.build(recipe)
+    trainer = task.keywords["trainer"]
+    task()
+    stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopControl))
+    return finish(plan, trainer.global_step, trainer.global_rank, stop.reason, stop.saved_step)
+
+
+def deadline_from_env() -> float | None:
+    """``ORCHESTRATOR_DEADLINE``: when Slurm ends this job, in Unix epoch seconds (the driver exports it)."""
+    raw = os.environ.get(DEADLINE_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{DEADLINE_ENV}={raw!r} is not Unix epoch seconds (e.g. $(date -d '+4 hours' +%s))") from None
+
+
+def global_rank() -> int:
+    """This task's rank before torch.distributed exists (Slurm's, or torchrun's)."""
+    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
+
+
+def already_done(plan: RunPlan) -> bool:
+    """True when ``max_steps`` is behind us: ``DONE`` exists, or a finished checkpoint reached it (then write DONE)."""
+    if (Path(plan.run_dir) / DONE_MARKER).exists():
+        print(f"{plan.run_dir}/{DONE_MARKER} exists: training is complete, nothing to do", flush=True)
+        return True
+    step = latest_step(plan.train.ckpt_dir)
+    if step is None or step < plan.train.max_steps:
+        return False
+    if global_rank() == 0:
+        write_done(plan, step)
+    return True
+
+
+def finish(plan: RunPlan, step: int, rank: int, reason: str | None, saved_step: int | None) -> int:
+    """The exit status for a ``fit`` that returned at ``step``; rank 0 writes DONE when ``max_steps`` is reached."""
+    if step >= plan.train.max_steps:
+        if rank == 0:
+            write_done(plan, step)
+        return EXIT_DONE
+    if reason and saved_step == step:
+        if rank == 0:
+            print(f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; "
+                  f"exit {EXIT_RESUMABLE}: the next job resumes", flush=True)
+        return EXIT_RESUMABLE
+    if rank == 0:
+        why = f"stop requested ({reason}) but no checkpoint was saved" if reason else "no stop was requested"
+        print(f"training ended at step {step} of {plan.train.max_steps}: {why}", flush=True)
+    return EXIT_FAILED
+
+
+def write_done(plan: RunPlan, step: int) -> None:
+    atomic_write_json(
+        Path(plan.run_dir) / DONE_MARKER,
+        {
+            "final_step": step,
+            "consumed_samples": step * plan.train.global_batch_size,
+            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "backend": "nemo",
+        },
+    )
+
+
+def describe_start(plan: RunPlan) -> str:
+    L, t = plan.layout, plan.train
+    step = latest_step(t.ckpt_dir)
+    start = init_checkpoint(plan)
+    if step is not None:
+        origin = f"resuming at step {step} from {t.ckpt_dir}"
+    elif start:
+        origin = f"weights from {start}" + ("" if t.init_weights_only else " (with optimizer state)")
+    else:
+        origin = "from scratch"
+    return (f"nemo: {plan.model.recipe} on {L.nodes} x {L.tasks_per_node} GPUs, TP{L.tp} PP{L.pp} CP{L.cp} "
+            f"VP{L.vp or '-'} EP{L.ep}, global batch {t.global_batch_size}, micro batch {L.micro_batch_size}, "
+            f"sequence {t.seq_length}, steps {t.max_steps}, {origin}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.train.nemo", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

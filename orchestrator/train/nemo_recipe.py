@@ -1,0 +1,474 @@
+"""The run plan applied to NeMo's own pretraining recipe: one pure function, buildable on a CPU.
+
+``build_recipe(plan)`` starts from ``nemo.collections.llm.recipes.<plan.model.recipe>.pretrain_recipe`` and sets
+only what the plan decides: the cluster shape, Megatron's parallel layout, batch sizes, sequence length (model and
+data), steps, validation, per-step logging, the optimizer's numbers, recompute, gradient-reduce precision, the data
+(Megatron prefixes and the tokenizer), checkpointing, resume, and the stop control. Everything else (model class and
+architecture defaults, DDP overlap, async checkpoint saving, mixed precision, the LR schedule's shape) stays as
+NeMo's recipe has it. Llama 3.1 405B also gets the MLPerf reference's settings (see :func:`_mlperf_405b`).
+
+Nothing here instantiates a model, a trainer or a Transformer Engine module, so tests build and inspect every seed
+model's recipe on a CPU; ``fdl.build`` of the result happens only inside the training job.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import fiddle as fdl
+import fiddle._src.experimental.dataclasses as fdl_dc
+import nemo_run as run
+import torch
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from megatron.core.distributed import DistributedDataParallelConfig
+from nemo import lightning as nl
+from nemo.collections import llm
+from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTokenizer
+from nemo.collections.common.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
+from nemo.collections.llm.recipes.tp_overlap_configs import userbuffers
+from nemo.lightning.pytorch.callbacks.megatron_comm_overlap import MegatronCommOverlapCallback
+from nemo.lightning.run.plugins import PerfEnvPlugin
+from nemo.utils.exp_manager import TimingCallback
+
+from orchestrator.plan import RunPlan
+from orchestrator.profiles import Architecture, Tokenizer
+from orchestrator.train.nemo_checkpoints import init_checkpoint
+from orchestrator.train.nemo_stop import StopControl
+
+#: Plan architecture field -> attribute of NeMo's model config (``Llama31Config8B``, ``Qwen3Config8B``, ...).
+ARCH_FIELDS = {
+    "num_layers": "num_layers",
+    "hidden_size": "hidden_size",
+    "ffn_hidden_size": "ffn_hidden_size",
+    "num_attention_heads": "num_attention_heads",
+    "num_query_groups": "num_query_groups",
+    "kv_channels": "kv_channels",
+    "rotary_base": "rotary_base",
+    "norm_eps": "layernorm_epsilon",
+    "qk_layernorm": "qk_layernorm",
+    "qkv_bias": "add_qkv_bias",
+    "tie_embeddings": "share_embeddings_and_output_weights",
+}
+MOE_FIELDS = {"num_experts": "num_moe_experts", "moe_top_k": "moe_router_topk", "moe_ffn_hidden_size": "moe_ffn_hidden_size"}
+MIXTRAL_PREFIX = "mistral-common:"
+
+
+def recipe_module(plan: RunPlan) -> Any:
+    """``nemo.collections.llm.recipes.<name>``, the module behind ``llm.<name>.pretrain_recipe``."""
+    if not plan.model.recipe:
+        raise ValueError(f"model {plan.model.name!r} has no NeMo recipe; use --set train.backend=reference")
+    return importlib.import_module(f"nemo.collections.llm.recipes.{plan.model.recipe}")
+
+
+def build_recipe(plan: RunPlan, *, deadline: float | None = None) -> run.Partial:
+    """NeMo's ``pretrain_recipe`` for the plan's model with the plan applied; ``deadline`` is the job's end (epoch s)."""
+    if plan.train.precision != "bf16-mixed":
+        raise ValueError(
+            f"train.precision={plan.train.precision!r}: the nemo backend trains in bf16-mixed, as NeMo's recipes do; "
+            "fix: --set train.precision=bf16-mixed, or --set train.backend=reference for fp32"
+        )
+    if not plan.data.train_prefixes:
+        raise ValueError("data.train_prefixes is empty: the nemo backend reads Megatron .bin/.idx prefixes; "
+                         "fix: run the preprocess stage or --set data.train_prefixes=[...]")
+    recipe = recipe_module(plan).pretrain_recipe(
+        dir=str(Path(plan.run_dir) / "nemo"),
+        name="train",
+        num_nodes=plan.layout.nodes,
+        num_gpus_per_node=plan.layout.tasks_per_node,
+    )
+    if plan.model.recipe == "llama31_405b":
+        _mlperf_405b(recipe, plan)
+    _apply_layout(recipe, plan)
+    _configure_model(recipe.model, plan)
+    _apply_trainer(recipe, plan)
+    _apply_optimizer(recipe, plan)
+    recipe.data = data_config(plan)
+    _apply_checkpointing(recipe, plan)
+    recipe.resume = resume_config(plan)
+    _apply_callbacks(recipe, plan, deadline)
+    return recipe
+
+
+# --------------------------------------------------------------------------------------------------- pieces
+
+
+def _apply_layout(recipe: run.Partial, plan: RunPlan) -> None:
+    L, strategy = plan.layout, recipe.trainer.strategy
+    recipe.trainer.num_nodes = L.nodes
+    recipe.trainer.devices = L.tasks_per_node
+    strategy.tensor_model_parallel_size = L.tp
+    strategy.pipeline_model_parallel_size = L.pp
+    strategy.virtual_pipeline_model_parallel_size = L.vp if L.pp > 1 else None  # NeMo drops VP at PP=1 anyway
+    strategy.context_parallel_size = L.cp
+    strategy.sequence_parallel = L.sequence_parallel and L.tp > 1  # NeMo drops SP at TP=1 anyway
+    strategy.pipeline_dtype = torch.bfloat16 if L.pp > 1 else None  # llm.pretrain asserts it is set when PP > 1
+    if plan.model.arch.is_moe or L.ep > 1:
+        strategy.expert_model_parallel_size = L.ep
+        strategy.expert_tensor_parallel_size = L.etp
+    _fit_pipeline_split(recipe, plan)
+    config = recipe.model.config
+    if L.recompute == "none":
+        config.recompute_granularity = config.recompute_method = config.recompute_num_layers = None
+    elif L.recompute == "selective":
+        config.recompute_granularity, config.recompute_method, config.recompute_num_layers = "selective", None, None
+    else:
+        config.recompute_granularity = "full"
+        config.recompute_method = config.recompute_method or "uniform"
+        config.recompute_num_layers = L.recompute_num_layers or 1
+    _precision(recipe).grad_reduce_in_fp32 = L.grad_reduce_in_fp32  # the precision plugin overrides DDP's value
+    if isinstance(strategy.ddp, fdl.Buildable):
+        strategy.ddp.grad_reduce_in_fp32 = L.grad_reduce_in_fp32
+
+
+def _fit_pipeline_split(recipe: run.Partial, plan: RunPlan) -> None:
+    """Keep the recipe's "embedding and loss count as layers" split only where the layout still divides.
+
+    The 405B recipe sets both ``account_for_*_in_pipeline_split`` flags (126 + 2 = 128 layers for PP8 x VP2). The
+    MLPerf layout PP9 x VP7 splits the 126 transformer layers evenly but not 128, and Megatron then refuses to
+    start; the MLPerf reference (NeMo 24.12) predates these flags and splits plain layers.
+    """
+    strategy, L = recipe.trainer.strategy, plan.layout
+    extra = int(bool(strategy.account_for_embedding_in_pipeline_split)) + int(bool(strategy.account_for_loss_in_pipeline_split))
+    if extra and (plan.model.arch.num_layers + extra) % (L.pp * (L.vp or 1)):
+        strategy.account_for_embedding_in_pipeline_split = False
+        strategy.account_for_loss_in_pipeline_split = False
+
+
+def model_config(plan: RunPlan) -> run.Config:
+    """The recipe's model (``LlamaModel(Llama31Config8B)``, ``Qwen3Model(...)``) with the plan's shape and sequence."""
+    return _configure_model(recipe_module(plan).model(), plan)
+
+
+def _configure_model(model: run.Config, plan: RunPlan) -> run.Config:
+    _apply_architecture(model.config, plan.model.arch)
+    model.config.seq_length = plan.train.seq_length  # the model's own copy (CP checks, FLOPs); the data has the other
+    return model
+
+
+def _apply_architecture(config: fdl.Config, arch: Architecture) -> None:
+    """Set the plan's shape where it differs from NeMo's config class (the profiles mirror NeMo, so by default none).
+
+    The vocabulary stays with the tokenizer for configs that leave it unset (Llama: NeMo pads the tokenizer's
+    vocabulary); MoE fields apply to MoE models only.
+    """
+    fields = dict(ARCH_FIELDS, **(MOE_FIELDS if arch.is_moe else {}))
+    if getattr(config, "vocab_size", None) is not None:
+        fields["vocab_size"] = "vocab_size"
+    for ours, theirs in fields.items():
+        value = getattr(arch, ours)
+        if getattr(config, theirs) != value:
+            setattr(config, theirs, value)
+
+
+def _apply_trainer(recipe: run.Partial, plan: RunPlan) -> None:
+    trainer, train = recipe.trainer, plan.train
+    trainer.max_steps = train.max_steps
+    trainer.log_every_n_steps = 1
+    trainer.strategy.progress_interval = 1
+    trainer.num_sanity_val_steps = 0
+    if train.val_interval and train.val_batches:
+        trainer.val_check_interval = train.val_interval
+        trainer.limit_val_batches = train.val_batches
+    else:  # as NeMo's performance scripts switch validation off
+        trainer.val_check_interval = train.max_steps
+        trainer.limit_val_batches = 0
+    plugins = [_precision(recipe)]
+    if plan.cluster.scheduler == "slurm":  # ranks from SLURM_*, and no Lightning requeue on SIGUSR1
+        plugins.append(run.Config(SLURMEnvironment, auto_requeue=False))
+    trainer.plugins = plugins
+
+
+def _precision(recipe: run.Partial) -> fdl.Config:
+    """The recipe's ``MegatronMixedPrecision`` plugin (the recipes pass it alone; after us it is first in a list)."""
+    plugins = recipe.trainer.plugins if isinstance(recipe.trainer.plugins, list) else [recipe.trainer.plugins]
+    return next(p for p in plugins if fdl.get_callable(p) is nl.MegatronMixedPrecision)
+
+
+def _apply_optimizer(recipe: run.Partial, plan: RunPlan) -> None:
+    opt, sched, o = recipe.optim.config, recipe.optim.lr_scheduler, plan.train.optim
+    opt.lr = o.lr
+    opt.weight_decay = o.weight_decay
+    opt.adam_beta1 = o.beta1
+    opt.adam_beta2 = o.beta2
+    opt.adam_eps = o.eps
+    opt.clip_grad = o.clip_grad
+    opt.use_distributed_optimizer = plan.layout.distributed_optimizer
+    sched.warmup_steps = o.warmup_steps
+    sched.min_lr = o.min_lr
+
+
+def data_config(plan: RunPlan) -> run.Config:
+    """``PreTrainingDataModule`` over the plan's prefixes: weighted train blend, then separate validation or a split."""
+    d, train = plan.data, plan.train
+    blend: list[Any] = []
+    for weight, prefix in zip(d.train_weights, d.train_prefixes, strict=True):
+        blend += [weight, prefix]
+    paths: list[Any] | dict[str, list[Any]] = blend
+    split: str | None = d.split
+    if d.validation_prefixes:
+        paths = {"train": blend, "validation": list(d.validation_prefixes), "test": list(d.validation_prefixes)}
+        split = None
+    return run.Config(
+        llm.PreTrainingDataModule,
+        paths=paths,
+        split=split,
+        seq_length=train.seq_length,
+        global_batch_size=train.global_batch_size,
+        micro_batch_size=plan.layout.micro_batch_size,
+        seed=train.seed,
+        index_mapping_dir=d.index_cache_dir,
+        tokenizer=tokenizer_config(plan.model.tokenizer),
+    )
+
+
+def tokenizer_config(spec: Tokenizer) -> run.Config:
+    """NeMo's ``AutoTokenizer`` for Hugging Face tokenizers (a local folder or a hub id in the HF cache), NeMo's
+    ``SentencePieceTokenizer`` for a sentencepiece model file (``mistral-common:<file>``: the file inside the installed
+    mistral_common package, the Mixtral-8x22B tokenizer of the MLPerf 405B benchmark, vocabulary 32000)."""
+    if spec.library == "huggingface":
+        return run.Config(AutoTokenizer, pretrained_model_name=spec.model)
+    return run.Config(SentencePieceTokenizer, model_path=resolve_tokenizer_file(spec.model))
+
+
+def resolve_tokenizer_file(model: str) -> str:
+    """A sentencepiece model path; ``mistral-common:<file>`` names a file shipped in the mistral_common package."""
+    if not model.startswith(MIXTRAL_PREFIX):
+        return model
+    name = model[len(MIXTRAL_PREFIX):]
+    try:
+        import mistral_common
+    except ImportError:
+        raise ValueError(
+            f"model.tokenizer.model={model!r} needs the mistral-common package where training runs; "
+            "fix: pip install mistral-common in the container, or --set model.tokenizer.model=/path/to/tokenizer.model"
+        ) from None
+    path = Path(mistral_common.__file__).parent / "data" / name
+    if not path.is_file():
+        raise ValueError(f"model.tokenizer.model={model!r}: {path} does not exist in mistral_common "
+                         f"{getattr(mistral_common, '__version__', '?')}; fix: name a file in {path.parent}")
+    return str(path)
+
+
+def _apply_checkpointing(recipe: run.Partial, plan: RunPlan) -> None:
+    """Only ``*last`` checkpoints, in the plan's directory, every ``ckpt_interval`` steps and at every stop.
+
+    ``save_top_k=0``: the recipe keeps the 10 best by ``val_loss`` besides ``*last``, which doubles every save
+    (5 TB per 405B checkpoint); resume and progress read only ``*last``. No time-based saves: they are not
+    deterministic and NeMo forbids them together with ``every_n_train_steps``.
+    """
+    if not plan.train.save_checkpoints:
+        recipe.log.ckpt = None
+        recipe.trainer.enable_checkpointing = False
+        return
+    ckpt = recipe.log.ckpt
+    ckpt.dirpath = plan.train.ckpt_dir
+    ckpt.every_n_train_steps = plan.train.ckpt_interval
+    ckpt.train_time_interval = None
+    ckpt.save_last = True
+    ckpt.save_top_k = 0
+    ckpt.save_optim_on_train_end = True
+
+
+def resume_config(plan: RunPlan) -> run.Config:
+    """Resume from the newest finished ``*last`` in the run's checkpoint directory; else start from ``init_from``.
+
+    ``resume_ignore_no_checkpoint`` lets the first job start; NeMo still refuses to start when checkpoints exist but
+    all are unfinished. A checkpoint of this run always wins over ``init_from`` (NeMo applies ``restore_config`` only
+    when it finds none). ``load_artifacts=False``: the tokenizer comes from the plan, not from the imported context.
+    """
+    restore = None
+    start = init_checkpoint(plan)
+    if start:
+        restore = run.Config(
+            nl.RestoreConfig,
+            path=start,
+            load_model_state=True,
+            load_optim_state=not plan.train.init_weights_only,
+            load_artifacts=False,
+        )
+    return run.Config(
+        nl.AutoResume,
+        resume_if_exists=True,
+        resume_ignore_no_checkpoint=True,
+        resume_from_directory=plan.train.ckpt_dir,
+        restore_config=restore,
+    )
+
+
+def _apply_callbacks(recipe: run.Partial, plan: RunPlan, deadline: float | None) -> None:
+    """``TimingCallback(log_tokens_per_sec=True)`` first (the seeds' ``tokens_per_sec_per_gpu``), stop control last."""
+    callbacks = [c for c in (recipe.trainer.callbacks or []) if fdl.get_callable(c) is not TimingCallback]
+    recipe.trainer.callbacks = [
+        run.Config(TimingCallback, log_tokens_per_sec=True),
+        *callbacks,
+        run.Config(StopControl, steps_per_job=plan.chain.steps_per_job, deadline=deadline,
+                   save_margin_s=float(plan.cluster.signal_grace_s)),
+    ]
+
+
+def _mlperf_405b(recipe: run.Partial, plan: RunPlan) -> None:
+    """What the MLPerf Llama 3.1 405B reference (``pretrain_llama31.py``) changes in NeMo's 405B recipe.
+
+    Its DDP config (no ``average_in_collective``), no TensorBoard, and TP communication overlap with the H100
+    user-buffer layout (NeMo's perf scripts use the B200 one on Blackwell). The overlap needs Transformer Engine,
+    TP > 1 and sequence parallelism; it stays a config here and is instantiated only in the training container.
+    VP 7 and the learning-rate numbers come from the plan (the 405B profile carries them).
+    """
+    recipe.trainer.strategy.ddp = run.Config(
+        DistributedDataParallelConfig,
+        check_for_nan_in_grad=True,
+        grad_reduce_in_fp32=plan.layout.grad_reduce_in_fp32,
+        overlap_grad_reduce=True,
+        overlap_param_gather=True,
+    )
+    recipe.log.tensorboard = None
+    if plan.layout.tp > 1 and plan.layout.sequence_parallel:
+        recipe.trainer.callbacks.append(
+            run.Config(
+                MegatronCommOverlapCallback,
+                tp_comm_overlap=True,
+                tp_comm_overlap_cfg=_userbuffers_405b(plan),
+                defer_embedding_wgrad_compute=True,
+                wgrad_deferral_limit=50,
+                overlap_param_gather_with_optimizer_step=False,
+                align_param_gather=True,
+            )
+        )
+
+
+def _userbuffers_405b(plan: RunPlan) -> fdl.Config:
+    layout = (userbuffers.userbuffers_bf16_b200_h16384_tp4_cp2_mbs1_seqlen8192 if _is_blackwell(plan)
+              else userbuffers.userbuffers_bf16_h100_h16384_tp8_cp2_mbs1_seqlen8192)
+    # a copy as a fiddle config: the module-level dataclass stays untouched and the recipe stays serialisable
+    return fdl.cast(run.Config, fdl_dc.convert_dataclasses_to_configs(layout))
+
+
+def _is_blackwell(plan: RunPlan) -> bool:
+    name = (plan.cluster.gpu_name or "").upper()
+    return any(tag in name for tag in ("B200", "B300", "GB200", "GB300"))
+
+
+# --------------------------------------------------------------------------------------- environment, summary
+
+
+def perf_env(plan: RunPlan, recipe: run.Partial) -> dict[str, str]:
+    """The environment NeMo's ``PerfEnvPlugin`` gives a run (as the MLPerf reference and the perf scripts use it):
+    ``CUDA_DEVICE_MAX_CONNECTIONS`` for TP/CP overlap, LayerNorm SM margins, the P2P chunk size with PP, NCCL
+    priority. Without NeMo-Run's executor the trainer applies these itself before CUDA starts."""
+    executor = run.LocalExecutor()
+    plugin = PerfEnvPlugin(
+        enable_vboost=False,
+        nccl_pp_comm_chunksize=2097152 if plan.layout.pp > 1 else None,
+        gpu_sm100_or_newer=_is_blackwell(plan),
+    )
+    plugin.setup(recipe, executor)
+    return dict(executor.env_vars)
+
+
+def summarize(recipe: run.Partial) -> dict[str, Any]:
+    """The numbers that matter in a configured recipe, JSON-able: for tests, ``plan`` previews and run records."""
+    trainer, strategy, model = recipe.trainer, recipe.trainer.strategy, recipe.model.config
+    data, optim, log, resume = recipe.data, recipe.optim, recipe.log, recipe.resume
+    plugins = trainer.plugins if isinstance(trainer.plugins, list) else [trainer.plugins]
+    precision = _precision(recipe)
+    ddp = strategy.ddp
+    ckpt = log.ckpt
+    restore = resume.restore_config
+    callbacks = [fdl.get_callable(c).__name__ for c in trainer.callbacks]
+    timing = next(c for c in trainer.callbacks if fdl.get_callable(c) is TimingCallback)
+    stop = next(c for c in trainer.callbacks if fdl.get_callable(c) is StopControl)
+    return {
+        "entry": fdl.get_callable(recipe).__name__,
+        "model": {
+            "class": fdl.get_callable(recipe.model).__name__,
+            "config": fdl.get_callable(model).__name__,
+            **{name: getattr(model, name) for name in (*ARCH_FIELDS.values(), "seq_length")},
+            **({name: getattr(model, name) for name in MOE_FIELDS.values()} if model.num_moe_experts else {}),
+            "vocab_size": getattr(model, "vocab_size", None),
+            "recompute": [model.recompute_granularity, model.recompute_method, model.recompute_num_layers],
+        },
+        "trainer": {
+            "num_nodes": trainer.num_nodes,
+            "devices": trainer.devices,
+            "max_steps": trainer.max_steps,
+            "val_check_interval": trainer.val_check_interval,
+            "limit_val_batches": trainer.limit_val_batches,
+            "log_every_n_steps": trainer.log_every_n_steps,
+            "num_sanity_val_steps": trainer.num_sanity_val_steps,
+            "precision": precision.precision,
+            "grad_reduce_in_fp32": precision.grad_reduce_in_fp32,
+            "plugins": [fdl.get_callable(p).__name__ for p in plugins],
+            "slurm_auto_requeue": next((p.auto_requeue for p in plugins if fdl.get_callable(p) is SLURMEnvironment), None),
+            "callbacks": callbacks,
+            "log_tokens_per_sec": timing.log_tokens_per_sec,
+            "steps_per_job": stop.steps_per_job,
+            "deadline": stop.deadline,
+            "save_margin_s": stop.save_margin_s,
+        },
+        "parallel": {
+            "tp": strategy.tensor_model_parallel_size,
+            "pp": strategy.pipeline_model_parallel_size,
+            "vp": strategy.virtual_pipeline_model_parallel_size,
+            "cp": strategy.context_parallel_size,
+            "ep": strategy.expert_model_parallel_size,
+            "etp": strategy.expert_tensor_parallel_size,
+            "sequence_parallel": strategy.sequence_parallel,
+            "pipeline_dtype": str(strategy.pipeline_dtype) if strategy.pipeline_dtype is not None else None,
+            "account_for_embedding_in_pipeline_split": strategy.account_for_embedding_in_pipeline_split,
+            "account_for_loss_in_pipeline_split": strategy.account_for_loss_in_pipeline_split,
+            "progress_interval": strategy.progress_interval,
+            "ckpt_async_save": strategy.ckpt_async_save,
+            "ddp": ddp if isinstance(ddp, str) else {k: getattr(ddp, k) for k in fdl.ordered_arguments(ddp)},
+            "tp_comm_overlap": any(fdl.get_callable(c) is MegatronCommOverlapCallback and c.tp_comm_overlap
+                                   for c in trainer.callbacks),
+        },
+        "optimizer": {
+            "optimizer": optim.config.optimizer,
+            "lr": optim.config.lr,
+            "min_lr": optim.lr_scheduler.min_lr,
+            "warmup_steps": optim.lr_scheduler.warmup_steps,
+            "weight_decay": optim.config.weight_decay,
+            "beta1": optim.config.adam_beta1,
+            "beta2": optim.config.adam_beta2,
+            "eps": optim.config.adam_eps,
+            "clip_grad": optim.config.clip_grad,
+            "distributed_optimizer": optim.config.use_distributed_optimizer,
+            "schedule": fdl.get_callable(optim.lr_scheduler).__name__,
+        },
+        "data": {
+            "class": fdl.get_callable(data).__name__,
+            "paths": data.paths,
+            "split": data.split,
+            "seq_length": data.seq_length,
+            "global_batch_size": data.global_batch_size,
+            "micro_batch_size": data.micro_batch_size,
+            "seed": data.seed,
+            "index_mapping_dir": data.index_mapping_dir,
+            "tokenizer": {"class": fdl.get_callable(data.tokenizer).__name__,
+                          **{k: getattr(data.tokenizer, k) for k in fdl.ordered_arguments(data.tokenizer)}},
+        },
+        "checkpoint": None if ckpt is None else {
+            "dir": ckpt.dirpath,
+            "every_n_train_steps": ckpt.every_n_train_steps,
+            "train_time_interval": ckpt.train_time_interval,
+            "save_last": ckpt.save_last,
+            "save_top_k": ckpt.save_top_k,
+            "save_optim_on_train_end": ckpt.save_optim_on_train_end,
+            "filename": ckpt.filename,
+        },
+        "log_dir": str(Path(log.log_dir) / log.name),
+        "tensorboard": log.tensorboard is not None,
+        "resume": {
+            "resume_if_exists": resume.resume_if_exists,
+            "resume_ignore_no_checkpoint": resume.resume_ignore_no_checkpoint,
+            "directory": resume.resume_from_directory,
+            "restore": None if restore is None else {
+                "path": restore.path,
+                "load_model_state": restore.load_model_state,
+                "load_optim_state": restore.load_optim_state,
+                "load_artifacts": restore.load_artifacts,
+            },
+        },
+    }

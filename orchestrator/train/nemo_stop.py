@@ -1,0 +1,121 @@
+"""Stop a NeMo training job at a step boundary, with a finished checkpoint, whatever the reason.
+
+A job ends before ``max_steps`` for three reasons: a stop signal (SIGTERM from Slurm or a preemption, SIGUSR2 that
+the driver forwards before the time limit), the job's deadline (``ORCHESTRATOR_DEADLINE``) coming closer than one
+step plus the save, or the job's step quota (``chain.steps_per_job``, MLPerf's MAX_STEPS partitions). In every case
+:class:`StopControl` saves NeMo's ``*last`` checkpoint at the end of the current step, waits for the asynchronous
+save to finish (so the ``-unfinished`` marker is gone before the process exits), skips the validation Lightning
+would otherwise start on a stop, and lets ``trainer.fit`` return normally. The caller reads :attr:`reason` and
+:attr:`saved_step` to choose the exit code (75: stopped early, resumable; 0: ``max_steps`` reached).
+
+Why not NeMo's ``PreemptionCallback``: it listens to one signal, on rank 0 only, and ends with ``sys.exit(0)``,
+so a preempted job looks finished. Why not Lightning's ``max_time``: its clock starts at ``on_train_start``, after
+the model is built and the checkpoint loaded (minutes at 405B), so it cannot express an absolute deadline. Why the
+handlers are installed again in ``on_train_start``: Lightning registers its own SIGTERM handler when ``fit`` starts,
+and that one raises ``SIGTERMException`` at the next step without saving.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from types import FrameType
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+_received: list[int] = []
+
+
+def _remember(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGUSR2 into a stop request that the next step boundary acts on (main thread only)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _remember)
+
+
+def stop_signal() -> int | None:
+    """The first stop signal this process received, if any."""
+    return _received[0] if _received else None
+
+
+class StopControl(Callback):
+    """Save and stop at a step boundary on a signal, near the deadline, or after ``steps_per_job`` steps."""
+
+    def __init__(self, steps_per_job: int | None = None, deadline: float | None = None, save_margin_s: float = 300.0):
+        self.steps_per_job = steps_per_job
+        self.deadline = deadline
+        self.save_margin_s = save_margin_s
+        self.reason: str | None = None
+        self.start_step: int | None = None
+        self.saved_step: int | None = None
+        self.longest_step_s = 0.0
+        self._last_boundary: float | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        install_signal_handlers()
+        self.start_step = trainer.global_step
+        self._last_boundary = time.monotonic()
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.monotonic()
+        if self._last_boundary is not None:
+            self.longest_step_s = max(self.longest_step_s, now - self._last_boundary)
+        self._last_boundary = now
+        if 0 < trainer.max_steps <= trainer.global_step:
+            return  # the normal end; on_train_end saves
+        reason = self.stop_reason(trainer)
+        if reason is None:
+            return
+        self.reason = reason
+        trainer.should_stop = True
+        if reason != "steps_per_job" or not _on_validation_step(trainer):
+            trainer.limit_val_batches = 0  # Lightning validates when should_stop is set; a stop has no time for it
+        self.save(trainer)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.global_step > (self.start_step or 0):
+            self.save(trainer)
+
+    def stop_reason(self, trainer: Trainer) -> str | None:
+        """Why this step is the last of the job: agreed by all ranks, so they stop at the same step."""
+        if self.steps_per_job and trainer.global_step - (self.start_step or 0) >= self.steps_per_job:
+            return "steps_per_job"
+        late = self.deadline is not None and time.time() + self.longest_step_s + self.save_margin_s >= self.deadline
+        signalled, late = _any_rank([stop_signal() is not None, late], trainer)
+        if signalled:
+            return "signal"
+        if late:
+            return "deadline"
+        return None
+
+    def save(self, trainer: Trainer) -> None:
+        """Save ``*last`` for the current step unless it is saved already, and wait until it is complete."""
+        ckpt = trainer.checkpoint_callback
+        if ckpt is None:
+            return
+        if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step:
+            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+        finalize = getattr(trainer.strategy.checkpoint_io, "maybe_finalize_save_checkpoint", None)
+        if finalize is not None:
+            finalize(blocking=True)
+        self.saved_step = trainer.global_step
+
+
+def _on_validation_step(trainer: Trainer) -> bool:
+    interval = trainer.val_check_interval
+    return isinstance(interval, int) and interval > 0 and trainer.global_step % interval == 0
+
+
+def _any_rank(flags: list[bool], trainer: Trainer) -> list[bool]:
+    """Element-wise OR over all ranks (one tiny all-reduce per step), so one rank seeing a signal is enough."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return flags
+    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=trainer.strategy.root_device)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
