@@ -11,7 +11,9 @@ from orchestrator.train.nemo_checkpoints import checkpoint_step, init_checkpoint
 PREFIX = "model_name=0--val_loss=0.00"
 
 
-def save(root: Path, step: int, gbs: int = 512, kind: str = "last", finished: bool = True, mtime: float | None = None) -> Path:
+def save(
+    root: Path, step: int, gbs: int = 512, kind: str = "last", finished: bool = True, mtime: float | None = None
+) -> Path:
     """A directory as NeMo's ModelCheckpoint leaves it: ``step=`` is the logged step index, one below completed."""
     path = root / f"{PREFIX}-step={step}-consumed_samples={(step + 1) * gbs}.0-{kind}"
     (path / "weights").mkdir(parents=True)
@@ -63,7 +65,9 @@ def test_end_checkpoint_counts_and_other_directories_do_not(tmp_path: Path) -> N
 
 def test_imported_checkpoint_lives_in_the_run_unless_init_from_is_given(tmp_path: Path) -> None:
     base = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
-    plan = build_plan("llama31_8b", "h100-pyxis", {**base, "train.hf_model_id": "meta-llama/Llama-3.1-8B"}, run_dir=tmp_path)
+    plan = build_plan(
+        "llama31_8b", "h100-pyxis", {**base, "train.hf_model_id": "meta-llama/Llama-3.1-8B"}, run_dir=tmp_path
+    )
     assert init_checkpoint(plan) == str(tmp_path / "imported" / "meta-llama--Llama-3.1-8B")
     plan = build_plan("llama31_8b", "h100-pyxis", {**base, "train.init_from": "/ckpt/llama"}, run_dir=tmp_path)
     assert init_checkpoint(plan) == "/ckpt/llama"

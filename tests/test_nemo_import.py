@@ -13,8 +13,11 @@ try:
     import fiddle as fdl
     from nemo.collections import llm
 except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missing
-    pytest.fail(f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
-                "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)", pytrace=False)
+    pytest.fail(
+        f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
+        "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)",
+        pytrace=False,
+    )
 
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo_import
@@ -25,7 +28,11 @@ TOKEN = "hf_FAKEtoken0123456789abcdefGHIJKLmnop"
 
 
 def make_plan(tmp_path: Path, **overrides: Any):
-    base = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"], "train.hf_model_id": "meta-llama/Llama-3.1-8B"}
+    base = {
+        "data.source": "preprocessed",
+        "data.train_prefixes": ["/d/a"],
+        "train.hf_model_id": "meta-llama/Llama-3.1-8B",
+    }
     plan = build_plan("llama31_8b", "h100-pyxis", {**base, **overrides}, run_dir=tmp_path / "run")
     Path(plan.run_dir).mkdir(parents=True, exist_ok=True)
     (Path(plan.run_dir) / "plan.json").write_text(plan.to_json())
@@ -98,7 +105,9 @@ def test_a_failure_message_never_shows_the_token(
 ) -> None:
     plan = make_plan(tmp_path)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    importer = FakeImporter(fail_with=f"401 Client Error for url https://huggingface.co/... (Authorization: Bearer {TOKEN})")
+    importer = FakeImporter(
+        fail_with=f"401 Client Error for url https://huggingface.co/... (Authorization: Bearer {TOKEN})"
+    )
     monkeypatch.setattr(llm, "import_ckpt", importer)  # what the stage calls when run as a job
 
     assert nemo_import.run(argparse.Namespace(run_dir=plan.run_dir)) == 1

@@ -14,8 +14,11 @@ try:  # one import for the whole session (~20 s); without NeMo these tests must 
     from fiddle._src.experimental import serialization
     from nemo.collections import llm  # noqa: F401
 except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missing
-    pytest.fail(f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
-                "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)", pytrace=False)
+    pytest.fail(
+        f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
+        "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)",
+        pytrace=False,
+    )
 
 from orchestrator.plan import build_plan, parse_assignment
 from orchestrator.train import nemo as entry
@@ -61,13 +64,19 @@ def test_recipe_carries_the_plan(model: str, tmp_path: Path) -> None:
     d = s["data"]
     assert d["paths"] == [25.0, DATA["data.train_prefixes"][0], 75.0, DATA["data.train_prefixes"][1]]
     assert d["split"] == plan.data.split
-    assert (d["global_batch_size"], d["micro_batch_size"], d["seed"]) == (train.global_batch_size, L.micro_batch_size, train.seed)
+    assert (d["global_batch_size"], d["micro_batch_size"], d["seed"]) == (
+        train.global_batch_size,
+        L.micro_batch_size,
+        train.seed,
+    )
     assert d["index_mapping_dir"] == "/npy_index"
 
     t = s["trainer"]
     assert t["max_steps"] == train.max_steps
     assert t["log_every_n_steps"] == 1 and p["progress_interval"] == 1
-    assert t["callbacks"][0] == "TimingCallback" and t["log_tokens_per_sec"] is True  # the seeds' tokens_per_sec_per_gpu
+    assert (
+        t["callbacks"][0] == "TimingCallback" and t["log_tokens_per_sec"] is True
+    )  # the seeds' tokens_per_sec_per_gpu
     assert t["callbacks"][-1] == "StopControl"
     assert t["plugins"] == ["MegatronMixedPrecision", "SLURMEnvironment"] and t["slurm_auto_requeue"] is False
     assert t["precision"] == "bf16-mixed" and t["grad_reduce_in_fp32"] == L.grad_reduce_in_fp32
@@ -85,7 +94,12 @@ def test_recipe_carries_the_plan(model: str, tmp_path: Path) -> None:
     assert c["dir"] == train.ckpt_dir == str(tmp_path / model / "checkpoints")
     assert (c["save_last"], c["save_optim_on_train_end"], c["train_time_interval"]) == (True, True, None)
     r = s["resume"]
-    assert (r["resume_if_exists"], r["resume_ignore_no_checkpoint"], r["directory"], r["restore"]) == (True, True, train.ckpt_dir, None)
+    assert (r["resume_if_exists"], r["resume_ignore_no_checkpoint"], r["directory"], r["restore"]) == (
+        True,
+        True,
+        train.ckpt_dir,
+        None,
+    )
 
     json.dumps(s)  # the summary is JSON for plan previews and records
     assert serialization.load_json(serialization.dump_json(recipe)) is not None  # NeMoLogger records it as task.json
@@ -139,7 +153,11 @@ def test_405b_takes_the_mlperf_reference_settings(tmp_path: Path) -> None:
 
     assert fdl.build(overlap.tp_comm_overlap_cfg) == userbuffers.userbuffers_bf16_h100_h16384_tp8_cp2_mbs1_seqlen8192
     assert (s["optimizer"]["lr"], s["optimizer"]["min_lr"], s["optimizer"]["warmup_steps"]) == (8e-5, 8e-7, 8000)
-    assert (s["trainer"]["max_steps"], s["trainer"]["val_check_interval"], s["trainer"]["limit_val_batches"]) == (1_200_000, 16, 5)
+    assert (s["trainer"]["max_steps"], s["trainer"]["val_check_interval"], s["trainer"]["limit_val_batches"]) == (
+        1_200_000,
+        16,
+        5,
+    )
     assert s["tensorboard"] is False
     tokenizer = s["data"]["tokenizer"]
     assert tokenizer["class"] == "SentencePieceTokenizer"
@@ -150,7 +168,9 @@ def test_405b_takes_the_mlperf_reference_settings(tmp_path: Path) -> None:
     # NeMo's own 405B layout (PP8 x VP2) divides 128, so there the recipe's split stays (our validator, which
     # divides 126, would refuse it)
     s = summarize(build_recipe(plan_for("llama31_405b", tmp_path, {"layout.pp": 8, "layout.vp": 2}, check=False)))
-    assert s["parallel"]["account_for_embedding_in_pipeline_split"] and s["parallel"]["account_for_loss_in_pipeline_split"]
+    assert (
+        s["parallel"]["account_for_embedding_in_pipeline_split"] and s["parallel"]["account_for_loss_in_pipeline_split"]
+    )
 
 
 def test_405b_on_blackwell_uses_the_b200_user_buffers(tmp_path: Path) -> None:
@@ -175,9 +195,16 @@ def test_separate_validation_prefixes_replace_the_split(tmp_path: Path) -> None:
 
 def test_init_from_restores_weights_only_unless_asked(tmp_path: Path) -> None:
     r = summarize(build_recipe(plan_for("llama31_8b", tmp_path, {"train.init_from": "/ckpt/Llama-3.1-8B"})))["resume"]
-    assert r["restore"] == {"path": "/ckpt/Llama-3.1-8B", "load_model_state": True, "load_optim_state": False, "load_artifacts": False}
+    assert r["restore"] == {
+        "path": "/ckpt/Llama-3.1-8B",
+        "load_model_state": True,
+        "load_optim_state": False,
+        "load_artifacts": False,
+    }
     assert r["resume_if_exists"] and r["directory"].endswith("checkpoints")  # this run's own checkpoints come first
-    r = summarize(build_recipe(plan_for("llama31_8b", tmp_path, {"train.init_from": "/c", "train.init_weights_only": False})))["resume"]
+    r = summarize(
+        build_recipe(plan_for("llama31_8b", tmp_path, {"train.init_from": "/c", "train.init_weights_only": False}))
+    )["resume"]
     assert r["restore"]["load_optim_state"] is True
 
 
@@ -198,9 +225,16 @@ def test_mlperf_schedule_reproduces_the_profile_at_1152_and_scales(tmp_path: Pat
     at_1152 = presets.mlperf_405b_schedule(1152)
     assert at_1152["train.optim.lr"] == plan.train.optim.lr and at_1152["train.max_steps"] == plan.train.max_steps
     assert at_1152["train.optim.warmup_steps"] == plan.train.optim.warmup_steps
-    assert (at_1152["train.val_interval"], at_1152["train.val_batches"]) == (plan.train.val_interval, plan.train.val_batches)
+    assert (at_1152["train.val_interval"], at_1152["train.val_batches"]) == (
+        plan.train.val_interval,
+        plan.train.val_batches,
+    )
     half = presets.mlperf_405b_schedule(576)
-    assert (half["train.optim.lr"], half["train.optim.warmup_steps"], half["train.max_steps"]) == (4e-5, 16000, 2_400_000)
+    assert (half["train.optim.lr"], half["train.optim.warmup_steps"], half["train.max_steps"]) == (
+        4e-5,
+        16000,
+        2_400_000,
+    )
 
 
 def test_no_checkpoints_when_the_plan_says_so(tmp_path: Path) -> None:

@@ -35,8 +35,11 @@ DONE_MARKER = "DONE"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="run directory holding plan.json")
-    parser.add_argument("--print-recipe", action="store_true",
-                        help="print the configured NeMo recipe (summary and environment) as JSON and exit; no GPU needed")
+    parser.add_argument(
+        "--print-recipe",
+        action="store_true",
+        help="print the configured NeMo recipe (summary and environment) as JSON and exit; no GPU needed",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,8 +109,11 @@ def finish(plan: RunPlan, step: int, rank: int, reason: str | None, saved_step: 
         return EXIT_DONE
     if reason and saved_step == step:
         if rank == 0:
-            print(f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; "
-                  f"exit {EXIT_RESUMABLE}: the next job resumes", flush=True)
+            print(
+                f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; "
+                f"exit {EXIT_RESUMABLE}: the next job resumes",
+                flush=True,
+            )
         return EXIT_RESUMABLE
     if rank == 0:
         why = f"stop requested ({reason}) but no checkpoint was saved" if reason else "no stop was requested"
@@ -137,9 +143,11 @@ def describe_start(plan: RunPlan) -> str:
         origin = f"weights from {start}" + ("" if t.init_weights_only else " (with optimizer state)")
     else:
         origin = "from scratch"
-    return (f"nemo: {plan.model.recipe} on {L.nodes} x {L.tasks_per_node} GPUs, TP{L.tp} PP{L.pp} CP{L.cp} "
-            f"VP{L.vp or '-'} EP{L.ep}, global batch {t.global_batch_size}, micro batch {L.micro_batch_size}, "
-            f"sequence {t.seq_length}, steps {t.max_steps}, {origin}")
+    return (
+        f"nemo: {plan.model.recipe} on {L.nodes} x {L.tasks_per_node} GPUs, TP{L.tp} PP{L.pp} CP{L.cp} "
+        f"VP{L.vp or '-'} EP{L.ep}, global batch {t.global_batch_size}, micro batch {L.micro_batch_size}, "
+        f"sequence {t.seq_length}, steps {t.max_steps}, {origin}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

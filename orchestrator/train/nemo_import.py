@@ -48,8 +48,10 @@ def read_hf_token() -> str | None:
     try:
         text = Path(path).expanduser().read_text()
     except OSError as exc:
-        raise ImportStageError(f"{TOKEN_FILE_ENV}={path}: cannot read it ({exc.strerror}); "
-                           "fix: point it at a readable file holding the token, or unset it") from None
+        raise ImportStageError(
+            f"{TOKEN_FILE_ENV}={path}: cannot read it ({exc.strerror}); "
+            "fix: point it at a readable file holding the token, or unset it"
+        ) from None
     lines = text.strip().splitlines()
     return lines[0].strip() if lines else None
 
@@ -82,13 +84,17 @@ def import_source(plan: RunPlan) -> str:
     """``hf://<id>`` for a hub model, ``hf:///abs/path`` for a local folder (NeMo's importer takes both)."""
     model_id = plan.train.hf_model_id
     if not model_id:
-        raise ImportStageError("train.hf_model_id is not set: nothing to import; fix: --set train.hf_model_id=meta-llama/Llama-3.1-8B")
+        raise ImportStageError(
+            "train.hf_model_id is not set: nothing to import; fix: --set train.hf_model_id=meta-llama/Llama-3.1-8B"
+        )
     if not is_local_model(model_id):
         return f"hf://{model_id}"
     local = Path(model_id).expanduser().resolve()
     if not local.is_dir():
-        raise ImportStageError(f"train.hf_model_id={model_id}: no such model folder; "
-                               "fix: a hub id (org/name) or a folder holding config.json and the weights")
+        raise ImportStageError(
+            f"train.hf_model_id={model_id}: no such model folder; "
+            "fix: a hub id (org/name) or a folder holding config.json and the weights"
+        )
     return f"hf://{local}"
 
 
@@ -105,15 +111,19 @@ def import_checkpoint(plan: RunPlan, importer: Callable[..., Any] | None = None)
     """Import once: skip when the output is complete, otherwise convert into a sibling and rename it into place."""
     start = init_checkpoint(plan)
     if start is None or "://" in start:
-        raise ImportStageError(f"train.init_from={plan.train.init_from!r}: the import stage writes to a directory; "
-                           "fix: unset it (the run directory is used) or name a directory")
+        raise ImportStageError(
+            f"train.init_from={plan.train.init_from!r}: the import stage writes to a directory; "
+            "fix: unset it (the run directory is used) or name a directory"
+        )
     output = Path(start)
     if is_nemo_checkpoint(output):
         print(f"{output}: already imported, nothing to do", flush=True)
         return output
     if output.exists():
-        raise ImportStageError(f"{output} exists but is not a complete NeMo checkpoint (no weights/ and context/); "
-                           "fix: remove it and run the import stage again")
+        raise ImportStageError(
+            f"{output} exists but is not a complete NeMo checkpoint (no weights/ and context/); "
+            "fix: remove it and run the import stage again"
+        )
     source = import_source(plan)
     token = read_hf_token()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.train.nemo_import", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.train.nemo_import", description=__doc__.split("\n")[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

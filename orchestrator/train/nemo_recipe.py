@@ -51,7 +51,11 @@ ARCH_FIELDS = {
     "qkv_bias": "add_qkv_bias",
     "tie_embeddings": "share_embeddings_and_output_weights",
 }
-MOE_FIELDS = {"num_experts": "num_moe_experts", "moe_top_k": "moe_router_topk", "moe_ffn_hidden_size": "moe_ffn_hidden_size"}
+MOE_FIELDS = {
+    "num_experts": "num_moe_experts",
+    "moe_top_k": "moe_router_topk",
+    "moe_ffn_hidden_size": "moe_ffn_hidden_size",
+}
 MIXTRAL_PREFIX = "mistral-common:"
 
 
@@ -70,8 +74,10 @@ def build_recipe(plan: RunPlan, *, deadline: float | None = None) -> run.Partial
             "fix: --set train.precision=bf16-mixed, or --set train.backend=reference for fp32"
         )
     if not plan.data.train_prefixes:
-        raise ValueError("data.train_prefixes is empty: the nemo backend reads Megatron .bin/.idx prefixes; "
-                         "fix: run the preprocess stage or --set data.train_prefixes=[...]")
+        raise ValueError(
+            "data.train_prefixes is empty: the nemo backend reads Megatron .bin/.idx prefixes; "
+            "fix: run the preprocess stage or --set data.train_prefixes=[...]"
+        )
     recipe = recipe_module(plan).pretrain_recipe(
         dir=str(Path(plan.run_dir) / "nemo"),
         name="train",
@@ -130,7 +136,9 @@ def _fit_pipeline_split(recipe: run.Partial, plan: RunPlan) -> None:
     start; the MLPerf reference (NeMo 24.12) predates these flags and splits plain layers.
     """
     strategy, L = recipe.trainer.strategy, plan.layout
-    extra = int(bool(strategy.account_for_embedding_in_pipeline_split)) + int(bool(strategy.account_for_loss_in_pipeline_split))
+    extra = int(bool(strategy.account_for_embedding_in_pipeline_split)) + int(
+        bool(strategy.account_for_loss_in_pipeline_split)
+    )
     if extra and (plan.model.arch.num_layers + extra) % (L.pp * (L.vp or 1)):
         strategy.account_for_embedding_in_pipeline_split = False
         strategy.account_for_loss_in_pipeline_split = False
@@ -236,7 +244,7 @@ def resolve_tokenizer_file(model: str) -> str:
     """A sentencepiece model path; ``mistral-common:<file>`` names a file shipped in the mistral_common package."""
     if not model.startswith(MIXTRAL_PREFIX):
         return model
-    name = model[len(MIXTRAL_PREFIX):]
+    name = model[len(MIXTRAL_PREFIX) :]
     try:
         import mistral_common
     except ImportError:
@@ -246,8 +254,10 @@ def resolve_tokenizer_file(model: str) -> str:
         ) from None
     path = Path(mistral_common.__file__).parent / "data" / name
     if not path.is_file():
-        raise ValueError(f"model.tokenizer.model={model!r}: {path} does not exist in mistral_common "
-                         f"{getattr(mistral_common, '__version__', '?')}; fix: name a file in {path.parent}")
+        raise ValueError(
+            f"model.tokenizer.model={model!r}: {path} does not exist in mistral_common "
+            f"{getattr(mistral_common, '__version__', '?')}; fix: name a file in {path.parent}"
+        )
     return str(path)
 
 
@@ -303,8 +313,12 @@ def _apply_callbacks(recipe: run.Partial, plan: RunPlan, deadline: float | None)
     recipe.trainer.callbacks = [
         run.Config(TimingCallback, log_tokens_per_sec=True),
         *callbacks,
-        run.Config(StopControl, steps_per_job=plan.chain.steps_per_job, deadline=deadline,
-                   save_margin_s=float(plan.cluster.signal_grace_s)),
+        run.Config(
+            StopControl,
+            steps_per_job=plan.chain.steps_per_job,
+            deadline=deadline,
+            save_margin_s=float(plan.cluster.signal_grace_s),
+        ),
     ]
 
 
@@ -339,8 +353,11 @@ def _mlperf_405b(recipe: run.Partial, plan: RunPlan) -> None:
 
 
 def _userbuffers_405b(plan: RunPlan) -> fdl.Config:
-    layout = (userbuffers.userbuffers_bf16_b200_h16384_tp4_cp2_mbs1_seqlen8192 if _is_blackwell(plan)
-              else userbuffers.userbuffers_bf16_h100_h16384_tp8_cp2_mbs1_seqlen8192)
+    layout = (
+        userbuffers.userbuffers_bf16_b200_h16384_tp4_cp2_mbs1_seqlen8192
+        if _is_blackwell(plan)
+        else userbuffers.userbuffers_bf16_h100_h16384_tp8_cp2_mbs1_seqlen8192
+    )
     # a copy as a fiddle config: the module-level dataclass stays untouched and the recipe stays serialisable
     return fdl.cast(run.Config, fdl_dc.convert_dataclasses_to_configs(layout))
 
@@ -400,7 +417,9 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "precision": precision.precision,
             "grad_reduce_in_fp32": precision.grad_reduce_in_fp32,
             "plugins": [fdl.get_callable(p).__name__ for p in plugins],
-            "slurm_auto_requeue": next((p.auto_requeue for p in plugins if fdl.get_callable(p) is SLURMEnvironment), None),
+            "slurm_auto_requeue": next(
+                (p.auto_requeue for p in plugins if fdl.get_callable(p) is SLURMEnvironment), None
+            ),
             "callbacks": callbacks,
             "log_tokens_per_sec": timing.log_tokens_per_sec,
             "steps_per_job": stop.steps_per_job,
@@ -421,8 +440,9 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "progress_interval": strategy.progress_interval,
             "ckpt_async_save": strategy.ckpt_async_save,
             "ddp": ddp if isinstance(ddp, str) else {k: getattr(ddp, k) for k in fdl.ordered_arguments(ddp)},
-            "tp_comm_overlap": any(fdl.get_callable(c) is MegatronCommOverlapCallback and c.tp_comm_overlap
-                                   for c in trainer.callbacks),
+            "tp_comm_overlap": any(
+                fdl.get_callable(c) is MegatronCommOverlapCallback and c.tp_comm_overlap for c in trainer.callbacks
+            ),
         },
         "optimizer": {
             "optimizer": optim.config.optimizer,
@@ -446,10 +466,14 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "micro_batch_size": data.micro_batch_size,
             "seed": data.seed,
             "index_mapping_dir": data.index_mapping_dir,
-            "tokenizer": {"class": fdl.get_callable(data.tokenizer).__name__,
-                          **{k: getattr(data.tokenizer, k) for k in fdl.ordered_arguments(data.tokenizer)}},
+            "tokenizer": {
+                "class": fdl.get_callable(data.tokenizer).__name__,
+                **{k: getattr(data.tokenizer, k) for k in fdl.ordered_arguments(data.tokenizer)},
+            },
         },
-        "checkpoint": None if ckpt is None else {
+        "checkpoint": None
+        if ckpt is None
+        else {
             "dir": ckpt.dirpath,
             "every_n_train_steps": ckpt.every_n_train_steps,
             "train_time_interval": ckpt.train_time_interval,
@@ -464,7 +488,9 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "resume_if_exists": resume.resume_if_exists,
             "resume_ignore_no_checkpoint": resume.resume_ignore_no_checkpoint,
             "directory": resume.resume_from_directory,
-            "restore": None if restore is None else {
+            "restore": None
+            if restore is None
+            else {
                 "path": restore.path,
                 "load_model_state": restore.load_model_state,
                 "load_optim_state": restore.load_optim_state,

@@ -62,7 +62,9 @@ class StopControl(Callback):
         self.start_step = trainer.global_step
         self._last_boundary = time.monotonic()
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
         if self._last_boundary is not None:
             self.longest_step_s = max(self.longest_step_s, now - self._last_boundary)
