@@ -92,7 +92,13 @@ def test_recipe_carries_the_plan(model: str, tmp_path: Path) -> None:
 
     c = s["checkpoint"]
     assert c["dir"] == train.ckpt_dir == str(tmp_path / model / "checkpoints")
-    assert (c["save_last"], c["save_optim_on_train_end"], c["train_time_interval"]) == (True, True, None)
+    assert (c["save_last"], c["save_top_k"], c["save_optim_on_train_end"], c["train_time_interval"]) == (
+        True,
+        0,
+        True,
+        None,
+    )
+    assert c["save_on_train_epoch_end"] is True  # no extra save after every validation
     r = s["resume"]
     assert (r["resume_if_exists"], r["resume_ignore_no_checkpoint"], r["directory"], r["restore"]) == (
         True,

@@ -51,6 +51,9 @@ class FakeTrainer:
     """The few Lightning ``Trainer`` members NeMo's ModelCheckpoint and StopControl use; saving makes the directory."""
 
     def __init__(self, ckpt: Any, step: int, max_steps: int = 100):
+        from types import SimpleNamespace
+
+        from lightning.pytorch.loops.progress import _BatchProgress
         from lightning.pytorch.trainer.states import TrainerFn, TrainerState
 
         self.checkpoint_callback, self.callbacks = ckpt, [ckpt]
@@ -61,18 +64,33 @@ class FakeTrainer:
         self.should_stop, self.limit_val_batches, self.val_check_interval = False, 5, 16
         self.callback_metrics: dict[str, torch.Tensor] = {}
         self.saved: list[tuple[str, bool]] = []
+        self.progress = _BatchProgress()
+        self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=self.progress))
+        self.progress_at_save: list[tuple[int, int]] = []
 
     def step(self) -> None:
-        """One optimizer step as the strategy logs it: ``step`` is the index being run, then the counter moves."""
+        """One optimizer step as Lightning's loop and the strategy see it: the batch is ready, started and
+        processed, the ``step`` metric is the index being run, the step counter moves; then on_train_batch_end."""
+        for event in (
+            self.progress.increment_ready,
+            self.progress.increment_started,
+            self.progress.increment_processed,
+        ):
+            event()
         self.callback_metrics = {"step": torch.tensor(float(self.global_step)),
                                  "consumed_samples": torch.tensor(float((self.global_step + 1) * GBS))}  # fmt: skip
         self.global_step += 1
+
+    def batch_end(self, stop: StopControl) -> None:
+        stop.on_train_batch_end(self, None, None, None, 0)
+        self.progress.increment_completed()  # Lightning counts the batch completed only after the hook
 
     def save_checkpoint(self, filepath: str, weights_only: bool = False, storage_options: Any = None) -> None:
         path = Path(filepath.removesuffix(".ckpt"))
         (path / "weights").mkdir(parents=True)
         (path / "context").mkdir()
         self.saved.append((path.name, weights_only))
+        self.progress_at_save.append((self.progress.current.ready, self.progress.current.completed))
 
 
 def nemo_checkpoint(plan) -> Any:
@@ -98,16 +116,18 @@ def test_a_stop_signal_saves_a_finished_last_checkpoint_at_the_step_boundary(tmp
     stop = StopControl(save_margin_s=60)
     stop.on_train_start(trainer, None)
     trainer.step()
-    stop.on_train_batch_end(trainer, None, None, None, 0)
+    trainer.batch_end(stop)
     assert stop.reason is None and not trainer.should_stop and trainer.saved == []
 
     os.kill(os.getpid(), signal.SIGUSR2)  # what the driver forwards before the time limit
     trainer.step()
-    stop.on_train_batch_end(trainer, None, None, None, 1)
+    trainer.batch_end(stop)
     assert (stop.reason, trainer.should_stop, trainer.limit_val_batches) == ("signal", True, 0)
     assert trainer.saved == [(f"model_name=0--val_loss=0.00-step=11-consumed_samples={12 * GBS}.0-last", False)]
     assert not list(Path(plan.train.ckpt_dir).glob("*-unfinished"))
     assert latest_step(plan.train.ckpt_dir) == trainer.global_step == stop.saved_step == 12
+    # the checkpoint counts the batch it was saved in as completed, so a resumed loop keeps the validation cadence
+    assert trainer.progress_at_save == [(2, 2)] and trainer.progress.current.completed == 2
     assert entry.finish(plan, trainer.global_step, 0, stop.reason, stop.saved_step) == entry.EXIT_RESUMABLE
 
     stop.on_train_end(trainer, None)  # the fit loop ends; nothing is saved twice
@@ -120,17 +140,37 @@ def test_sigterm_is_a_stop_request_too(tmp_path: Path) -> None:
     assert nemo_stop.stop_signal() == signal.SIGTERM
 
 
+def test_validation_does_not_write_a_checkpoint(tmp_path: Path) -> None:
+    """Only the step interval, stops and the end save: NeMo's default would save after every validation too."""
+    plan = make_plan(tmp_path, **{"train.ckpt_interval": 10})
+    ckpt = nemo_checkpoint(plan)
+    trainer = FakeTrainer(ckpt, step=0)
+    ckpt.setup(trainer, None, "fit")  # NeMo's setup removes unfinished leftovers; Lightning's reads the triggers
+    ckpt.async_save = False
+    for _ in range(3):
+        trainer.step()
+        ckpt.on_train_batch_end(trainer, None, None, None, 0)
+        ckpt.on_validation_end(trainer, None)
+    assert trainer.saved == []
+    for _ in range(7):
+        trainer.step()
+        ckpt.on_train_batch_end(trainer, None, None, None, 0)
+    assert [name for name, _ in trainer.saved] == [
+        f"model_name=0--val_loss=0.00-step=9-consumed_samples={10 * GBS}.0-last"
+    ]
+
+
 def test_the_deadline_stops_one_step_and_the_save_margin_early(tmp_path: Path) -> None:
     plan = make_plan(tmp_path)
     trainer = FakeTrainer(nemo_checkpoint(plan), step=0)
     stop = StopControl(deadline=time.time() + 3600, save_margin_s=600)
     stop.on_train_start(trainer, None)
     trainer.step()
-    stop.on_train_batch_end(trainer, None, None, None, 0)
+    trainer.batch_end(stop)
     assert stop.reason is None
     stop.deadline = time.time() + 599  # closer than the save margin
     trainer.step()
-    stop.on_train_batch_end(trainer, None, None, None, 1)
+    trainer.batch_end(stop)
     assert stop.reason == "deadline" and stop.saved_step == 2 and latest_step(plan.train.ckpt_dir) == 2
 
 
@@ -141,7 +181,7 @@ def test_steps_per_job_ends_the_job_and_keeps_a_due_validation(tmp_path: Path) -
     stop.on_train_start(trainer, None)
     for _ in range(4):
         trainer.step()
-        stop.on_train_batch_end(trainer, None, None, None, 0)
+        trainer.batch_end(stop)
     assert (stop.reason, trainer.global_step, stop.saved_step) == ("steps_per_job", 16, 16)
     assert trainer.limit_val_batches == 5  # step 16 is a validation step (every 16): MLPerf validates there
     assert latest_step(plan.train.ckpt_dir) == 16
@@ -154,7 +194,7 @@ def test_reaching_max_steps_saves_with_optimizer_and_writes_done(tmp_path: Path)
     stop.on_train_start(trainer, None)
     for _ in range(2):
         trainer.step()
-        stop.on_train_batch_end(trainer, None, None, None, 0)
+        trainer.batch_end(stop)
     assert stop.reason is None and trainer.saved == []  # the last step is the normal end, not a stop
     stop.on_train_end(trainer, None)
     assert trainer.saved == [(f"model_name=0--val_loss=0.00-step=99-consumed_samples={100 * GBS}.0-last", False)]

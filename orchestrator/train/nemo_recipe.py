@@ -266,7 +266,9 @@ def _apply_checkpointing(recipe: run.Partial, plan: RunPlan) -> None:
 
     ``save_top_k=0``: the recipe keeps the 10 best by ``val_loss`` besides ``*last``, which doubles every save
     (5 TB per 405B checkpoint); resume and progress read only ``*last``. No time-based saves: they are not
-    deterministic and NeMo forbids them together with ``every_n_train_steps``.
+    deterministic and Lightning forbids them together with ``every_n_train_steps``. ``save_on_train_epoch_end``
+    (as the MLPerf reference sets it): otherwise Lightning also saves ``*last`` after every validation, every 16
+    steps on the 405B profile.
     """
     if not plan.train.save_checkpoints:
         recipe.log.ckpt = None
@@ -279,6 +281,7 @@ def _apply_checkpointing(recipe: run.Partial, plan: RunPlan) -> None:
     ckpt.save_last = True
     ckpt.save_top_k = 0
     ckpt.save_optim_on_train_end = True
+    ckpt.save_on_train_epoch_end = True
 
 
 def resume_config(plan: RunPlan) -> run.Config:
@@ -480,6 +483,7 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "save_last": ckpt.save_last,
             "save_top_k": ckpt.save_top_k,
             "save_optim_on_train_end": ckpt.save_optim_on_train_end,
+            "save_on_train_epoch_end": ckpt.save_on_train_epoch_end,
             "filename": ckpt.filename,
         },
         "log_dir": str(Path(log.log_dir) / log.name),

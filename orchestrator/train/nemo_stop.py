@@ -17,8 +17,10 @@ and that one raises ``SIGTERMException`` at the next step without saving.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -102,11 +104,33 @@ class StopControl(Callback):
         if ckpt is None:
             return
         if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step:
-            ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
+            with _batch_completed(trainer):
+                ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
         finalize = getattr(trainer.strategy.checkpoint_io, "maybe_finalize_save_checkpoint", None)
         if finalize is not None:
             finalize(blocking=True)
         self.saved_step = trainer.global_step
+
+
+@contextlib.contextmanager
+def _batch_completed(trainer: Trainer) -> Iterator[None]:
+    """Count the finished batch as completed while its checkpoint is written.
+
+    Lightning marks a batch completed only after ``on_train_batch_end``, and a restored loop drops a batch that was
+    not completed. A checkpoint saved inside that hook (here, and NeMo's own step-interval saves) therefore resumes
+    one batch behind: the optimizer step, learning rate and data position are right, but the batch index that
+    schedules validation lags by one, so every resumed job validates one step later (seen on a GPU: validation at
+    103, 153, ... after three resumes instead of 100, 150, ...).
+    """
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    pending = progress.current.processed - progress.current.completed
+    progress.current.completed += pending
+    progress.total.completed += pending
+    try:
+        yield
+    finally:
+        progress.current.completed -= pending
+        progress.total.completed -= pending
 
 
 def _on_validation_step(trainer: Trainer) -> bool:
