@@ -23,7 +23,7 @@ except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missi
 from orchestrator.plan import build_plan, parse_assignment
 from orchestrator.train import nemo as entry
 from orchestrator.train import presets
-from orchestrator.train.nemo_recipe import ARCH_FIELDS, MOE_FIELDS, build_recipe, perf_env, summarize
+from orchestrator.train.nemo_recipe import ARCH_FIELDS, MOE_FIELDS, build_recipe, perf_env, save_estimate_s, summarize
 
 pytestmark = pytest.mark.nemo
 
@@ -140,7 +140,7 @@ def test_set_overrides_flow_into_the_recipe(tmp_path: Path) -> None:
     assert (s["trainer"]["val_check_interval"], s["trainer"]["limit_val_batches"]) == (10, 3)
     assert s["optimizer"]["lr"] == 1e-4
     assert (s["trainer"]["steps_per_job"], s["trainer"]["deadline"]) == (20, 1_900_000_000.0)
-    assert s["trainer"]["save_margin_s"] == plan.cluster.signal_grace_s
+    assert s["trainer"]["save_estimate_s"] == save_estimate_s(plan) > 1.0
 
 
 def test_405b_takes_the_mlperf_reference_settings(tmp_path: Path) -> None:
@@ -279,7 +279,7 @@ def test_latest_step_agrees_with_autoresume(tmp_path: Path) -> None:
     """The driver's progress and NeMo's resume choice read the same checkpoint."""
     from nemo import lightning as nl
 
-    from orchestrator.train.nemo_checkpoints import latest_step
+    from orchestrator.train.nemo_checkpoint import latest_step
 
     def save(step: int, finished: bool = True) -> Path:
         path = tmp_path / f"model_name=0--val_loss=0.00-step={step}-consumed_samples={(step + 1) * 8}.0-last"

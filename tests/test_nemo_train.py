@@ -25,7 +25,7 @@ except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missi
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo as entry
 from orchestrator.train import nemo_stop
-from orchestrator.train.nemo_checkpoints import latest_step
+from orchestrator.train.nemo_checkpoint import latest_step
 from orchestrator.train.nemo_recipe import build_recipe
 from orchestrator.train.nemo_stop import StopControl
 
@@ -113,7 +113,7 @@ def fresh_signals(monkeypatch: pytest.MonkeyPatch):
 def test_a_stop_signal_saves_a_finished_last_checkpoint_at_the_step_boundary(tmp_path: Path) -> None:
     plan = make_plan(tmp_path)
     trainer = FakeTrainer(nemo_checkpoint(plan), step=10)
-    stop = StopControl(save_margin_s=60)
+    stop = StopControl(save_estimate_s=60)
     stop.on_train_start(trainer, None)
     trainer.step()
     trainer.batch_end(stop)
@@ -128,7 +128,7 @@ def test_a_stop_signal_saves_a_finished_last_checkpoint_at_the_step_boundary(tmp
     assert latest_step(plan.train.ckpt_dir) == trainer.global_step == stop.saved_step == 12
     # the checkpoint counts the batch it was saved in as completed, so a resumed loop keeps the validation cadence
     assert trainer.progress_at_save == [(2, 2)] and trainer.progress.current.completed == 2
-    assert entry.finish(plan, trainer.global_step, 0, stop.reason, stop.saved_step) == entry.EXIT_RESUMABLE
+    assert entry.finish(plan, trainer.global_step, 0, stop.reason, stop.saved_step) == entry.EXIT_STOPPED
 
     stop.on_train_end(trainer, None)  # the fit loop ends; nothing is saved twice
     assert len(trainer.saved) == 1
@@ -160,18 +160,30 @@ def test_validation_does_not_write_a_checkpoint(tmp_path: Path) -> None:
     ]
 
 
-def test_the_deadline_stops_one_step_and_the_save_margin_early(tmp_path: Path) -> None:
+def test_the_deadline_leaves_time_for_one_step_and_one_save(tmp_path: Path) -> None:
     plan = make_plan(tmp_path)
     trainer = FakeTrainer(nemo_checkpoint(plan), step=0)
-    stop = StopControl(deadline=time.time() + 3600, save_margin_s=600)
+    stop = StopControl(deadline=time.time() + 3600, save_estimate_s=600)
     stop.on_train_start(trainer, None)
     trainer.step()
     trainer.batch_end(stop)
     assert stop.reason is None
-    stop.deadline = time.time() + 599  # closer than the save margin
+    stop.deadline = time.time() + 599  # one save (estimated 600 s) would end after it
     trainer.step()
     trainer.batch_end(stop)
     assert stop.reason == "deadline" and stop.saved_step == 2 and latest_step(plan.train.ckpt_dir) == 2
+    assert stop.save_s < 600  # the measured save replaces the estimate
+
+
+def test_a_validation_due_after_the_next_step_counts_against_the_deadline(tmp_path: Path) -> None:
+    trainer = FakeTrainer(nemo_checkpoint(make_plan(tmp_path)), step=14)  # validation every 16 steps
+    stop = StopControl(save_estimate_s=10)
+    stop.longest_step_s, stop.validation_s = 5.0, 100.0
+    assert stop.time_to_next_stop(trainer) == 15.0  # step 15 does not validate
+    trainer.global_step = 15
+    assert stop.time_to_next_stop(trainer) == 115.0  # step 16 does
+    trainer.limit_val_batches = 0
+    assert stop.time_to_next_stop(trainer) == 15.0
 
 
 def test_steps_per_job_ends_the_job_and_keeps_a_due_validation(tmp_path: Path) -> None:
@@ -206,9 +218,10 @@ def test_reaching_max_steps_saves_with_optimizer_and_writes_done(tmp_path: Path)
 
 def test_exit_codes_when_fit_returns_early(tmp_path: Path) -> None:
     plan = make_plan(tmp_path)
-    assert entry.finish(plan, 40, 0, "signal", None) == entry.EXIT_FAILED  # asked to stop, but nothing saved
+    assert entry.finish(plan, 40, 0, "signal", None) == entry.EXIT_FAILED != 0  # asked to stop, but nothing saved
     assert entry.finish(plan, 40, 0, None, None) == entry.EXIT_FAILED  # fit ended without a reason
-    assert entry.finish(plan, 40, 3, "deadline", 40) == entry.EXIT_RESUMABLE
+    # a saved stop exits 0 like the end (srun --kill-on-bad-exit), and leaves no DONE: that is the difference
+    assert entry.finish(plan, 40, 0, "deadline", 40) == entry.EXIT_STOPPED == 0
     assert not (Path(plan.run_dir) / "DONE").exists()
     assert entry.finish(plan, 100, 3, None, None) == entry.EXIT_DONE
     assert not (Path(plan.run_dir) / "DONE").exists()  # only global rank 0 writes it

@@ -6,10 +6,12 @@ Lightning's ``SLURMEnvironment`` reads the ranks from ``SLURM_*`` (no automatic 
 
 Exit status, read by the in-job driver:
 
-* 0 - ``max_steps`` reached (or reached by an earlier job); the final checkpoint is complete and global rank 0 has
-  written ``<run_dir>/DONE`` (JSON: ``final_step``, ``consumed_samples``, ``time``).
-* 75 - stopped early at a step boundary (SIGTERM/SIGUSR2, ``ORCHESTRATOR_DEADLINE`` near, ``chain.steps_per_job``)
-  with a finished ``*last`` checkpoint: the next job resumes from it.
+* 0 - ``max_steps`` reached (now, or by an earlier job): the final checkpoint is complete and global rank 0 has
+  written ``<run_dir>/DONE`` (JSON: ``final_step``, ``consumed_samples``, ``time``);
+* 0 - stopped early at a step boundary (SIGTERM/SIGUSR2, ``ORCHESTRATOR_DEADLINE`` near, ``chain.steps_per_job``)
+  with a finished ``*last`` checkpoint and no ``DONE``: the next job resumes. The driver tells the two apart by
+  ``DONE``; a distinct non-zero code for a stop would make ``srun --kill-on-bad-exit`` kill the other ranks while
+  they exit;
 * anything else - a failure (an exception, or training ended early without a saved checkpoint).
 """
 
@@ -23,11 +25,11 @@ from pathlib import Path
 
 from orchestrator.atomic import atomic_write_json
 from orchestrator.plan import RunPlan
-from orchestrator.train.nemo_checkpoints import init_checkpoint, latest_step
+from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_stop import install_signal_handlers
 
 EXIT_DONE = 0
-EXIT_RESUMABLE = 75
+EXIT_STOPPED = 0  # stopped early with a finished checkpoint, no DONE: the chain continues
 EXIT_FAILED = 1
 DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
 DONE_MARKER = "DONE"
@@ -109,12 +111,9 @@ def finish(plan: RunPlan, step: int, rank: int, reason: str | None, saved_step: 
         return EXIT_DONE
     if reason and saved_step == step:
         if rank == 0:
-            print(
-                f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; "
-                f"exit {EXIT_RESUMABLE}: the next job resumes",
-                flush=True,
-            )
-        return EXIT_RESUMABLE
+            print(f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; "
+                  "the next job resumes", flush=True)  # fmt: skip
+        return EXIT_STOPPED
     if rank == 0:
         why = f"stop requested ({reason}) but no checkpoint was saved" if reason else "no stop was requested"
         print(f"training ended at step {step} of {plan.train.max_steps}: {why}", flush=True)

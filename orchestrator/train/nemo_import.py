@@ -3,7 +3,7 @@
 ``python -m orchestrator.train.nemo_import --run-dir DIR`` (one task, as a Slurm job of its own) runs NeMo's
 ``llm.import_ckpt`` with the plan's model class and configuration (``LlamaModel(Llama31Config8B)`` for
 ``llama31_8b``) on ``hf://<train.hf_model_id>`` (a hub id, or an absolute path to a downloaded model folder) and
-publishes the result at :func:`~orchestrator.train.nemo_checkpoints.init_checkpoint` (``train.init_from``, else
+publishes the result at :func:`~orchestrator.train.nemo_checkpoint.init_checkpoint` (``train.init_from``, else
 ``<run_dir>/imported/<org>--<name>``), where the train stage restores the weights from. The output appears under its
 final name only once complete (written beside it, then renamed), so a rerun after success does nothing and a rerun
 after a crash starts over.
@@ -26,7 +26,7 @@ from typing import Any
 
 from orchestrator.atomic import publish_dir, temporary_sibling
 from orchestrator.plan import RunPlan
-from orchestrator.train.nemo_checkpoints import init_checkpoint, is_local_model, is_nemo_checkpoint
+from orchestrator.train.nemo_checkpoint import init_checkpoint, is_local_model, is_nemo_checkpoint
 
 TOKEN_ENV = "HF_TOKEN"
 TOKEN_FILE_ENV = "HF_TOKEN_FILE"

@@ -33,8 +33,9 @@ from nemo.lightning.run.plugins import PerfEnvPlugin
 from nemo.utils.exp_manager import TimingCallback
 
 from orchestrator.plan import RunPlan
-from orchestrator.profiles import Architecture, Tokenizer
-from orchestrator.train.nemo_checkpoints import init_checkpoint
+from orchestrator.profiles import Architecture
+from orchestrator.stages import tokenizer_model_path
+from orchestrator.train.nemo_checkpoint import init_checkpoint
 from orchestrator.train.nemo_stop import StopControl
 
 #: Plan architecture field -> attribute of NeMo's model config (``Llama31Config8B``, ``Qwen3Config8B``, ...).
@@ -56,7 +57,7 @@ MOE_FIELDS = {
     "moe_top_k": "moe_router_topk",
     "moe_ffn_hidden_size": "moe_ffn_hidden_size",
 }
-MIXTRAL_PREFIX = "mistral-common:"
+ASSUMED_SAVE_BYTES_PER_S = 200e6  # per rank, until a save of this job was timed (as the reference trainer)
 
 
 def recipe_module(plan: RunPlan) -> Any:
@@ -227,38 +228,18 @@ def data_config(plan: RunPlan) -> run.Config:
         micro_batch_size=plan.layout.micro_batch_size,
         seed=train.seed,
         index_mapping_dir=d.index_cache_dir,
-        tokenizer=tokenizer_config(plan.model.tokenizer),
+        tokenizer=tokenizer_config(plan),
     )
 
 
-def tokenizer_config(spec: Tokenizer) -> run.Config:
-    """NeMo's ``AutoTokenizer`` for Hugging Face tokenizers (a local folder or a hub id in the HF cache), NeMo's
-    ``SentencePieceTokenizer`` for a sentencepiece model file (``mistral-common:<file>``: the file inside the installed
-    mistral_common package, the Mixtral-8x22B tokenizer of the MLPerf 405B benchmark, vocabulary 32000)."""
-    if spec.library == "huggingface":
-        return run.Config(AutoTokenizer, pretrained_model_name=spec.model)
-    return run.Config(SentencePieceTokenizer, model_path=resolve_tokenizer_file(spec.model))
-
-
-def resolve_tokenizer_file(model: str) -> str:
-    """A sentencepiece model path; ``mistral-common:<file>`` names a file shipped in the mistral_common package."""
-    if not model.startswith(MIXTRAL_PREFIX):
-        return model
-    name = model[len(MIXTRAL_PREFIX) :]
-    try:
-        import mistral_common
-    except ImportError:
-        raise ValueError(
-            f"model.tokenizer.model={model!r} needs the mistral-common package where training runs; "
-            "fix: pip install mistral-common in the container, or --set model.tokenizer.model=/path/to/tokenizer.model"
-        ) from None
-    path = Path(mistral_common.__file__).parent / "data" / name
-    if not path.is_file():
-        raise ValueError(
-            f"model.tokenizer.model={model!r}: {path} does not exist in mistral_common "
-            f"{getattr(mistral_common, '__version__', '?')}; fix: name a file in {path.parent}"
-        )
-    return str(path)
+def tokenizer_config(plan: RunPlan) -> run.Config:
+    """NeMo's ``AutoTokenizer`` for Hugging Face tokenizers (a local folder, or a hub id in the HF cache: the cluster
+    runs offline), NeMo's ``SentencePieceTokenizer`` for a sentencepiece model (``mistral-common:<file>`` is the file
+    the mistral-common package ships, as the preprocess stage reads it: the Mixtral-8x22B tokenizer of the MLPerf
+    405B benchmark, vocabulary 32000)."""
+    if plan.model.tokenizer.library == "huggingface":
+        return run.Config(AutoTokenizer, pretrained_model_name=plan.model.tokenizer.model)
+    return run.Config(SentencePieceTokenizer, model_path=tokenizer_model_path(plan))
 
 
 def _apply_checkpointing(recipe: run.Partial, plan: RunPlan) -> None:
@@ -320,9 +301,16 @@ def _apply_callbacks(recipe: run.Partial, plan: RunPlan, deadline: float | None)
             StopControl,
             steps_per_job=plan.chain.steps_per_job,
             deadline=deadline,
-            save_margin_s=float(plan.cluster.signal_grace_s),
+            save_estimate_s=save_estimate_s(plan),
         ),
     ]
+
+
+def save_estimate_s(plan: RunPlan) -> float:
+    """How long one checkpoint save may take before this job has timed one: each rank writes its weights and
+    optimizer state (the plan's memory estimate) at the reference trainer's assumed 200 MB/s, plus a second."""
+    estimate = plan.memory_estimate()
+    return round(1.0 + (estimate.weights + estimate.optimizer) / ASSUMED_SAVE_BYTES_PER_S, 1)
 
 
 def _mlperf_405b(recipe: run.Partial, plan: RunPlan) -> None:
@@ -427,7 +415,7 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "log_tokens_per_sec": timing.log_tokens_per_sec,
             "steps_per_job": stop.steps_per_job,
             "deadline": stop.deadline,
-            "save_margin_s": stop.save_margin_s,
+            "save_estimate_s": stop.save_estimate_s,
         },
         "parallel": {
             "tp": strategy.tensor_model_parallel_size,

@@ -1,12 +1,13 @@
 """Stop a NeMo training job at a step boundary, with a finished checkpoint, whatever the reason.
 
 A job ends before ``max_steps`` for three reasons: a stop signal (SIGTERM from Slurm or a preemption, SIGUSR2 that
-the driver forwards before the time limit), the job's deadline (``ORCHESTRATOR_DEADLINE``) coming closer than one
-step plus the save, or the job's step quota (``chain.steps_per_job``, MLPerf's MAX_STEPS partitions). In every case
-:class:`StopControl` saves NeMo's ``*last`` checkpoint at the end of the current step, waits for the asynchronous
-save to finish (so the ``-unfinished`` marker is gone before the process exits), skips the validation Lightning
-would otherwise start on a stop, and lets ``trainer.fit`` return normally. The caller reads :attr:`reason` and
-:attr:`saved_step` to choose the exit code (75: stopped early, resumable; 0: ``max_steps`` reached).
+the driver forwards), the job's deadline (``ORCHESTRATOR_DEADLINE``, when the trainer must have saved and exited:
+the driver sets it to the job's end minus the cluster's signal grace) coming closer than one step (plus the
+validation when the next step validates) and one checkpoint save, or the job's step quota (``chain.steps_per_job``,
+MLPerf's MAX_STEPS partitions). In every case :class:`StopControl` saves NeMo's ``*last`` checkpoint at the end of
+the current step, waits for the asynchronous save to finish (so the ``-unfinished`` marker is gone before the
+process exits), skips the validation Lightning would otherwise start on a stop, and lets ``trainer.fit`` return
+normally. The caller reads :attr:`reason` and :attr:`saved_step` to choose the exit status.
 
 Why not NeMo's ``PreemptionCallback``: it listens to one signal, on rank 0 only, and ends with ``sys.exit(0)``,
 so a preempted job looks finished. Why not Lightning's ``max_time``: its clock starts at ``on_train_start``, after
@@ -49,15 +50,17 @@ def stop_signal() -> int | None:
 class StopControl(Callback):
     """Save and stop at a step boundary on a signal, near the deadline, or after ``steps_per_job`` steps."""
 
-    def __init__(self, steps_per_job: int | None = None, deadline: float | None = None, save_margin_s: float = 300.0):
+    def __init__(self, steps_per_job: int | None = None, deadline: float | None = None, save_estimate_s: float = 60.0):
         self.steps_per_job = steps_per_job
         self.deadline = deadline
-        self.save_margin_s = save_margin_s
+        self.save_s = save_estimate_s  # replaced by the measured time once this job has saved
         self.reason: str | None = None
         self.start_step: int | None = None
         self.saved_step: int | None = None
         self.longest_step_s = 0.0
+        self.validation_s = 0.0
         self._last_boundary: float | None = None
+        self._validation_start: float | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         install_signal_handlers()
@@ -82,6 +85,14 @@ class StopControl(Callback):
             trainer.limit_val_batches = 0  # Lightning validates when should_stop is set; a stop has no time for it
         self.save(trainer)
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validation_start = time.monotonic()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._validation_start is not None:
+            self.validation_s = time.monotonic() - self._validation_start
+        self._last_boundary = time.monotonic()  # the next step's time starts after the validation
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.global_step > (self.start_step or 0):
             self.save(trainer)
@@ -90,7 +101,7 @@ class StopControl(Callback):
         """Why this step is the last of the job: agreed by all ranks, so they stop at the same step."""
         if self.steps_per_job and trainer.global_step - (self.start_step or 0) >= self.steps_per_job:
             return "steps_per_job"
-        late = self.deadline is not None and time.time() + self.longest_step_s + self.save_margin_s >= self.deadline
+        late = self.deadline is not None and time.time() + self.time_to_next_stop(trainer) >= self.deadline
         signalled, late = _any_rank([stop_signal() is not None, late], trainer)
         if signalled:
             return "signal"
@@ -98,17 +109,25 @@ class StopControl(Callback):
             return "deadline"
         return None
 
+    def time_to_next_stop(self, trainer: Trainer) -> float:
+        """Seconds from now to a saved stop after one more step: the longest step so far, the last validation's
+        time if the next step validates, and one save."""
+        validates = trainer.limit_val_batches and _on_validation_step(trainer, trainer.global_step + 1)
+        return self.longest_step_s + (self.validation_s if validates else 0.0) + self.save_s
+
     def save(self, trainer: Trainer) -> None:
         """Save ``*last`` for the current step unless it is saved already, and wait until it is complete."""
         ckpt = trainer.checkpoint_callback
         if ckpt is None:
             return
+        start = time.monotonic()
         if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step:
             with _batch_completed(trainer):
                 ckpt._save_last_checkpoint(trainer, ckpt._monitor_candidates(trainer))
         finalize = getattr(trainer.strategy.checkpoint_io, "maybe_finalize_save_checkpoint", None)
         if finalize is not None:
             finalize(blocking=True)
+        self.save_s = time.monotonic() - start
         self.saved_step = trainer.global_step
 
 
@@ -133,9 +152,11 @@ def _batch_completed(trainer: Trainer) -> Iterator[None]:
         progress.total.completed -= pending
 
 
-def _on_validation_step(trainer: Trainer) -> bool:
+def _on_validation_step(trainer: Trainer, steps_done: int | None = None) -> bool:
+    """Does validation follow the step that completes ``steps_done`` (default: the one just finished)?"""
     interval = trainer.val_check_interval
-    return isinstance(interval, int) and interval > 0 and trainer.global_step % interval == 0
+    steps = trainer.global_step if steps_done is None else steps_done
+    return isinstance(interval, int) and interval > 0 and steps % interval == 0
 
 
 def _any_rank(flags: list[bool], trainer: Trainer) -> list[bool]:

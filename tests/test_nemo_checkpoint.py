@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from orchestrator.plan import build_plan
-from orchestrator.train.nemo_checkpoints import checkpoint_step, init_checkpoint, is_nemo_checkpoint, latest_step
+from orchestrator.train.nemo_checkpoint import checkpoint_step, init_checkpoint, is_nemo_checkpoint, latest_step
 
 PREFIX = "model_name=0--val_loss=0.00"
 
