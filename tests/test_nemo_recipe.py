@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +270,9 @@ def test_print_recipe_needs_no_gpu(tmp_path: Path, capsys: pytest.CaptureFixture
     plan = plan_for("qwen25_7b", tmp_path)
     Path(plan.run_dir).mkdir(parents=True)
     (Path(plan.run_dir) / "plan.json").write_text(plan.to_json())
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR2)}
     assert entry.main(["--run-dir", plan.run_dir, "--print-recipe"]) == 0
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers  # a preview takes over no signal
     shown = json.loads(capsys.readouterr().out)
     assert shown["recipe"]["parallel"]["tp"] == 2 and shown["recipe"]["data"]["seq_length"] == 8192
     assert shown["environment"]["CUDA_DEVICE_MAX_CONNECTIONS"] == "1"

@@ -45,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    install_signal_handlers()  # first: a stop signal during the minutes of start-up is remembered, not fatal
+    if not args.print_recipe:
+        install_signal_handlers()  # first: a stop signal during the minutes of start-up is remembered, not fatal
     plan = RunPlan.load(args.run_dir)
     if plan.train.backend != "nemo":
         print(f"{args.run_dir}: train.backend is {plan.train.backend!r}; run orchestrator.train.{plan.train.backend}")

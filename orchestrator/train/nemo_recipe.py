@@ -68,7 +68,7 @@ def recipe_module(plan: RunPlan) -> Any:
 
 
 def build_recipe(plan: RunPlan, *, deadline: float | None = None) -> run.Partial:
-    """NeMo's ``pretrain_recipe`` for the plan's model with the plan applied; ``deadline`` is the job's end (epoch s)."""
+    """NeMo's ``pretrain_recipe`` for the plan's model with the plan applied; ``deadline``: ``ORCHESTRATOR_DEADLINE``."""
     if plan.train.precision != "bf16-mixed":
         raise ValueError(
             f"train.precision={plan.train.precision!r}: the nemo backend trains in bf16-mixed, as NeMo's recipes do; "
