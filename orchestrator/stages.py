@@ -37,7 +37,11 @@ def tokenizer_model_path(plan: RunPlan) -> str:
     """``mistral-common:<file>`` resolves to the file the mistral-common package ships; anything else is a path."""
     model = plan.model.tokenizer.model
     if model.startswith("mistral-common:"):
-        import mistral_common
+        try:
+            import mistral_common
+        except ImportError:
+            raise ValueError(f"model.tokenizer.model={model!r} needs the mistral-common package (it ships the file): "
+                             "pip install mistral-common, or set a path to tokenizer.model") from None
 
         return str(Path(mistral_common.__file__).parent / "data" / model.split(":", 1)[1])
     return model
