@@ -79,12 +79,7 @@ def queue_stages(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
     sub = Submission(rd.path)
     previous: str | None = ",".join(plan.chain.dependencies) or None
     previous_type = "afterok"
-    for script in scripts:
-        why = skip(plan, script.stage) if skip else None
-        if why:
-            sub.skipped.append((script.stage, why))
-            say(f"skip {script.stage}: {why}")
-            continue
+    for script in _to_run(plan, scripts, skip, sub, say):
         count = plan.chain.jobs if script.stage == "train" else 1
         for i in range(count):
             dependency = f"{previous_type}:{previous}" if previous else None
@@ -98,6 +93,20 @@ def queue_stages(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
             previous = job_id
             previous_type = "afterany" if script.stage == "train" else "afterok"
     return sub
+
+
+def _to_run(plan: RunPlan, scripts: list[StageScript], skip: Callable[[RunPlan, str], str | None] | None,
+            sub: Submission, say: Callable[[str], None]) -> list[StageScript]:  # fmt: skip
+    """The stages that still have work; the others are recorded as skipped, with why."""
+    todo = []
+    for script in scripts:
+        why = skip(plan, script.stage) if skip else None
+        if why:
+            sub.skipped.append((script.stage, why))
+            say(f"skip {script.stage}: {why}")
+        else:
+            todo.append(script)
+    return todo
 
 
 def _sbatch(plan: RunPlan, rd: RunDir, script: StageScript, dependency: str | None) -> str:
@@ -119,12 +128,7 @@ def _run_local(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
     ledger = Ledger(rd.ledger)
     sub = Submission(rd.path)
     ex = executors.local_executor(rd.submitit)
-    for script in scripts:
-        why = skip(plan, script.stage) if skip else None
-        if why:
-            sub.skipped.append((script.stage, why))
-            say(f"skip {script.stage}: {why}")
-            continue
+    for script in _to_run(plan, scripts, skip, sub, say):
         tasks: list[int | None] = list(script.array) if script.array else [None]
         for task in tasks:
             job = ex.submit(StageDriver(str(rd.path), script.stage, task))

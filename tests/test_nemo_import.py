@@ -9,15 +9,7 @@ from typing import Any
 
 import pytest
 
-try:
-    import fiddle as fdl
-    from nemo.collections import llm
-except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missing
-    pytest.fail(
-        f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
-        "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)",
-        pytrace=False,
-    )
+from nemo_stack import fdl, llm
 
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo_import

@@ -10,16 +10,7 @@ from typing import Any
 
 import pytest
 
-try:  # one import for the whole session (~20 s); without NeMo these tests must fail, not skip
-    import fiddle as fdl
-    from fiddle._src.experimental import serialization
-    from nemo.collections import llm  # noqa: F401
-except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missing
-    pytest.fail(
-        f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
-        "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)",
-        pytrace=False,
-    )
+from nemo_stack import fdl, llm, serialization  # noqa: F401 - one import of the stack (~20 s)
 
 from orchestrator.plan import build_plan, parse_assignment
 from orchestrator.train import nemo as entry

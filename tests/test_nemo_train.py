@@ -11,16 +11,9 @@ from typing import Any
 
 import pytest
 
-try:
-    import fiddle as fdl
-    import torch
-    from nemo.collections import llm  # noqa: F401
-except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missing
-    pytest.fail(
-        f"the NeMo 2.5.3 stack is not importable ({type(exc).__name__}: {exc}); the nemo tests need it: "
-        "install it with scripts/install-nemo-stack (constraints/nemo-2.5.3.txt)",
-        pytrace=False,
-    )
+import torch
+
+from nemo_stack import fdl
 
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo as entry
