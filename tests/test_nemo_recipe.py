@@ -218,21 +218,14 @@ def test_continual_pretraining_preset(tmp_path: Path) -> None:
     assert "import" in plan.stages
 
 
-def test_mlperf_schedule_reproduces_the_profile_at_1152_and_scales(tmp_path: Path) -> None:
-    plan = plan_for("llama31_405b", tmp_path)
-    at_1152 = presets.mlperf_405b_schedule(1152)
-    assert at_1152["train.optim.lr"] == plan.train.optim.lr and at_1152["train.max_steps"] == plan.train.max_steps
-    assert at_1152["train.optim.warmup_steps"] == plan.train.optim.warmup_steps
-    assert (at_1152["train.val_interval"], at_1152["train.val_batches"]) == (
-        plan.train.val_interval,
-        plan.train.val_batches,
-    )
-    half = presets.mlperf_405b_schedule(576)
-    assert (half["train.optim.lr"], half["train.optim.warmup_steps"], half["train.max_steps"]) == (
-        4e-5,
-        16000,
-        2_400_000,
-    )
+def test_the_recipe_carries_the_mlperf_schedule_at_another_gbs(tmp_path: Path) -> None:
+    """At GBS 576 (allowed with new RCPs) the plan takes the rules' numbers and the recipe carries them."""
+    plan = plan_for("llama31_405b", tmp_path, {"train.global_batch_size": 576, "mlperf.allow_new_rcp": True})
+    assert (plan.train.optim.lr, plan.train.optim.warmup_steps, plan.train.max_steps) == (4e-5, 16000, 2_400_000)
+    assert (plan.train.val_interval, plan.train.val_batches) == (32, 10)
+    s = summarize(build_recipe(plan))
+    assert s["optimizer"]["lr"] == 4e-5 and s["optimizer"]["warmup_steps"] == 16000
+    assert s["trainer"]["max_steps"] == 2_400_000 and s["trainer"]["limit_val_batches"] == 10
 
 
 def test_no_checkpoints_when_the_plan_says_so(tmp_path: Path) -> None:

@@ -18,13 +18,12 @@ Both keep Llama 3.1's RoPE base of 500000, which the imported weights were train
 ``Llama31Config8B`` carries. The seed's ``+model.rotary_base=5000000.0`` (5e6) only sets a NeMo 1 config key; with a
 restored model it would shift every position's rotation, so it is not reproduced.
 
-MLPerf Llama 3.1 405B at another global batch: :func:`mlperf_405b_schedule` scales the reference's numbers as its
-``pretrain_llama31.py`` does (learning rate linearly, warm-up and total steps inversely, evaluation cadence by samples).
+MLPerf Llama 3.1 405B needs no preset: an MLPerf plan takes its schedule from ``orchestrator.mlperf.schedule`` at
+whatever global batch size it has.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 _CPT_COMMON: dict[str, Any] = {
@@ -76,17 +75,3 @@ def get(name: str) -> dict[str, Any]:
         return dict(PRESETS[name])
     except KeyError:
         raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(names())}") from None
-
-
-def mlperf_405b_schedule(global_batch_size: int) -> dict[str, Any]:
-    """The MLPerf 405B reference's batch-dependent numbers at ``global_batch_size`` (1152 gives the profile's)."""
-    reference = 1152
-    return {
-        "train.global_batch_size": global_batch_size,
-        "train.optim.lr": round(global_batch_size / reference * 8e-5, 8),
-        "train.optim.min_lr": 8e-7,
-        "train.optim.warmup_steps": math.ceil(8000 * reference / global_batch_size),
-        "train.max_steps": math.ceil(1_200_000 * reference / global_batch_size),
-        "train.val_interval": math.ceil(18432 / global_batch_size),
-        "train.val_batches": math.ceil(5760 / global_batch_size),
-    }
