@@ -3,8 +3,10 @@ a node going DOWN, a crash loop, kill -9 during a checkpoint write, and nightly'
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -191,3 +193,24 @@ def test_nightly_on_a_finished_run_submits_nothing(slurm_lab, lab_data, tmp_path
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["action"] == "none"
     assert len(Ledger(run_dir / "ledger.sqlite").jobs("train")) == 1
+
+
+def test_nightly_schedule_runs_the_check_at_the_hour_and_requeues_itself(slurm_lab, lab_data, tmp_path):
+    run_dir = tmp_path / "scheduled"
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "4", "--wait")
+    at = (dt.datetime.now() + dt.timedelta(minutes=1)).strftime("%H:%M")
+    done = run_cli("nightly", "--run", str(run_dir), "--schedule", at)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = re.search(r"queued as job (\d+)", done.stdout).group(1)
+    script = run_dir / "scripts" / "nightly.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert subprocess.run(["shellcheck", str(script)], capture_output=True).returncode == 0
+    # The check runs at HH:MM (Slurm starts it within its scheduling interval), decides, and queues tomorrow's.
+    log = wait_until(lambda: next((p for p in (run_dir / "logs").glob(f"nightly-{first}.out") if "nightly:" in p.read_text()), None),
+                     240, "the scheduled nightly check to run")  # fmt: skip
+    assert "nightly: none: run done at step 4" in log.read_text()
+    queued = subprocess.run(["squeue", "-h", "-n", f"orch-{run_dir.name}-nightly", "-o", "%i %S"], capture_output=True, text=True).stdout.split()
+    assert queued and queued[0] != first, "tomorrow's check is queued"
+    tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).strftime("%Y-%m-%d")
+    assert queued[1].startswith(tomorrow) and queued[1][11:16] == at
+    subprocess.run(["scancel", queued[0]], check=True)

@@ -89,3 +89,13 @@ def test_config_sh_example_is_valid_bash_and_sources_cleanly():
     assert subprocess.run(["shellcheck", str(example)], capture_output=True).returncode == 0
     shown = subprocess.run(["bash", "-c", f"source {example} && echo $SIZE $NNODES $GBS $EVAL_EVERY"], capture_output=True, text=True)
     assert shown.stdout.split() == ["405b", "288", "1152", "18432"]
+
+
+def test_nightly_prints_a_crontab_line_that_runs_the_check(tmp_path):
+    from orchestrator.nightly import cron_line
+
+    run_dir = tmp_path / "run"
+    line = cron_line(run_dir, "02:30")
+    minute, hour, dom, month, dow, command = line.split(" ", 5)
+    assert (minute, hour, dom, month, dow) == ("30", "2", "*", "*", "*")
+    assert f"-m orchestrator nightly --run {run_dir}" in command and "nightly.log" in command
