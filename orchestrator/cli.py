@@ -39,6 +39,8 @@ def _add_plan_arguments(p: argparse.ArgumentParser, *, required: bool = True) ->
     g = p.add_argument_group("what to run")
     g.add_argument("--profile", "-p", required=required, help="model profile or alias (see `profiles`), e.g. tiny, 8b, 405b")
     g.add_argument("--cluster", "-c", default="local", help="cluster profile name or YAML path (default: local)")
+    g.add_argument("--preset", help="a named set of overrides applied before --set, e.g. cpt-llama31-8b "
+                   "(continual pretraining from Hugging Face, seed 003); see orchestrator/train/presets.py")  # fmt: skip
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help=explain_overrides_help())  # fmt: skip
     g.add_argument("--nodes", type=int, help="shorthand for --set layout.nodes=N")
@@ -53,6 +55,10 @@ def _request_from_args(args: argparse.Namespace) -> RunRequest:
     if getattr(args, "from_env", False):
         return RunSettings().to_request()
     overrides: dict[str, Any] = {}
+    if getattr(args, "preset", None):
+        from orchestrator.train import presets
+
+        overrides.update(presets.get(args.preset))
     for item in args.overrides:
         key, value = parse_assignment(item)
         overrides[key] = value

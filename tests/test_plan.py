@@ -109,3 +109,13 @@ def test_assignments_parse_as_yaml_scalars_but_keep_strings_verbatim():
     assert parse_assignment("chain.time_limit=04:00:00") == ("chain.time_limit", "04:00:00")
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_assignment("layout.tp")
+
+
+def test_a_preset_applies_before_set(tmp_path):
+    done = run_cli("plan", "--profile", "8b", "--cluster", "h100-pyxis", "--run-dir", str(tmp_path / "r"), "--json",
+                   "--preset", "cpt-llama31-8b", "--set", "train.max_steps=20")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["train"]["optim"]["lr"] == 2.5e-5 and body["train"]["hf_model_id"] == "meta-llama/Llama-3.1-8B"
+    assert body["train"]["max_steps"] == 20, "--set wins over the preset"
+    assert body["stages"] == ["consolidate", "preprocess", "import", "train"]
