@@ -53,3 +53,21 @@ def test_gradient_accumulation_needs_whole_micro_batches() -> None:
         gradient_accumulation_steps(1152, 0, 1)
     with pytest.raises(ValueError, match="start_step"):
         reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=1, start_step=-1)
+
+
+def test_a_run_logs_its_plans_numbers_where_they_differ_from_the_rules() -> None:
+    from orchestrator.mlperf.hyperparameters import run_hyperparameters
+    from orchestrator.plan import build_plan
+
+    base = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
+    plan = build_plan("llama31_405b", "h100-pyxis", base, run_dir="/tmp/unused/run")
+    params = run_hyperparameters(plan, start_step=480)
+    rules = reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=plan.train.seed, start_step=480)
+    assert params == rules  # the 405B profile trains with the rules' numbers: DP 8 = 2304 GPUs / (TP8 PP9 CP4)
+
+    override = build_plan("llama31_405b", "h100-pyxis", {**base, "train.optim.lr": 1e-4, "train.seq_length": 4096},
+                          run_dir="/tmp/unused/run")  # fmt: skip
+    params = run_hyperparameters(override, start_step=0)
+    assert (params["opt_base_learning_rate"], params["max_sequence_length"]) == (1e-4, 4096)
+    with pytest.raises(ValueError, match="not an MLPerf plan"):
+        run_hyperparameters(build_plan("llama3_8b", "h100-pyxis", base, run_dir="/tmp/unused/run"), start_step=0)

@@ -177,3 +177,21 @@ def test_log_filename_and_rank() -> None:
     assert rank_from_env({"SLURM_PROCID": "3"}) == 3
     assert rank_from_env({"RANK": "5", "SLURM_PROCID": "3"}) == 5
     assert rank_from_env({}) == 0
+
+
+def test_a_job_log_is_named_for_the_partition_job_and_attempt_and_starts_the_init(tmp_path: Path) -> None:
+    from orchestrator.mlperf.mllog import open_job_log
+    from orchestrator.plan import build_plan
+
+    base = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
+    plan = build_plan("llama31_405b", "h100-pyxis", base, run_id="r405", run_dir=tmp_path / "run")
+    env = {"SLURM_JOB_ID": "4242", "ORCHESTRATOR_CHAIN_INDEX": "3", "SLURM_RESTART_COUNT": "1"}
+    log = open_job_log(plan, 0, env)
+    assert log is not None and log.path == tmp_path / "run" / "mlperf" / f"mlperf_r405_seed{plan.train.seed}_par3_4242_r1.log"
+    log.close()
+    lines = [json.loads(line.removeprefix(":::MLLOG ")) for line in log.path.read_text().splitlines()]
+    assert [(r["key"], r["event_type"]) for r in lines] == [("cache_clear", "POINT_IN_TIME"), ("init_start", "INTERVAL_START")]
+
+    other = open_job_log(plan, 5, env)  # every rank gets a logger; only rank 0 writes
+    assert other is not None and not other.enabled and len(list((tmp_path / "run" / "mlperf").iterdir())) == 1
+    assert open_job_log(build_plan("llama3_8b", "h100-pyxis", base, run_dir=tmp_path / "r8"), 0, env) is None

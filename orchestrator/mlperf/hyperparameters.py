@@ -6,7 +6,12 @@ mlperf-logging compliance checker tests each one (names below are mlperf_logging
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from orchestrator.mlperf.schedule import DECAY_SCHEDULE, SEQUENCE_LENGTH, Schedule
+
+if TYPE_CHECKING:
+    from orchestrator.plan import RunPlan
 
 ADAMW_BETA_1 = 0.9
 ADAMW_BETA_2 = 0.95
@@ -56,3 +61,36 @@ def reference_hyperparameters(
         "seed": seed,
         "init_checkpoint_step": start_step,
     }
+
+
+def run_hyperparameters(plan: RunPlan, *, start_step: int) -> dict[str, Any]:
+    """What a run of an MLPerf ``plan`` logs: the reference's keys, with the values the run really trains with.
+
+    The data-parallel size and micro batch come from the plan's layout, the sequence length and every optimizer
+    number from ``plan.train``: a value overridden away from the rules shows in the log (and the checker names it)
+    instead of the log claiming the rules' value. Both backends log this.
+    """
+    schedule = plan.mlperf_schedule()
+    if schedule is None:
+        raise ValueError(f"run {plan.run_id}: not an MLPerf plan (plan.mlperf is null); it logs no hyper-parameters")
+    train, opt = plan.train, plan.train.optim
+    params = reference_hyperparameters(
+        schedule,
+        dp=plan.data_parallel,
+        mbs=plan.layout.micro_batch_size,
+        seed=train.seed,
+        start_step=start_step,
+        seq_length=train.seq_length,
+    )
+    params.update(
+        opt_base_learning_rate=opt.lr,
+        opt_end_learning_rate=opt.min_lr,
+        opt_learning_rate_warmup_steps=opt.warmup_steps,
+        opt_learning_rate_decay_steps=train.max_steps - opt.warmup_steps,
+        opt_adamw_beta_1=opt.beta1,
+        opt_adamw_beta_2=opt.beta2,
+        opt_adamw_epsilon=opt.eps,
+        opt_adamw_weight_decay=opt.weight_decay,
+        opt_gradient_clip_norm=opt.clip_grad,
+    )
+    return params

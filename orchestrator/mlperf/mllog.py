@@ -29,11 +29,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.mlperf.schedule import TARGET_LOG_PPL
 
+if TYPE_CHECKING:
+    from orchestrator.plan import RunPlan
+
 TOKEN = ":::MLLOG "
+#: The partition (0-based job index in the chain) a training job runs; the driver exports it.
+CHAIN_INDEX_ENV = "ORCHESTRATOR_CHAIN_INDEX"
 
 INTERVAL_START = "INTERVAL_START"
 INTERVAL_END = "INTERVAL_END"
@@ -248,6 +253,32 @@ class MlperfLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_job_log(plan: RunPlan, rank: int, env: Mapping[str, str] = os.environ) -> MlperfLogger | None:
+    """The compliance log of this training job of an MLPerf plan, started; None when the plan is not one.
+
+    Call it at process start: it logs ``cache_clear`` and ``init_start`` now, so the model build and the checkpoint
+    load count as initialisation. One file per job and seed, ``<run_dir>/mlperf/mlperf_<run_id>_seed<S>_par<j>_<job>
+    [_r<k>].log``: ``j`` from ``ORCHESTRATOR_CHAIN_INDEX``, the job from ``SLURM_JOB_ID`` (submitit's local id, else
+    the process id), ``k`` from ``SLURM_RESTART_COUNT`` (a requeued attempt). Global rank 0 writes; the others get a
+    logger that writes nothing but still tells when the target is reached.
+    """
+    schedule = plan.mlperf_schedule()
+    if schedule is None:
+        return None
+    job = env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or f"local{os.getpid()}"
+    name = log_filename(
+        plan.run_id,
+        plan.train.seed,
+        int(env.get(CHAIN_INDEX_ENV, "0") or 0),
+        job,
+        attempt=int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+    )
+    logger = MlperfLogger(Path(plan.run_dir) / "mlperf" / name, rank=rank, gbs=schedule.gbs,
+                          target_log_ppl=schedule.target_log_ppl)  # fmt: skip
+    logger.on_init_start()
+    return logger
 
 
 @dataclass

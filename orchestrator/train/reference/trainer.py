@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -42,19 +42,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from orchestrator import logline
 from orchestrator.atomic import atomic_write_json
+from orchestrator.mlperf.hyperparameters import run_hyperparameters
+from orchestrator.mlperf.mllog import MlperfLogger, Submission, open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Optimizer
 from orchestrator.train import checkpoint
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
 
-if TYPE_CHECKING:
-    from orchestrator.mlperf.mllog import MlperfLogger
-
 EXIT_STOPPED = 0  # stopped early with a checkpoint (no DONE): the chain continues
 DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
 DONE_FILE = "DONE"
-CHAIN_INDEX_ENV = "ORCHESTRATOR_CHAIN_INDEX"
 #: Before the first save is timed, a save is assumed to write the state at this rate, plus a second.
 ASSUMED_SAVE_BYTES_PER_S = 200e6
 
@@ -182,26 +180,9 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def mlperf_logger(plan: RunPlan, rank: int) -> "MlperfLogger | None":
-    """The MLPerf compliance log of this job (MLPerf plans only): one file per job and seed, rank 0 writes."""
-    schedule = plan.mlperf_schedule()
-    if schedule is None:
-        return None
-    from orchestrator.mlperf.mllog import MlperfLogger, log_filename
-
-    env = os.environ
-    job = env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or f"local{os.getpid()}"
-    name = log_filename(plan.run_id, plan.train.seed, int(env.get(CHAIN_INDEX_ENV, "0")), job,
-                        attempt=int(env.get("SLURM_RESTART_COUNT", "0") or 0))  # fmt: skip
-    logger = MlperfLogger(Path(plan.run_dir) / "mlperf" / name, rank=rank, gbs=schedule.gbs,
-                          target_log_ppl=schedule.target_log_ppl)  # fmt: skip
-    logger.on_init_start()
-    return logger
-
-
 class Trainer:
     def __init__(self, plan: RunPlan, ranks: Ranks, device: torch.device, signals: StopSignals,
-                 mllog: "MlperfLogger | None" = None) -> None:  # fmt: skip
+                 mllog: MlperfLogger | None = None) -> None:  # fmt: skip
         self.plan, self.ranks, self.device, self.signals = plan, ranks, device, signals
         self.mllog = mllog
         self.schedule = plan.mlperf_schedule()
@@ -474,19 +455,8 @@ class Trainer:
     def _mlperf_start(self) -> None:
         if self.mllog is None or self.schedule is None:
             return
-        from orchestrator.mlperf.hyperparameters import reference_hyperparameters
-        from orchestrator.mlperf.mllog import Submission
-
         plan = self.plan
-        params = reference_hyperparameters(self.schedule, dp=self.ranks.world_size, mbs=plan.layout.micro_batch_size,
-                                           seed=plan.train.seed, start_step=self.step, seq_length=plan.train.seq_length)  # fmt: skip
-        # Log what this run really uses: an override of the rules' values shows in the log (and the checker says so).
-        opt = plan.train.optim
-        params.update(opt_base_learning_rate=opt.lr, opt_end_learning_rate=opt.min_lr,
-                      opt_learning_rate_warmup_steps=opt.warmup_steps,
-                      opt_learning_rate_decay_steps=plan.train.max_steps - opt.warmup_steps,
-                      opt_adamw_beta_1=opt.beta1, opt_adamw_beta_2=opt.beta2, opt_adamw_epsilon=opt.eps,
-                      opt_adamw_weight_decay=opt.weight_decay, opt_gradient_clip_norm=opt.clip_grad)  # fmt: skip
+        params = run_hyperparameters(plan, start_step=self.step)
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         platform = f"{plan.layout.nodes}x{plan.layout.tasks_per_node}x{device}".replace(" ", "_")
         self.mllog.on_train_start(self.step, params, Submission(org="orchestrator reference backend", platform=platform))
@@ -592,7 +562,7 @@ def run(run_dir: str | os.PathLike[str], early_signal: str | None = None) -> int
     signals = StopSignals(early_signal)
     plan = RunPlan.load(run_dir)
     ranks = resolve_ranks(os.environ)
-    mllog = mlperf_logger(plan, ranks.rank)
+    mllog = open_job_log(plan, ranks.rank)
     device = init_distributed(ranks)
     try:
         return Trainer(plan, ranks, device, signals, mllog).fit()
