@@ -9,6 +9,11 @@ the current step, waits for the asynchronous save to finish (so the ``-unfinishe
 process exits), skips the validation Lightning would otherwise start on a stop, and lets ``trainer.fit`` return
 normally. The caller reads :attr:`reason` and :attr:`saved_step` to choose the exit status.
 
+In an MLPerf plan (``eval_schedule`` set) the rules' evaluations decide what "validation step" means, and a stop
+right after one of them still evaluates, whatever the reason (as the reference trainer, which evaluates before it
+looks at signals): the rules' evaluations are never skipped, the next job starts after that step and repeats none,
+and a stop on a grid point the rules skip (step 32 of GBS 1152) never evaluates.
+
 Why not NeMo's ``PreemptionCallback``: it listens to one signal, on rank 0 only, and ends with ``sys.exit(0)``,
 so a preempted job looks finished. Why not Lightning's ``max_time``: its clock starts at ``on_train_start``, after
 the model is built and the checkpoint loaded (minutes at 405B), so it cannot express an absolute deadline. Why the
@@ -23,10 +28,13 @@ import signal
 import time
 from collections.abc import Iterator
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+if TYPE_CHECKING:
+    from orchestrator.mlperf.schedule import Schedule
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 _received: list[int] = []
@@ -50,9 +58,16 @@ def stop_signal() -> int | None:
 class StopControl(Callback):
     """Save and stop at a step boundary on a signal, near the deadline, or after ``steps_per_job`` steps."""
 
-    def __init__(self, steps_per_job: int | None = None, deadline: float | None = None, save_estimate_s: float = 60.0):
+    def __init__(
+        self,
+        steps_per_job: int | None = None,
+        deadline: float | None = None,
+        save_estimate_s: float = 60.0,
+        eval_schedule: Schedule | None = None,
+    ):
         self.steps_per_job = steps_per_job
         self.deadline = deadline
+        self.eval_schedule = eval_schedule
         self.save_s = save_estimate_s  # replaced by the measured time once this job has saved
         self.reason: str | None = None
         self.start_step: int | None = None
@@ -81,7 +96,7 @@ class StopControl(Callback):
             return
         self.reason = reason
         trainer.should_stop = True
-        if reason != "steps_per_job" or not _on_validation_step(trainer):
+        if not self.keeps_validation(trainer, reason):
             trainer.limit_val_batches = 0  # Lightning validates when should_stop is set; a stop has no time for it
         self.save(trainer)
 
@@ -112,8 +127,23 @@ class StopControl(Callback):
     def time_to_next_stop(self, trainer: Trainer) -> float:
         """Seconds from now to a saved stop after one more step: the longest step so far, the last validation's
         time if the next step validates, and one save."""
-        validates = trainer.limit_val_batches and _on_validation_step(trainer, trainer.global_step + 1)
+        validates = trainer.limit_val_batches and self.validates_after(trainer, trainer.global_step + 1)
         return self.longest_step_s + (self.validation_s if validates else 0.0) + self.save_s
+
+    def validates_after(self, trainer: Trainer, steps_done: int) -> bool:
+        """Does validation follow the step that completes ``steps_done``? The rules' schedule in an MLPerf plan,
+        else every ``val_check_interval`` steps."""
+        if self.eval_schedule is not None:
+            return self.eval_schedule.is_eval_step(steps_done)
+        interval = trainer.val_check_interval
+        return isinstance(interval, int) and interval > 0 and steps_done % interval == 0
+
+    def keeps_validation(self, trainer: Trainer, reason: str) -> bool:
+        """Does a stop after this step still run the validation due here? In MLPerf plans always; otherwise for a
+        ``steps_per_job`` stop only (as MLPerf's ``PreemptiveStop``): a signal or the deadline leaves no time."""
+        if not self.validates_after(trainer, trainer.global_step):
+            return False
+        return self.eval_schedule is not None or reason == "steps_per_job"
 
     def save(self, trainer: Trainer) -> None:
         """Save ``*last`` for the current step unless it is saved already, and wait until it is complete."""
@@ -150,13 +180,6 @@ def _batch_completed(trainer: Trainer) -> Iterator[None]:
     finally:
         progress.current.completed -= pending
         progress.total.completed -= pending
-
-
-def _on_validation_step(trainer: Trainer, steps_done: int | None = None) -> bool:
-    """Does validation follow the step that completes ``steps_done`` (default: the one just finished)?"""
-    interval = trainer.val_check_interval
-    steps = trainer.global_step if steps_done is None else steps_done
-    return isinstance(interval, int) and interval > 0 and steps % interval == 0
 
 
 def _any_rank(flags: list[bool], trainer: Trainer) -> list[bool]:
