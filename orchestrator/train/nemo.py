@@ -6,13 +6,18 @@ Lightning's ``SLURMEnvironment`` reads the ranks from ``SLURM_*`` (no automatic 
 
 Exit status, read by the in-job driver:
 
-* 0 - ``max_steps`` reached (now, or by an earlier job): the final checkpoint is complete and global rank 0 has
-  written ``<run_dir>/DONE`` (JSON: ``final_step``, ``consumed_samples``, ``time``);
+* 0 - ``max_steps`` reached (now, or by an earlier job), or, in an MLPerf plan, an evaluation met the target
+  log-perplexity: the final checkpoint is complete and global rank 0 has written ``<run_dir>/DONE`` (JSON:
+  ``final_step``, ``consumed_samples``, ``time``, ``reason``);
 * 0 - stopped early at a step boundary (SIGTERM/SIGUSR2, ``ORCHESTRATOR_DEADLINE`` near, ``chain.steps_per_job``)
   with a finished ``*last`` checkpoint and no ``DONE``: the next job resumes. The driver tells the two apart by
   ``DONE``; a distinct non-zero code for a stop would make ``srun --kill-on-bad-exit`` kill the other ranks while
   they exit;
-* anything else - a failure (an exception, or training ended early without a saved checkpoint).
+* anything else - a failure (an exception, or training ended early without a saved checkpoint; in an MLPerf plan
+  also a step slower than ``mlperf.step_time_atol_s``).
+
+An MLPerf plan's job writes its compliance log under ``<run_dir>/mlperf/`` (see ``orchestrator.train.nemo_mlperf``),
+opened at process start so that everything up to the first step counts as initialisation.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 from pathlib import Path
 
 from orchestrator.atomic import atomic_write_json
+from orchestrator.mlperf.mllog import open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_stop import install_signal_handlers
@@ -33,6 +39,7 @@ EXIT_STOPPED = 0  # stopped early with a finished checkpoint, no DONE: the chain
 EXIT_FAILED = 1
 DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
 DONE_MARKER = "DONE"
+MAX_STEPS_REASON = "max_steps reached"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +58,14 @@ def run(args: argparse.Namespace) -> int:
     if plan.train.backend != "nemo":
         print(f"{args.run_dir}: train.backend is {plan.train.backend!r}; run orchestrator.train.{plan.train.backend}")
         return EXIT_FAILED
+    if not args.print_recipe and already_done(plan):
+        return EXIT_DONE
+    # MLPerf plans: the compliance log starts now (init_start), before NeMo's import, model build and checkpoint load
+    mllog = None if args.print_recipe else open_job_log(plan, global_rank())
     # NeMo takes ~20 s to import; importing it here keeps --help fast and the signal handlers above in force.
     import fiddle as fdl
 
+    from orchestrator.train.nemo_mlperf import MlperfControl
     from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
     from orchestrator.train.nemo_stop import StopControl
 
@@ -62,17 +74,19 @@ def run(args: argparse.Namespace) -> int:
     if args.print_recipe:
         print(json.dumps({"recipe": summarize(recipe), "environment": env}, indent=2, default=str))
         return EXIT_DONE
-    if already_done(plan):
-        return EXIT_DONE
     for key, value in env.items():
         os.environ.setdefault(key, value)
     if global_rank() == 0:
         print(describe_start(plan), flush=True)
     task = fdl.build(recipe)
     trainer = task.keywords["trainer"]
-    task()
     stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopControl))
-    return finish(plan, trainer.global_step, trainer.global_rank, stop.reason, stop.saved_step)
+    mlperf = next((cb for cb in trainer.callbacks if isinstance(cb, MlperfControl)), None)
+    if mlperf is not None:
+        mlperf.mllog = mllog  # after fdl.build: NeMo's Trainer deep-copies its callbacks' arguments, not open files
+    task()
+    reached = mlperf is not None and mlperf.reached
+    return finish(plan, trainer.global_step, trainer.global_rank, stop.reason, stop.saved_step, reached)
 
 
 def deadline_from_env() -> float | None:
@@ -100,15 +114,18 @@ def already_done(plan: RunPlan) -> bool:
     if step is None or step < plan.train.max_steps:
         return False
     if global_rank() == 0:
-        write_done(plan, step)
+        write_done(plan, step, MAX_STEPS_REASON)
     return True
 
 
-def finish(plan: RunPlan, step: int, rank: int, reason: str | None, saved_step: int | None) -> int:
-    """The exit status for a ``fit`` that returned at ``step``; rank 0 writes DONE when ``max_steps`` is reached."""
-    if step >= plan.train.max_steps:
+def finish(
+    plan: RunPlan, step: int, rank: int, reason: str | None, saved_step: int | None, target_reached: bool = False
+) -> int:
+    """The exit status for a ``fit`` that returned at ``step``; rank 0 writes DONE when ``max_steps`` is reached or
+    an evaluation met the MLPerf target (``target_reached``)."""
+    if target_reached or step >= plan.train.max_steps:
         if rank == 0:
-            write_done(plan, step)
+            write_done(plan, step, target_reason(plan) if target_reached else MAX_STEPS_REASON)
         return EXIT_DONE
     if reason and saved_step == step:
         if rank == 0:
@@ -121,7 +138,13 @@ def finish(plan: RunPlan, step: int, rank: int, reason: str | None, saved_step: 
     return EXIT_FAILED
 
 
-def write_done(plan: RunPlan, step: int) -> None:
+def target_reason(plan: RunPlan) -> str:
+    """DONE's reason when an MLPerf evaluation met the target (the reference trainer's words)."""
+    target = plan.mlperf.target_log_ppl if plan.mlperf else None
+    return f"MLPerf target log-perplexity {target} reached"
+
+
+def write_done(plan: RunPlan, step: int, reason: str) -> None:
     atomic_write_json(
         Path(plan.run_dir) / DONE_MARKER,
         {
@@ -129,6 +152,7 @@ def write_done(plan: RunPlan, step: int) -> None:
             "consumed_samples": step * plan.train.global_batch_size,
             "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "backend": "nemo",
+            "reason": reason,
         },
     )
 
@@ -143,11 +167,18 @@ def describe_start(plan: RunPlan) -> str:
         origin = f"weights from {start}" + ("" if t.init_weights_only else " (with optimizer state)")
     else:
         origin = "from scratch"
-    return (
+    text = (
         f"nemo: {plan.model.recipe} on {L.nodes} x {L.tasks_per_node} GPUs, TP{L.tp} PP{L.pp} CP{L.cp} "
         f"VP{L.vp or '-'} EP{L.ep}, global batch {t.global_batch_size}, micro batch {L.micro_batch_size}, "
         f"sequence {t.seq_length}, steps {t.max_steps}, {origin}"
     )
+    schedule = plan.mlperf_schedule()
+    if schedule is not None:
+        text += (
+            f"; MLPerf: evaluation after {schedule.first_eval_step} steps, then every {schedule.eval_interval_steps}, "
+            f"on {schedule.eval_batches} batches, until log-perplexity <= {schedule.target_log_ppl}"
+        )
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ only what the plan decides: the cluster shape, Megatron's parallel layout, batch
 data), steps, validation, per-step logging, the optimizer's numbers, recompute, gradient-reduce precision, the data
 (Megatron prefixes and the tokenizer), checkpointing, resume, and the stop control. Everything else (model class and
 architecture defaults, DDP overlap, async checkpoint saving, mixed precision, the LR schedule's shape) stays as
-NeMo's recipe has it. Llama 3.1 405B also gets the MLPerf reference's settings (see :func:`_mlperf_405b`).
+NeMo's recipe has it. Llama 3.1 405B also gets the MLPerf reference's settings (see :func:`_mlperf_405b`); an MLPerf
+plan (any model) evaluates on the rules' schedule and gets :class:`~orchestrator.train.nemo_mlperf.MlperfControl`.
 
 Nothing here instantiates a model, a trainer or a Transformer Engine module, so tests build and inspect every seed
 model's recipe on a CPU; ``fdl.build`` of the result happens only inside the training job.
@@ -13,6 +14,7 @@ model's recipe on a CPU; ``fdl.build`` of the result happens only inside the tra
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from pathlib import Path
 from typing import Any
@@ -32,10 +34,13 @@ from nemo.lightning.pytorch.callbacks.megatron_comm_overlap import MegatronCommO
 from nemo.lightning.run.plugins import PerfEnvPlugin
 from nemo.utils.exp_manager import TimingCallback
 
+from orchestrator.mlperf.hyperparameters import run_hyperparameters
+from orchestrator.mlperf.schedule import Schedule
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Architecture
 from orchestrator.stages import tokenizer_model_path
 from orchestrator.train.nemo_checkpoint import init_checkpoint
+from orchestrator.train.nemo_mlperf import MlperfControl
 from orchestrator.train.nemo_stop import StopControl
 
 #: Plan architecture field -> attribute of NeMo's model config (``Llama31Config8B``, ``Qwen3Config8B``, ...).
@@ -177,7 +182,13 @@ def _apply_trainer(recipe: run.Partial, plan: RunPlan) -> None:
     trainer.log_every_n_steps = 1
     trainer.strategy.progress_interval = 1
     trainer.num_sanity_val_steps = 0
-    if train.val_interval and train.val_batches:
+    schedule = plan.mlperf_schedule()
+    if schedule is not None:
+        _check_mlperf_validation(plan, schedule)
+        # the cadence; MlperfControl's loop holds back the evaluations before first_eval_step
+        trainer.val_check_interval = schedule.eval_interval_steps
+        trainer.limit_val_batches = schedule.eval_batches
+    elif train.val_interval and train.val_batches:
         trainer.val_check_interval = train.val_interval
         trainer.limit_val_batches = train.val_batches
     else:  # as NeMo's performance scripts switch validation off
@@ -187,6 +198,18 @@ def _apply_trainer(recipe: run.Partial, plan: RunPlan) -> None:
     if plan.cluster.scheduler == "slurm":  # ranks from SLURM_*, and no Lightning requeue on SIGUSR1
         plugins.append(run.Config(SLURMEnvironment, auto_requeue=False))
     trainer.plugins = plugins
+
+
+def _check_mlperf_validation(plan: RunPlan, schedule: Schedule) -> None:
+    """An MLPerf plan evaluates as its ``mlperf`` section says; ``train.val_*`` set otherwise would make the log lie."""
+    train = plan.train
+    if (train.val_interval, train.val_batches) != (schedule.eval_interval_steps, schedule.eval_batches):
+        raise ValueError(
+            f"train.val_interval={train.val_interval}, train.val_batches={train.val_batches}: an MLPerf plan "
+            f"evaluates on the rules' schedule (every {schedule.eval_interval_steps} steps over "
+            f"{schedule.eval_batches} batches at GBS {schedule.gbs}); fix: drop those overrides and set "
+            "mlperf.eval_every_samples / mlperf.eval_samples / mlperf.start_eval_at_samples instead"
+        )
 
 
 def _precision(recipe: run.Partial) -> fdl.Config:
@@ -292,18 +315,41 @@ def resume_config(plan: RunPlan) -> run.Config:
 
 
 def _apply_callbacks(recipe: run.Partial, plan: RunPlan, deadline: float | None) -> None:
-    """``TimingCallback(log_tokens_per_sec=True)`` first (the seeds' ``tokens_per_sec_per_gpu``), stop control last."""
+    """``TimingCallback(log_tokens_per_sec=True)`` first (the seeds' ``tokens_per_sec_per_gpu``; MLPerf's step-time
+    limit reads its metric), then the recipe's, MLPerf control (MLPerf plans), stop control last (so ``run_stop`` is
+    logged before the final checkpoint is saved)."""
     callbacks = [c for c in (recipe.trainer.callbacks or []) if fdl.get_callable(c) is not TimingCallback]
+    schedule = schedule_config(plan)
+    mlperf = []
+    if plan.mlperf is not None:
+        mlperf.append(
+            run.Config(
+                MlperfControl,
+                schedule=schedule,
+                hyperparameters=run_hyperparameters(plan, start_step=0),
+                step_time_atol_s=plan.mlperf.step_time_atol_s,
+            )
+        )
     recipe.trainer.callbacks = [
         run.Config(TimingCallback, log_tokens_per_sec=True),
         *callbacks,
+        *mlperf,
         run.Config(
             StopControl,
             steps_per_job=plan.chain.steps_per_job,
             deadline=deadline,
             save_estimate_s=save_estimate_s(plan),
+            eval_schedule=schedule,
         ),
     ]
+
+
+def schedule_config(plan: RunPlan) -> run.Config | None:
+    """``plan.mlperf_schedule()`` as a buildable config (one object, shared by the two callbacks), or None."""
+    schedule = plan.mlperf_schedule()
+    if schedule is None:
+        return None
+    return run.Config(Schedule, **{f.name: getattr(schedule, f.name) for f in dataclasses.fields(schedule) if f.init})
 
 
 def save_estimate_s(plan: RunPlan) -> float:
@@ -387,6 +433,7 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
     callbacks = [fdl.get_callable(c).__name__ for c in trainer.callbacks]
     timing = next(c for c in trainer.callbacks if fdl.get_callable(c) is TimingCallback)
     stop = next(c for c in trainer.callbacks if fdl.get_callable(c) is StopControl)
+    mlperf = next((c for c in trainer.callbacks if fdl.get_callable(c) is MlperfControl), None)
     return {
         "entry": fdl.get_callable(recipe).__name__,
         "model": {
@@ -489,4 +536,17 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
                 "load_artifacts": restore.load_artifacts,
             },
         },
+        "mlperf": None if mlperf is None else _summarize_mlperf(mlperf),
+    }
+
+
+def _summarize_mlperf(mlperf: fdl.Config) -> dict[str, Any]:
+    schedule: Schedule = fdl.build(mlperf.schedule)  # a pure dataclass: its derived steps, without a trainer
+    return {
+        "first_eval_step": schedule.first_eval_step,
+        "eval_interval_steps": schedule.eval_interval_steps,
+        "eval_batches": schedule.eval_batches,
+        "target_log_ppl": schedule.target_log_ppl,
+        "step_time_atol_s": mlperf.step_time_atol_s,
+        "hyperparameters": dict(mlperf.hyperparameters),
     }
