@@ -308,3 +308,25 @@ def test_a_step_slower_than_the_limit_fails_the_job_and_ends_the_log(tmp_path: P
     (path,) = (Path(plan.run_dir) / "mlperf").iterdir()
     run = read_mllog(path)
     assert run.complete and run.status == "aborted" and run.train_samples == 16
+
+
+def test_the_trainer_context_of_nemo_checkpoints_carries_the_callback(tmp_path: Path) -> None:
+    """Every NeMo checkpoint holds ``context/io.json``: the Trainer's constructor arguments, callbacks included, deep-
+    copied when it is built. MlperfControl (its log attached after that, as the entry point does) dumps and loads."""
+    from nemo import lightning as nl
+    from nemo.lightning.io import load_context
+    from nemo.lightning.io.pl import TrainerContext
+
+    from nemo_stack import llm
+
+    plan = small_plan(tmp_path)
+    configs = {fdl.get_callable(c).__name__: c for c in build_recipe(plan).trainer.callbacks}
+    mlperf, stop = fdl.build(configs["MlperfControl"]), fdl.build(configs["StopControl"])
+    trainer = nl.Trainer(accelerator="cpu", devices=1, callbacks=[mlperf, stop], logger=False)
+    mlperf.mllog = open_job_log(plan, 0, {"SLURM_JOB_ID": "1"})
+    model = llm.LlamaModel(llm.Llama3Config8B(num_layers=2, apply_rope_fusion=False))  # no Transformer Engine here
+    TrainerContext(model=model, trainer=trainer, extra={}).io_dump(tmp_path / "context", yaml_attrs=["model"])
+    restored = load_context(tmp_path / "context", subpath="trainer")
+    (again,) = [cb for cb in restored.callbacks if isinstance(cb, MlperfControl)]
+    assert again.schedule == mlperf.schedule and again.hyperparameters == mlperf.hyperparameters
+    assert again.mllog is None  # the open log stays with the live callback

@@ -56,7 +56,7 @@ class ScheduledValidationLoop(_TrainingEpochLoop):
 
     def on_run_start(self, data_fetcher: _DataFetcher) -> None:
         super().on_run_start(data_fetcher)
-        self._start_step = self.global_step  # restored by now: the job that completed this step evaluated it
+        self._start_step = self.global_step  # restored by now; the job that completed this step evaluated it
 
     def _should_check_val_fx(self, data_fetcher: _DataFetcher) -> bool:
         step = self.global_step
