@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, Verdict, judge, relative_diff
@@ -147,10 +149,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _present(series: StepSeries, name: str, rows: range) -> list[float]:
-    return [v for _, v in series.column(name, rows) if v is not None]
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
@@ -163,9 +161,9 @@ def val_loss_history(series: StepSeries) -> list[tuple[int, float]]:
     """Each distinct validation result, with the first step whose line shows it (NeMo repeats the latest one on
     every later line). Two validations that print the same 4 digits in a row look like one."""
     history: list[tuple[int, float]] = []
-    for step, value in series.column(VAL_LOSS):
+    for value, rows in groupby(series.column(VAL_LOSS), key=itemgetter(1)):
         if value is not None and (not history or not _same(history[-1][1], value)):
-            history.append((step, value))
+            history.append((next(rows)[0], value))
     return history
 
 
@@ -247,14 +245,14 @@ def _fill(m: RunMetrics, series: StepSeries, flops_per_token: float | None, peak
     else:
         window = range(EDGE_STEPS, n - EDGE_STEPS)
         m.window = (series[window[0]].global_step, series[window[-1]].global_step, len(window))
-        rates = _present(series, THROUGHPUT, window)
+        rates = series.values(THROUGHPUT, window)
         if len(rates) < len(window):
             notes.append(
                 f"{THROUGHPUT} is missing on {len(window) - len(rates)} of the {len(window)} steps in the window "
                 "(NeMo's TimingCallback prints it only with log_tokens_per_sec=True)"
             )
         m.throughput = _mean(rates)
-        m.mean_step_time = _mean(_present(series, STEP_TIME, window))
+        m.mean_step_time = _mean(series.values(STEP_TIME, window))
 
     if m.throughput is not None and flops_per_token:
         m.model_tflops_per_gpu = m.throughput * flops_per_token / 1e12
