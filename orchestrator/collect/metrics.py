@@ -15,9 +15,9 @@ the log computes.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
-from itertools import groupby
-from operator import itemgetter
+from itertools import chain, compress, count
 from typing import Any, Iterator, Sequence
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, Verdict, judge, relative_diff
@@ -161,9 +161,13 @@ def val_loss_history(series: StepSeries) -> list[tuple[int, float]]:
     """Each distinct validation result, with the first step whose line shows it (NeMo repeats the latest one on
     every later line). Two validations that print the same 4 digits in a row look like one."""
     history: list[tuple[int, float]] = []
-    for value, rows in groupby(series.column(VAL_LOSS), key=itemgetter(1)):
-        if value is not None and (not history or not _same(history[-1][1], value)):
-            history.append((next(rows)[0], value))
+    for steps, values in series.slices(VAL_LOSS):
+        if values is None:
+            continue
+        # Only a row whose value differs from the row before can start a new entry.
+        for i in chain((0,), compress(count(1), map(operator.ne, values[1:], values))):
+            if not history or not _same(history[-1][1], values[i]):
+                history.append((int(steps[i]), values[i]))
     return history
 
 

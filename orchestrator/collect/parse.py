@@ -22,7 +22,7 @@ import re
 import struct
 from array import array
 from dataclasses import dataclass, field
-from itertools import chain, compress, count, repeat
+from itertools import chain, repeat
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence, overload
 
@@ -241,24 +241,30 @@ class _Block(NamedTuple):
     source: int
 
 
-#: A value the fast path takes: printable ASCII but space, '/', ':' and '|'. Narrower than what ``_parse_line``
-#: accepts, never wider: a line that falls outside it sends its chunk to the slow path.
-_VALUE = rb"([!-.0-9;-{}~]+)"
+#: A value the fast path takes: printable ASCII, no space.
+_VALUE = rb"([!-~]+)"
 #: Where a chunk's first 64 KiB hold less than one marker per 16 KiB, it takes the slow path: there the fast path
 #: costs more than it saves (its regex scan takes about 0.8 ms per MiB of noise, the slow path about 8 µs per line).
 _SAMPLE_BYTES, _SPARSE_BYTES = 64 << 10, 16 << 10
 
 
 class _FastPath:
-    """An optimisation of ``_scan`` + ``StepSeries.add`` for chunks made of well-formed metric lines of one shape.
+    """An optimisation of ``_scan`` + ``StepSeries.add``: a chunk of well-formed metric lines of one shape, in bulk.
 
-    Nearly every metric line of a run has the same fields in the same order. For the shape of a chunk's first
-    metric line, one regex matches a whole well-formed line of that shape and captures its numbers; ``findall``
-    runs it over the chunk at C speed. The chunk is taken in bulk only if that changes nothing: every marker starts
-    a match (a match holds exactly one marker, at its start, and ends at the line break, so each match is the line
-    ``_scan`` would cut there, with exactly the keys of the shape), every value converts with ``float()`` as in
-    ``_parse_line``, and ``global_step`` is a non-negative integer rising strictly within the chunk. Otherwise
-    ``block`` returns None and the chunk goes through ``_scan``, which defines the behaviour."""
+    Nearly every metric line of a run has the same fields in the same order, and the same N in "iteration I/N".
+    For those of the chunk's first metric line, one regex matches a whole line and captures its values; ``findall``
+    runs it over the chunk at C speed, and the values become machine doubles in one go. The chunk is taken only if
+    that changes nothing, which holds when:
+
+    - every marker starts a match. A match holds one marker, at its start (no value has a space), and ends at the
+      next line break (no value has a control character, so neither ``\\r`` nor ``\\n``): it is the very line
+      ``_scan`` cuts there, with exactly the first line's keys and N;
+    - every value converts with ``float()``. With no space in a value, ``_parse_line`` splits the line into the
+      same keys and values (a value with ':' or '|', which could split otherwise, never converts);
+    - global_step rises strictly, in whole numbers. Then the first line, which ``_parse_line`` accepted, has the
+      smallest step, non-negative, and only it can rewind the series.
+
+    Otherwise ``block`` returns None and the chunk goes through ``_scan``, which defines the behaviour."""
 
     def __init__(self) -> None:
         self._patterns: dict[tuple[tuple[str, ...], int], re.Pattern[bytes]] = {}
@@ -280,7 +286,7 @@ class _FastPath:
         except ValueError:
             return None
         steps = values[names.index("global_step") :: len(names)]
-        if not (all(map(float.is_integer, steps)) and steps[0] >= 0 and all(map(operator.lt, steps, steps[1:]))):
+        if not (all(map(float.is_integer, steps)) and all(map(operator.lt, steps, steps[1:]))):
             return None
         return _Block(names, steps, last_iteration, values, source)
 
@@ -379,21 +385,21 @@ class StepSeries(Sequence[StepRecord]):
     def column(self, name: str, rows: range | None = None) -> Iterator[tuple[int, float | None]]:
         """(global_step, value of ``name`` or None) for consecutive ``rows`` (default: all), without building
         records."""
-        slices = self._slices(name, rows)
+        slices = self.slices(name, rows)
         pairs = (zip(map(int, steps), repeat(None) if values is None else values) for steps, values in slices)
         return chain.from_iterable(pairs)
 
     def values(self, name: str, rows: range | None = None) -> array[float]:
         """The values of ``name`` in consecutive ``rows`` (default: all), leaving out the rows without it."""
         out = array("d")
-        for _, values in self._slices(name, rows):
+        for _, values in self.slices(name, rows):
             if values is not None:
                 out.extend(values)
         return out
 
-    def _slices(self, name: str, rows: range | None) -> Iterator[tuple[array[float], array[float] | None]]:
-        """For each run within ``rows``: its steps there, and the values of ``name`` (a strided slice), or None if
-        its fields lack ``name``."""
+    def slices(self, name: str, rows: range | None = None) -> Iterator[tuple[array[float], array[float] | None]]:
+        """For each run of rows with one shape within consecutive ``rows`` (default: all): their global_steps (as
+        floats) and their values of ``name``, or None if their fields lack it. Each is one slice, no loop per row."""
         rows = range(len(self)) if rows is None else rows
         if rows.step != 1:
             raise ValueError(f"takes consecutive rows, not {rows}")
