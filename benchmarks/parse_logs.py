@@ -10,7 +10,7 @@ Two kinds of log, written to a temporary directory (page cache warm, so this mea
 
 Each measurement runs in a fresh Python process (``collect_logs``: parse, merge, metrics) and reports the best of
 ``--repeat`` runs, since this machine is shared; "MB/CPU-s" divides by the process's CPU time instead of wall time
-(the cost on a core of its own). Usage::
+(the cost on a core of its own); "load" is the 1-minute load average as each case ends. Usage::
 
     python benchmarks/parse_logs.py                                  # the default cases, best of 3
     python benchmarks/parse_logs.py --case noisy:2048:5000 --case metrics:64 --repeat 1
@@ -157,7 +157,7 @@ def main() -> None:
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(f"{'log':<18} {'MB':>6} {'steps':>9} {'metric bytes':>12} {'MB/s (best)':>12} {'all runs':>22} "
-          f"{'MB/CPU-s':>9} {'RSS MiB: start':>15} {'peak':>6}")  # fmt: skip
+          f"{'MB/CPU-s':>9} {'RSS MiB: start':>15} {'peak':>6} {'load':>5}")  # fmt: skip
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for case in args.case or DEFAULT_CASES:
             kind, mb, *rest = case.split(":")
@@ -174,7 +174,7 @@ def main() -> None:
             print(
                 f"{case:<18} {r['bytes'] / MB:>6.0f} {r['steps']:>9,} {share:>12.1%} {r['mb_per_s']:>12.1f} "
                 f"{str(r['mb_per_s_all']):>22} {r['mb_per_cpu_s']:>9.1f} {r['rss_before'] / 2**20:>15.0f} "
-                f"{r['rss_peak'] / 2**20:>6.0f}"
+                f"{r['rss_peak'] / 2**20:>6.0f} {os.getloadavg()[0]:>5.2f}"
             )
             path.unlink()
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -197,11 +197,13 @@ def test_skipped_line_numbers_are_right_in_later_chunks(monkeypatch: pytest.Monk
             return False
 
     monkeypatch.setattr(parse, "CHUNK_BYTES", 1000)
-    for stream in (io.BytesIO(data), Pipe(data)):
-        stats = SourceStats(path="p")
-        records = list(iter_records(stream, stats))
-        assert len(records) == 200 - len(bad)
-        assert [int(e.split(":")[1]) for e in stats.skipped_examples] == [i + 1 for i in bad]
+    monkeypatch.setattr(parse, "MAX_LINE_BYTES", 2000)
+    for head in ("", "#" * 10_000 + "\n"):  # a line too long to keep whole shifts the buffers against the bytes
+        for stream in (io.BytesIO(head.encode() + data), Pipe(head.encode() + data)):
+            stats = SourceStats(path="p")
+            records = list(iter_records(stream, stats))
+            assert len(records) == 200 - len(bad)
+            assert [int(e.split(":")[1]) for e in stats.skipped_examples] == [i + 1 + bool(head) for i in bad]
 
 
 # StepSeries: rows in runs of one shape, against a list of records with the rule written out.

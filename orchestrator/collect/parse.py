@@ -7,6 +7,10 @@ only if every field is ``key: number``. So memory stays flat in the size of the 
 line spliced by another rank's output or a look-alike message, is skipped, counted and shown as an example. An
 unterminated last line is a write cut short (print() always ends its line), so it is never taken.
 
+``iter_records`` (``_scan``, line by line) defines what is accepted. ``read_logs`` takes most chunks of a
+metric-dense log by a fast path (``_FastPath``): when every metric line of a chunk is well-formed with the same
+fields, one regex and one conversion take them all, with the same result; any other chunk goes line by line.
+
 Steps are keyed by ``global_step``, never ``iteration``, which restarts every epoch. When a step comes again (a
 resumed job re-trains from its checkpoint, or a requeued job appends to the same file), the later record wins, and
 the steps after it from the earlier attempt go too: they belong to a trajectory the run abandoned. Only steps
@@ -143,15 +147,14 @@ class _LineCount:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._lazy = stream.seekable()
-        self._offset = self._counted_to = stream.tell() if self._lazy else 0
+        self._counted_to = self._origin = stream.tell() if self._lazy else 0
         self._lines = 0
 
-    def next_buffer(self, buf: bytes) -> Callable[[], int]:
-        """Called with each buffer in turn, as read: the number of lines before it, as a callable."""
-        start = self._offset
-        self._offset += len(buf)
+    def before(self, buf: bytes, start: int) -> Callable[[], int]:
+        """The number of lines before ``buf``, which begins ``start`` bytes after where reading began, as a
+        callable. Called with each buffer in turn (bytes left out between them hold no line break)."""
         if self._lazy:
-            return lambda: self._before(start)
+            return lambda: self._before(self._origin + start)
         lines = self._lines
         self._lines += buf.count(b"\n")
         return lambda: lines
@@ -178,10 +181,12 @@ def _line_buffers(
     there."""
     lines = _LineCount(stream)
     carry = b""
+    read = 0
     while chunk := stream.read(CHUNK_BYTES):
         if progress is not None:
             progress(len(chunk))
         stats.bytes += len(chunk)
+        read += len(chunk)
         cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
         if cut == 0:
             # No line break yet: keep only what could still begin a metric line.
@@ -191,7 +196,7 @@ def _line_buffers(
             continue
         buf = b"".join((carry, memoryview(chunk)[:cut])) if carry or cut < len(chunk) else chunk
         carry = chunk[cut:]
-        lines_before = lines.next_buffer(buf)
+        lines_before = lines.before(buf, read - len(carry) - len(buf))
         yield ANSI.sub(b"", buf) if b"\x1b" in buf else buf, lines_before
     if MARKER in ANSI.sub(b"", carry):
         stats.partial_last_line = True
