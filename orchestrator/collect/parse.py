@@ -347,14 +347,15 @@ class StepSeries(Sequence[StepRecord]):
     ) -> None:
         """Rows of one shape whose ``steps`` rise, so that only the first may rewind."""
         self._rewind(steps[0], source)
-        if not self._runs or self._runs[-1][2:] != (fields, last_iteration, source):
+        last = self._runs[-1] if self._runs else None
+        if last is None or (last.fields, last.last_iteration, last.source) != (fields, last_iteration, source):
             self._runs.append(_Run(len(self._steps), len(self._values), fields, last_iteration, source))
             self._run_starts.append(len(self._steps))
             self._shapes.setdefault(fields)
         self._steps.extend(steps)
         self._values.extend(values)
 
-    def _rewind(self, step: int, source: int) -> None:
+    def _rewind(self, step: float, source: int) -> None:
         """Before ``step`` is appended: if it came before, drop every row from it on (the later record wins, and
         what followed it is void)."""
         if not self._steps or self._steps[-1] < step:
