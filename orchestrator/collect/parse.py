@@ -34,7 +34,7 @@ MARKER = b"Training epoch "
 HEADER = re.compile(rb"Training epoch \d+, iteration \d+/(\d+)")
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[ -/]*[@-~]")
 KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_ ./()\-]*")
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 256 << 10
 #: A metric line is a few hundred bytes; text longer than this without a line break cannot hold one.
 MAX_LINE_BYTES = 64 << 10
 MAX_EXAMPLES = 5
