@@ -9,6 +9,7 @@ one line that the bulk route must not take.
 from __future__ import annotations
 
 import io
+import math
 import random
 import re
 import struct
@@ -21,6 +22,7 @@ import pytest
 from collect_helpers import NOISE, metric_line, step_metrics
 
 from orchestrator.collect import parse
+from orchestrator.collect.metrics import val_loss_history
 from orchestrator.collect.parse import SourceStats, StepRecord, StepSeries, iter_records, read_logs
 
 PREFIX = "[2025-11-20T14:55:23+08:00] retraining/0 "
@@ -206,7 +208,8 @@ def test_skipped_line_numbers_are_right_in_later_chunks(monkeypatch: pytest.Monk
             assert [int(e.split(":")[1]) for e in stats.skipped_examples] == [i + 1 + bool(head) for i in bad]
 
 
-# StepSeries: rows in runs of one shape, against a list of records with the rule written out.
+# StepSeries: rows in runs of one shape, against a list of records with the rule written out (and the metrics'
+# val_loss history, read from its slices, against the same rule applied row by row).
 
 SHAPES = [("lr", "global_step", "loss"), ("lr", "global_step", "loss", "val_loss"), ("global_step", "a b", "loss")]
 
@@ -232,7 +235,8 @@ def test_step_series_matches_a_list_of_records(seed: int) -> None:
         records = []
         for s in range(step, step + count):
             values = tuple(
-                float(s) if f == "global_step" else rng.choice([0.5, -0.0, float("nan"), s / 7]) for f in fields
+                float(s) if f == "global_step" else rng.choice([0.5, 0.5, 0.0, -0.0, float("nan"), s / 7])
+                for f in fields
             )
             records.append(StepRecord(s, fields, values, last_iteration, source))
         step += count
@@ -260,6 +264,12 @@ def test_step_series_matches_a_list_of_records(seed: int) -> None:
                 ]
                 present = tuple(v for _, v in expected if v is not None)
                 assert bits(tuple(series.values(name, range(a, b)))) == bits(present)
+    history: list[tuple[int, float]] = []  # val_loss_history's rule, row by row
+    for r in model:
+        v = r.get("val_loss")
+        if v is not None and (not history or not (history[-1][1] == v or math.isnan(history[-1][1]) and math.isnan(v))):
+            history.append((r.global_step, v))
+    assert [(s, bits((v,))) for s, v in val_loss_history(series)] == [(s, bits((v,))) for s, v in history]
     used = {r.fields for r in model}
     names = {"global_step": None}
     for fields in seen:  # the shapes in first-seen order, dropped rows' included, as the log showed them
