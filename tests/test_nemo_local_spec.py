@@ -108,7 +108,7 @@ def test_only_the_core_attention_changes(model_parallel: None) -> None:
     assert repr(ours) == repr(nemos)
 
 
-def test_recipe_trains_without_transformer_engine(model_parallel: None, tmp_path: Path) -> None:
+def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: Path) -> None:
     """The llama3_8b proxy's recipe, switched: the model NeMo builds from it uses SDPA, no fusion needs TE."""
     plan = build_plan("llama3_8b", "h100-pyxis", {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"],
                       "model.arch.num_layers": 2, "layout.cp": 1, "layout.tp": 2, "layout.sequence_parallel": True,
