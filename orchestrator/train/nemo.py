@@ -28,11 +28,19 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.atomic import atomic_write_json
 from orchestrator.mlperf.mllog import open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_stop import install_signal_handlers
+
+if not hasattr(np, "product"):
+    # megatron-core 0.14's checkpointing calls numpy.product, gone in numpy 2 (NeMo's container has numpy 1.26, a
+    # plain PyTorch image numpy 2). Set on import, so that the asynchronous checkpoint writer, a process that
+    # multiprocessing's spawn starts by importing this module again, has it too.
+    np.product = np.prod
 
 EXIT_DONE = 0
 EXIT_STOPPED = 0  # stopped early with a finished checkpoint, no DONE: the chain continues
@@ -66,10 +74,14 @@ def run(args: argparse.Namespace) -> int:
     import fiddle as fdl
 
     from orchestrator.train.nemo_mlperf import MlperfControl
+    from orchestrator.train.nemo_local_spec import have_transformer_engine, skip_attention_masks, use_local_spec
     from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
     from orchestrator.train.nemo_stop import StopControl
 
     recipe = build_recipe(plan, deadline=deadline_from_env())
+    local_spec = not have_transformer_engine()
+    if local_spec:  # a machine without Transformer Engine: Megatron's local layer spec, flash attention by SDPA
+        use_local_spec(recipe)
     env = perf_env(plan, recipe)
     if args.print_recipe:
         print(json.dumps({"recipe": summarize(recipe), "environment": env}, indent=2, default=str))
@@ -78,7 +90,13 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault(key, value)
     if global_rank() == 0:
         print(describe_start(plan), flush=True)
+        if local_spec:
+            print("nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
+                  "(orchestrator.train.nemo_local_spec), no sequence parallelism, no distributed optimizer without Apex",
+                  flush=True)
     task = fdl.build(recipe)
+    if local_spec:
+        skip_attention_masks(task.keywords["data"])
     trainer = task.keywords["trainer"]
     stop = next(cb for cb in trainer.callbacks if isinstance(cb, StopControl))
     mlperf = next((cb for cb in trainer.callbacks if isinstance(cb, MlperfControl)), None)
