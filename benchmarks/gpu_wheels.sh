@@ -32,6 +32,8 @@ packages=(
     fiddle==0.3.1 libcst==1.9.0 graphviz==0.21 omegaconf==2.3.0 hydra-core==1.3.2 wcwidth==0.9.4
     nv-one-logger-core==2.3.1 nv-one-logger-training-telemetry==2.3.1 nv-one-logger-pytorch-lightning-integration==2.3.1
     StrEnum==0.4.15 overrides==7.7.0 toml==0.10.2 torchprofile==0.1.0 decorator==5.3.1 pulp==3.3.2
+    # NeMo's logger checks every checkpoint callback against NVRx's local-checkpoint class when training starts
+    nvidia-resiliency-ext==0.4.1 defusedxml==0.7.1
     # nemo_run's imports: its executors (lepton, ssh tunnels), its CLI, torchx
     catalogue==2.0.10 torchx==0.7.0 docstring_parser==0.18.0 paramiko==5.1.0 bcrypt==5.0.0 cryptography==42.0.8
     cffi==2.1.1 pycparser==3.12 pynacl==1.6.2 invoke==2.2.1 fabric==3.2.3 leptonai==0.25.0 ledoc-ui==0.1.0
@@ -42,7 +44,7 @@ packages=(
     pydantic-settings==2.16.3 python-dotenv==1.2.4
 )
 platforms=()
-for tag in manylinux_2_28 manylinux_2_27 manylinux_2_26 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
+for tag in manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_26 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
     platforms+=(--platform "${tag}_x86_64")
 done
 "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

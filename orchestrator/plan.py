@@ -437,6 +437,10 @@ def validate(plan: RunPlan) -> list[Problem]:
     if L.sequence_parallel and L.tp == 1:
         add(Problem(field="layout.sequence_parallel", message="sequence parallelism needs TP > 1 (NeMo turns it off)",
                     fix="--set layout.sequence_parallel=false", severity="warning"))
+    if arch.vocab_size < plan.model.tokenizer.vocab_size:
+        add(Problem(field="model.arch.vocab_size", message=f"vocabulary {arch.vocab_size} is smaller than the tokenizer's "
+                    f"{plan.model.tokenizer.vocab_size}: its ids would index past the embedding",
+                    fix=f"--set model.arch.vocab_size={plan.model.tokenizer.vocab_size}, or the tokenizer the data was made with"))
     if arch.is_moe:
         if (arch.num_experts or 0) % L.ep:
             add(Problem(field="layout.ep", message=f"{arch.num_experts} experts are not divisible by EP={L.ep}",

@@ -108,8 +108,9 @@ def test_only_the_core_attention_changes(model_parallel: None) -> None:
     assert repr(ours) == repr(nemos)
 
 
-def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: Path) -> None:
-    """The llama3_8b proxy's recipe, switched: the model NeMo builds from it uses SDPA, no fusion needs TE."""
+def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The llama3_8b proxy's recipe, switched: the model NeMo builds from it uses SDPA, no fusion needs TE, and its
+    forward step runs on batches without an attention mask."""
     plan = build_plan("llama3_8b", "h100-pyxis", {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"],
                       "model.arch.num_layers": 2, "layout.cp": 1, "layout.tp": 2, "layout.sequence_parallel": True,
                       "train.global_batch_size": 8}, run_dir=tmp_path / "run")  # fmt: skip
@@ -125,9 +126,17 @@ def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: P
     for name, value in dict(hidden_size=64, ffn_hidden_size=128, num_attention_heads=HEADS, num_query_groups=GROUPS,
                             vocab_size=256, use_cpu_initialization=True, bf16=False, params_dtype=torch.float32).items():  # fmt: skip
         setattr(small, name, value)
-    model = fdl.build(small).configure_model(tokenizer=None)
+    model = llm.GPTModel(fdl.build(small))
+    model.configure_model()
     kinds = [type(m) for m in model.modules() if "Attention" in type(m).__name__ and "Self" not in type(m).__name__]
     assert kinds == [SDPAttention] * 2
+
+    # a step on a batch without attention_mask (the data module no longer makes one): the per-token losses
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # Megatron's RoPE moves its table there
+    tokens = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+    batch = {"tokens": tokens, "labels": tokens.roll(-1, 1), "position_ids": torch.arange(16).expand(2, 16)}
+    losses = model.config.forward_step_fn(model, batch)
+    assert losses.shape == (2, 16) and torch.isfinite(losses).all()
 
 
 def test_data_module_skips_the_mask(tmp_path: Path) -> None:

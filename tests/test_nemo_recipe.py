@@ -114,6 +114,15 @@ def test_profiles_agree_with_nemos_model_config(model: str, tmp_path: Path) -> N
         assert getattr(ours, name) == getattr(theirs, name), name
 
 
+def test_a_vocabulary_other_than_the_tokenizers_is_the_one_trained(tmp_path: Path) -> None:
+    """Llama's config takes the (padded) tokenizer vocabulary unless set: a plan at 128256 over a 32000-token
+    tokenizer must train 128256, the vocabulary its FLOPs are counted with."""
+    same = build_recipe(plan_for("llama3_8b", tmp_path / "a")).model.config
+    assert same.vocab_size is None  # NeMo's own: the tokenizer's, padded
+    wider = plan_for("llama3_8b", tmp_path / "b", {"model.tokenizer.vocab_size": 32000})
+    assert build_recipe(wider).model.config.vocab_size == 128256
+
+
 def test_set_overrides_flow_into_the_recipe(tmp_path: Path) -> None:
     sets = ["layout.tp=2", "layout.pp=2", "layout.sequence_parallel=false", "layout.micro_batch_size=2",
             "layout.recompute=full", "layout.recompute_num_layers=4", "train.global_batch_size=64",

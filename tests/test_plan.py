@@ -79,6 +79,11 @@ def test_global_batch_not_divisible_by_micro_batch_times_dp(tmp_path):
     assert any("global batch 126 is not divisible by micro batch x DP = 1 x 4 = 4" in p for p in problems)
 
 
+def test_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
+    problems = _errors("8b", "h100-pyxis", tmp_path, **{"model.arch.vocab_size": 32000})
+    assert any(p.startswith("model.arch.vocab_size: vocabulary 32000 is smaller than the tokenizer's 128256") for p in problems)
+
+
 def test_memory_estimate_refuses_a_layout_that_cannot_fit(tmp_path):
     problems = _errors("llama3_70b", "h100-pyxis", tmp_path, **{"layout.tp": 1, "layout.pp": 1, "layout.cp": 1,
                                                                   "layout.vp": None, "layout.sequence_parallel": False,

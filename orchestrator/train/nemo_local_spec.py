@@ -25,6 +25,7 @@ from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.spec_utils import ModuleSpec
+from nemo.collections.llm.gpt.model.base import gpt_forward_step
 from nemo.collections.llm.gpt.model.base import local_layer_spec as nemo_local_layer_spec
 
 
@@ -102,11 +103,21 @@ def skip_attention_masks(data: Any) -> None:
         data.create_attention_mask = False
 
 
+def forward_step_without_mask(model: Any, batch: dict[str, Any]) -> Any:
+    """NeMo's GPT forward step for batches without ``attention_mask`` (:func:`skip_attention_masks`).
+
+    NeMo's own step asserts that Transformer Engine is installed when a batch has no mask; :class:`SDPAttention`
+    masks inside the kernel, so the model gets ``attention_mask=None`` instead (seen on an H100: the assertion
+    stopped the first step)."""
+    return gpt_forward_step(model, batch if "attention_mask" in batch else {**batch, "attention_mask": None})
+
+
 def use_local_spec(recipe: Any) -> None:
     """Make a configured NeMo recipe trainable without Transformer Engine (see the module docstring); after
     ``fdl.build``, :func:`skip_attention_masks` on its data module."""
     config = recipe.model.config
     config.transformer_layer_spec = local_layer_spec
+    config.forward_step_fn = forward_step_without_mask
     config.apply_rope_fusion = False  # TE's fused RoPE; NeMo refuses to build the config otherwise
     config.gradient_accumulation_fusion = False  # needs TE or Apex kernels
     config.masked_softmax_fusion = False  # Megatron's fused softmax is never reached with SDPAttention

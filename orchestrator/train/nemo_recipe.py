@@ -156,19 +156,21 @@ def model_config(plan: RunPlan) -> run.Config:
 
 
 def _configure_model(model: run.Config, plan: RunPlan) -> run.Config:
-    _apply_architecture(model.config, plan.model.arch)
+    _apply_architecture(model.config, plan.model.arch, plan.model.tokenizer.vocab_size)
     model.config.seq_length = plan.train.seq_length  # the model's own copy (CP checks, FLOPs); the data has the other
     return model
 
 
-def _apply_architecture(config: fdl.Config, arch: Architecture) -> None:
+def _apply_architecture(config: fdl.Config, arch: Architecture, tokenizer_vocab: int) -> None:
     """Set the plan's shape where it differs from NeMo's config class (the profiles mirror NeMo, so by default none).
 
-    The vocabulary stays with the tokenizer for configs that leave it unset (Llama: NeMo pads the tokenizer's
-    vocabulary); MoE fields apply to MoE models only.
+    MoE fields apply to MoE models only. Llama configs leave the vocabulary to the tokenizer's, which NeMo pads to a
+    multiple of 128 x TP, as Megatron does; a plan whose vocabulary differs from its tokenizer's sets it, so that the
+    model trained, and the FLOPs counted for MFU, are the plan's (seen on an H100: a plan at 128256 over a
+    32000-token tokenizer trained a 32000 model while the collector counted 128256).
     """
     fields = dict(ARCH_FIELDS, **(MOE_FIELDS if arch.is_moe else {}))
-    if getattr(config, "vocab_size", None) is not None:
+    if getattr(config, "vocab_size", None) is not None or arch.vocab_size != tokenizer_vocab:
         fields["vocab_size"] = "vocab_size"
     for ours, theirs in fields.items():
         value = getattr(arch, ours)
