@@ -95,7 +95,7 @@ def proxy_overrides(args: argparse.Namespace, backend: str) -> dict[str, Any]:
         "layout.tasks_per_node": args.gpus,
         "layout.tp": 1,
         "layout.cp": 1,
-        "layout.micro_batch_size": 1,
+        "layout.micro_batch_size": args.micro_batch,
         "data.source": "preprocessed",
         "data.train_prefixes": [str(Path(args.data).absolute())],
         "data.train_weights": [1.0],
@@ -105,7 +105,8 @@ def proxy_overrides(args: argparse.Namespace, backend: str) -> dict[str, Any]:
 
 def prepare(args: argparse.Namespace, backend: str, cluster: Path) -> RunPlan:
     """Plan, render and write the run directory (plan.json, scripts/train.sbatch, logs/)."""
-    run_id = f"proxy-{backend}-{args.gpus}gpu" + (f"-vocab{args.vocab}" if args.vocab != 32000 else "")
+    run_id = (f"proxy-{backend}-{args.gpus}gpu" + (f"-vocab{args.vocab}" if args.vocab != 32000 else "")
+              + (f"-mbs{args.micro_batch}" if args.micro_batch != 1 else ""))
     run_dir = Path(args.work).absolute() / "runs" / run_id
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -187,8 +188,11 @@ def train(args: argparse.Namespace, backend: str, cluster: Path) -> dict[str, An
         print(f"{plan.run_id} job {n}: exit {rc} after {seconds:.0f} s, {jobs[-1]['steps']} steps", flush=True)
         if rc != 0 or rd.done() is not None:
             break
-    return {"run": plan.run_id, "backend": backend, "gpus": args.gpus, "derived": plan.derived(), "jobs": jobs,
-            "done": rd.done(), "metrics": collect(plan)}  # fmt: skip
+    result = {"run": plan.run_id, "backend": backend, "gpus": args.gpus, "derived": plan.derived(), "jobs": jobs,
+              "done": rd.done(), "metrics": collect(plan)}  # fmt: skip
+    if not args.keep_checkpoints:  # 16 GB each at this size: a few runs fill a lent machine's disk (seen: a failed save)
+        shutil.rmtree(plan.train.ckpt_dir, ignore_errors=True)
+    return result
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -242,10 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=32000, help="model vocabulary (the data's tokenizer has 32000)")
     parser.add_argument("--seq", type=int, default=8192)
     parser.add_argument("--gbs", type=int, default=8, help="global batch (sequences per step)")
+    parser.add_argument("--micro-batch", type=int, default=1, help="sequences per forward pass")
     parser.add_argument("--steps", type=int, default=70, help="nemo: max_steps of the run")
     parser.add_argument("--reference-steps", type=int, default=40, help="reference: max_steps of its one job")
     parser.add_argument("--steps-per-job", type=int, default=40, help="nemo: stop and resume after this many steps (0: never)")
     parser.add_argument("--max-jobs", type=int, default=3)
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints once collected")
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds before a job is stopped")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop)  # unwind through run_job's cleanup

@@ -112,6 +112,9 @@ def test_merged_chain_metrics_use_the_later_job(tmp_path: Path) -> None:
     window = [1.0] * 30 + [printed(known_rate(s)) for s in range(40, 90)]
     assert m.throughput == math.fsum(window) / 80
     assert any("b.out logs step 40 again" in n for n in m.notes)
+    assert any(n.startswith("step 40 starts a later job") and "b.out" in n for n in m.notes)  # its warm-up counts
+    alone = collect_logs([second], model="m")
+    assert not any("starts a later job" in n for n in alone.notes)
 
 
 def test_judge_is_symmetric_and_inclusive_at_the_threshold() -> None:

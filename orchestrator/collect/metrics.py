@@ -208,6 +208,14 @@ def compute_metrics(
         notes.append(f"... {series.rewind_count - len(series.rewinds)} more repeated steps not listed")
     if series:
         _fill(m, series, flops_per_token, peak_flops_per_gpu)
+    if m.window is not None:
+        for source in sources[1:]:
+            if source.first_step is not None and m.window[0] <= source.first_step <= m.window[1]:
+                notes.append(
+                    f"step {source.first_step} starts a later job ({source.path}): its warm-up after the restart "
+                    f"is inside the throughput window (the seeds' rule leaves out only the run's first and last "
+                    f"{EDGE_STEPS} steps)"
+                )
     judgement = judge(
         final_loss=m.final_loss,
         final_step=m.final_step,
