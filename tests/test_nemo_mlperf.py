@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from nemo_stack import fdl
+from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by pytestmark
 
 from mlperf_helpers import SCALE_KEYS, failing_keys
 from orchestrator.mlperf.compliance import check_compliance
@@ -32,7 +32,7 @@ from orchestrator.train.nemo_mlperf import MlperfControl, ScheduledValidationLoo
 from orchestrator.train.nemo_recipe import build_recipe, summarize
 from orchestrator.train.nemo_stop import StopControl
 
-pytestmark = pytest.mark.nemo
+pytestmark = [pytest.mark.nemo, pytest.mark.usefixtures("fresh_signals")]
 DATA = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
 # GBS 16 (outside [1152, 9216], hence allow_new_rcp): the rules' formulas at this batch, but an evaluation every 32
 # sequences over 32, the first after 64, so the schedule is first after 4 steps, then every 2, on 2 batches.
@@ -146,15 +146,6 @@ class Job:
     def exit_status(self) -> int:
         reached = self.mlperf is not None and self.mlperf.reached
         return entry.finish(self.plan, self.trainer.global_step, 0, self.stop.reason, self.stop.saved_step, reached)
-
-
-@pytest.fixture(autouse=True)
-def fresh_signals(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(nemo_stop, "_received", [])
-    saved = {sig: signal.getsignal(sig) for sig in nemo_stop.STOP_SIGNALS}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def saved_step(path: Path) -> int:

@@ -13,7 +13,7 @@ import pytest
 
 import torch
 
-from nemo_stack import fdl
+from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by pytestmark
 
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo as entry
@@ -22,7 +22,7 @@ from orchestrator.train.nemo_checkpoint import latest_step
 from orchestrator.train.nemo_recipe import build_recipe
 from orchestrator.train.nemo_stop import StopControl
 
-pytestmark = pytest.mark.nemo
+pytestmark = [pytest.mark.nemo, pytest.mark.usefixtures("fresh_signals")]
 GBS = 128
 
 
@@ -92,15 +92,6 @@ def nemo_checkpoint(plan) -> Any:
     ckpt.CHECKPOINT_NAME_LAST = ckpt.filename + "-last"  # NeMoLogger._setup_trainer_model_checkpoint
     ckpt.async_save = False
     return ckpt
-
-
-@pytest.fixture(autouse=True)
-def fresh_signals(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(nemo_stop, "_received", [])
-    saved = {sig: signal.getsignal(sig) for sig in nemo_stop.STOP_SIGNALS}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
 
 
 def test_a_stop_signal_saves_a_finished_last_checkpoint_at_the_step_boundary(tmp_path: Path) -> None:
