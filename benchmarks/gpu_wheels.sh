@@ -34,6 +34,9 @@ packages=(
     StrEnum==0.4.15 overrides==7.7.0 toml==0.10.2 torchprofile==0.1.0 decorator==5.3.1 pulp==3.3.2
     # NeMo's logger checks every checkpoint callback against NVRx's local-checkpoint class when training starts
     nvidia-resiliency-ext==0.4.1 defusedxml==0.7.1
+    # imported by NeMo at import time (lazy_importer, importlib_metadata); the last four were in the bundle of the
+    # measured runs (docs/benchmarks.md) although the imports and the recipe build pass without them
+    lazy_importer==0.1.0 importlib_metadata==10.2.0 deprecated==1.3.1 InquirerPy==0.3.4 pfzy==0.3.4 prompt_toolkit==3.0.53
     # nemo_run's imports: its executors (lepton, ssh tunnels), its CLI, torchx
     catalogue==2.0.10 torchx==0.7.0 docstring_parser==0.18.0 paramiko==5.1.0 bcrypt==5.0.0 cryptography==42.0.8
     cffi==2.1.1 pycparser==3.12 pynacl==1.6.2 invoke==2.2.1 fabric==3.2.3 leptonai==0.25.0 ledoc-ui==0.1.0
