@@ -60,6 +60,7 @@ def make_plan(run_dir: Path, data_dir: Path, **overrides: Any) -> RunPlan:
         "data.train_weights": [70, 30],
         "data.validation_prefixes": [str(data_dir / "valid")],
         "model.arch.vocab_size": VOCAB,
+        "model.tokenizer.vocab_size": VOCAB,  # the Markov documents are ids below VOCAB, no real tokenizer
         "model.arch.hidden_size": 64,
         "model.arch.ffn_hidden_size": 176,
         "model.arch.num_layers": 2,

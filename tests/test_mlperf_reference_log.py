@@ -25,7 +25,7 @@ def test_reference_run_writes_a_log_the_checker_accepts_but_for_the_benchmark_sc
     plan = build_plan("tiny", "local", {
         "data.source": "preprocessed", "data.train_prefixes": [str(data / "train")],
         "data.validation_prefixes": [str(data / "valid")],
-        "model.arch.vocab_size": VOCAB, "model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 176,
+        "model.arch.vocab_size": VOCAB, "model.tokenizer.vocab_size": VOCAB, "model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 176,
         "model.arch.num_layers": 2, "layout.tasks_per_node": 1, "layout.micro_batch_size": 2,
         "train.global_batch_size": 16, "train.seq_length": 32,
         # The rules' schedule at GBS 16 (outside [1152, 9216], hence allow_new_rcp), but evaluations every 32
