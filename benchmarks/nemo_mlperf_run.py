@@ -1,8 +1,8 @@
 """The MLPerf rules in the nemo trainer on one GPU: the evaluation schedule across resumes, the log, the target stop.
 
-The small Llama 3.1 of ``nemo_stop_resume.py`` (its data, plan and trainer entry are reused) as an MLPerf plan at
+The small Llama 3.1 of ``nemo_stop_resume.py`` (its data, plan and job runner are reused) as an MLPerf plan at
 GBS 32 (``mlperf.allow_new_rcp``), evaluating after 4 steps, then every 2, on 1 batch, with checkpoints every 3
-steps. Four jobs go through ``python -m orchestrator.train.nemo``'s code:
+steps. Four jobs of ``python -m orchestrator.train.nemo``:
 
     a  chain.steps_per_job=6                    -> exit 0 at step 6; evaluations 4, 6 (the stop evaluates first)
     b  killed (SIGKILL) once the in-step checkpoint of step 9 is finalized: a crash
@@ -17,7 +17,7 @@ an expectation fails; ``--out DIR`` gets the logs (to run mlperf-logging's check
 Not run yet: written when this session's GPU time was spent; the CPU tests (tests/test_nemo_mlperf.py) cover the
 same behaviour through Lightning without Megatron.
 
-    python benchmarks/nemo_mlperf_run.py --work /tmp/nemo-mlperf --outside-container --tokenizer tokenizer.model.v1
+    python benchmarks/nemo_mlperf_run.py --work /tmp/nemo-mlperf --tokenizer tokenizer.model.v1
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import nemo_stop_resume as base
@@ -43,27 +41,13 @@ MLPERF = {
 }  # fmt: skip
 
 
-def job(run_dir: Path, name: str, args: argparse.Namespace, kill_after_save: int | None = None) -> tuple[int, str]:
+def job(run_dir: Path, name: str, kill_after_save: int | None = None) -> tuple[int, str]:
     """One trainer process (its log in ``<work>/<name>.log``); SIGKILL once a checkpoint of ``kill_after_save`` or
     later is finalized."""
-    cmd = [sys.executable, base.__file__, "--train", str(run_dir)] + (
-        ["--outside-container"] if args.outside_container else []
-    )
-    env = {**os.environ, "SUBMITIT_LOCAL_JOB_ID": name}
-    lines = []
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            found = FINALIZED.search(line)
-            if kill_after_save is not None and found and int(found.group(1)) >= kill_after_save:
-                os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its asynchronous checkpoint writer
-                kill_after_save = None
-    text = "".join(lines)
-    (run_dir.parent / f"{name}.log").write_text(text)
-    return proc.returncode, text
+    kill = None if kill_after_save is None else base.at_step(
+        FINALIZED, kill_after_save, lambda proc: os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its async writer
+    )  # fmt: skip
+    return base.train(run_dir, name, env={"SUBMITIT_LOCAL_JOB_ID": name}, watch=kill)
 
 
 def summary(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
@@ -92,18 +76,18 @@ def summary(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
 def check(args: argparse.Namespace) -> int:
     work = args.work
     base.make_data(work)
-    run_dir = base.write_plan(work, args.tokenizer, args.outside_container, **MLPERF, **{"chain.steps_per_job": 6})
-    a = summary("a", *job(run_dir, "a", args), run_dir)
-    base.write_plan(work, args.tokenizer, args.outside_container, **MLPERF)
-    b = summary("b", *job(run_dir, "b", args, kill_after_save=9), run_dir)
+    run_dir = base.write_plan(work, args.tokenizer, **MLPERF, **{"chain.steps_per_job": 6})
+    a = summary("a", *job(run_dir, "a"), run_dir)
+    base.write_plan(work, args.tokenizer, **MLPERF)
+    b = summary("b", *job(run_dir, "b", kill_after_save=9), run_dir)
     start = b["latest"] or 0
-    c = summary("c", *job(run_dir, "c", args), run_dir)
+    c = summary("c", *job(run_dir, "c"), run_dir)
 
     target = work / "target"
     target.mkdir()
     (target / "data").symlink_to(work / "data")
-    target_dir = base.write_plan(target, args.tokenizer, args.outside_container, **MLPERF, **{"mlperf.target_log_ppl": 11.0})
-    d = summary("d", *job(target_dir, "d", args), target_dir)
+    target_dir = base.write_plan(target, args.tokenizer, **MLPERF, **{"mlperf.target_log_ppl": 11.0})
+    d = summary("d", *job(target_dir, "d"), target_dir)
     expectations = {
         "a evaluates after 4 and 6, stops at 6": (a["rc"], a["evaluated"], a["latest"], a["done"]) == (0, [4, 6], 6, None),
         "b resumed at 6 and was killed after an in-step checkpoint": b["first"] == 6 and b["rc"] == -signal.SIGKILL
@@ -127,7 +111,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nemo-mlperf"), help="scratch directory (emptied)")
     parser.add_argument("--tokenizer", default="mistral-common:tokenizer.model.v1", help="sentencepiece, vocab 32000")
-    parser.add_argument("--outside-container", action="store_true", help="no Transformer Engine/apex, numpy 2")
     parser.add_argument("--out", type=Path, help="copy the compliance logs here")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)

@@ -12,14 +12,12 @@ A small Llama 3.1 (4 layers, hidden 1024, 300 steps of 32 x 2048 tokens on synth
 and checks the exit codes, ``latest_step`` after each job, the seeds' log line, the data position and the
 validation cadence across resumes. It prints one line per job and exits 1 if an expectation fails.
 
-    python benchmarks/nemo_stop_resume.py --work /tmp/nemo-check                      # in the nemo:25.09 container
-    python benchmarks/nemo_stop_resume.py --work /tmp/nemo-check --outside-container  # torch + NeMo wheels only
+    python benchmarks/nemo_stop_resume.py --work /tmp/nemo-check
 
-``--outside-container`` adapts to an image without Transformer Engine and apex and with numpy 2: RoPE fusion, the
-persistent LayerNorm and the fused masked softmax are off, megatron-core's distributed optimizer (which resumes only
-with TE's or apex's Adam) is replaced by the plain one, and ``numpy.product`` (gone in numpy 2, called by
-megatron-core 0.14's checkpoint validation) is aliased. Seen on one H100 that way: all five jobs as expected (when
-a saved stop still exited 75; it exits 0 since, as the driver requires).
+On a machine without Transformer Engine and apex and with numpy 2 (torch + NeMo wheels only), the trainer adapts
+itself (``orchestrator.train.nemo_local_spec``: Megatron's local layer spec, no TE fusions, the plain optimizer;
+``numpy.product`` aliased). Seen on one H100 that way: all five jobs as expected (with the adaptation then made here
+by an ``--outside-container`` flag, and when a saved stop still exited 75; it exits 0 since, as the driver requires).
 """
 
 from __future__ import annotations
@@ -31,12 +29,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 STEP = re.compile(r"global_step: (\d+)")
 MAX_STEPS, VAL_INTERVAL = 300, 50
+#: Sees each output line of a job with its process; returns True once it has acted (then it sees no more).
+Watch = Callable[[str, "subprocess.Popen[str]"], bool]
 
 
 def make_data(work: Path) -> None:
@@ -55,14 +56,14 @@ def make_data(work: Path) -> None:
                 writer.add_document((100 + (start + np.arange(length) * stride) % 5000).astype(np.uint16))
 
 
-def write_plan(work: Path, tokenizer: str, outside_container: bool, **extra: object) -> Path:
+def write_plan(work: Path, tokenizer: str, **extra: object) -> Path:
     from orchestrator.plan import build_plan
 
     cluster = work / "one-gpu.yaml"
     cluster.write_text("scheduler: local\ngpus_per_node: 1\ngpu_memory_gb: 80\nsignal_grace_s: 60\n")
     overrides = {
         "layout.nodes": 1, "layout.tp": 1, "layout.cp": 1, "layout.pp": 1, "layout.sequence_parallel": False,
-        "layout.micro_batch_size": 4, "layout.distributed_optimizer": not outside_container,
+        "layout.micro_batch_size": 4,
         "model.arch.num_layers": 4, "model.arch.hidden_size": 1024, "model.arch.ffn_hidden_size": 3072,
         "model.arch.num_attention_heads": 16, "model.arch.num_query_groups": 4, "model.arch.vocab_size": 32000,
         "model.tokenizer.library": "sentencepiece", "model.tokenizer.model": tokenizer, "model.tokenizer.vocab_size": 32000,
@@ -80,24 +81,34 @@ def write_plan(work: Path, tokenizer: str, outside_container: bool, **extra: obj
     return run_dir
 
 
-def train(run_dir: Path, name: str, outside_container: bool, env: dict[str, str] | None = None,
-          signal_after: int | None = None) -> tuple[int, str]:  # fmt: skip
-    """One job; returns its exit status and output (also written to ``<work>/<name>.log``)."""
-    cmd = [sys.executable, __file__, "--train", str(run_dir)] + (["--outside-container"] if outside_container else [])
+def train(run_dir: Path, name: str, env: dict[str, str] | None = None, watch: Watch | None = None) -> tuple[int, str]:
+    """One job of ``python -m orchestrator.train.nemo`` in its own session; returns its exit status and output (also
+    written to ``<work>/<name>.log``)."""
+    cmd = [sys.executable, "-m", "orchestrator.train.nemo", "--run-dir", str(run_dir)]
     lines = []
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
-    ) as proc:
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, **(env or {})}, start_new_session=True) as proc:  # fmt: skip
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            found = STEP.search(line)
-            if signal_after is not None and found and int(found.group(1)) >= signal_after:
-                proc.send_signal(signal.SIGUSR2)
-                signal_after = None
+            if watch is not None and watch(line, proc):
+                watch = None
     text = "".join(lines)
     (run_dir.parent / f"{name}.log").write_text(text)
     return proc.returncode, text
+
+
+def at_step(pattern: re.Pattern[str], step: int, act: Callable[["subprocess.Popen[str]"], object]) -> Watch:
+    """A watch that calls ``act(process)`` on the first line where ``pattern``'s step number is ``step`` or more."""
+
+    def watch(line: str, proc: "subprocess.Popen[str]") -> bool:
+        found = pattern.search(line)
+        if found and int(found.group(1)) >= step:
+            act(proc)
+            return True
+        return False
+
+    return watch
 
 
 def report(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
@@ -126,16 +137,16 @@ def report(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
     return result
 
 
-def check(work: Path, tokenizer: str, outside_container: bool) -> int:
+def check(work: Path, tokenizer: str) -> int:
     make_data(work)
-    run_dir = write_plan(work, tokenizer, outside_container, **{"chain.steps_per_job": 50})
-    a = report("a", *train(run_dir, "a", outside_container), run_dir)
-    write_plan(work, tokenizer, outside_container)
-    b = report("b", *train(run_dir, "b", outside_container, signal_after=80), run_dir)
+    run_dir = write_plan(work, tokenizer, **{"chain.steps_per_job": 50})
+    a = report("a", *train(run_dir, "a"), run_dir)
+    write_plan(work, tokenizer)
+    b = report("b", *train(run_dir, "b", watch=at_step(STEP, 80, lambda proc: proc.send_signal(signal.SIGUSR2))), run_dir)
     deadline = {"ORCHESTRATOR_DEADLINE": str(time.time() + 20)}  # passed before the model is up: one step, then save
-    c = report("c", *train(run_dir, "c", outside_container, env=deadline), run_dir)
-    d = report("d", *train(run_dir, "d", outside_container), run_dir)
-    e = report("e", *train(run_dir, "e", outside_container), run_dir)
+    c = report("c", *train(run_dir, "c", env=deadline), run_dir)
+    d = report("d", *train(run_dir, "d"), run_dir)
+    e = report("e", *train(run_dir, "e"), run_dir)
     expectations = {
         "a stops at the step quota": (a["rc"], a["latest"], a["done"]) == (0, 50, False),
         "b resumes at 50 and stops on SIGUSR2": (b["rc"], b["first"], b["done"]) == (0, 50, False)
@@ -150,41 +161,15 @@ def check(work: Path, tokenizer: str, outside_container: bool) -> int:
     return 0 if all(expectations.values()) else 1
 
 
-def train_entry(run_dir: str, outside_container: bool) -> int:
-    """The trainer, as ``python -m orchestrator.train.nemo`` runs it (adapted with ``--outside-container``)."""
-    from orchestrator.train import nemo, nemo_recipe
-
-    if outside_container:
-        build = nemo_recipe.build_recipe
-
-        def build_without_te(plan, **kwargs):
-            recipe = build(plan, **kwargs)
-            config = recipe.model.config
-            config.apply_rope_fusion = config.persist_layer_norm = config.masked_softmax_fusion = False
-            return recipe
-
-        nemo_recipe.build_recipe = build_without_te
-    return nemo.main(["--run-dir", run_dir])
-
-
-if "--outside-container" in sys.argv and not hasattr(np, "product"):
-    np.product = (
-        np.prod
-    )  # megatron-core 0.14 under numpy 2; also in the async checkpoint writer, which imports this file
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nemo-stop-resume"), help="scratch directory (emptied)")
     parser.add_argument(
         "--tokenizer", default="mistral-common:tokenizer.model.v1", help="a sentencepiece model, vocab 32000"
     )
-    parser.add_argument("--outside-container", action="store_true", help="no Transformer Engine/apex, numpy 2")
-    parser.add_argument("--train", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.train:
-        raise SystemExit(train_entry(args.train, args.outside_container))
     import shutil
 
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    raise SystemExit(check(args.work, args.tokenizer, args.outside_container))
+    raise SystemExit(check(args.work, args.tokenizer))
