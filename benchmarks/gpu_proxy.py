@@ -48,7 +48,7 @@ CLUSTER_ENV = {
     "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     "TOKENIZERS_PARALLELISM": "false",
 }
-LINE = re.compile(r"global_step: (\d+) \|.*reduced_train_loss: ([0-9.e+-]+)")
+RESUME = re.compile(r"resum|Restoring states|restored", re.IGNORECASE)
 
 
 def cluster_profile(path: Path, gpus: int, runs_root: Path) -> Path:
@@ -145,20 +145,21 @@ def _stop(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def steps_in(log: Path) -> dict[str, Any]:
-    """First and last ``global_step`` (with its loss) printed in one job's log, and the resume lines."""
-    steps = [(int(m[1]), float(m[2])) for m in LINE.finditer(log.read_text(errors="replace"))]
-    resumed = [line.strip()[:300] for line in log.read_text(errors="replace").splitlines()
-               if re.search(r"resum|Restoring states|restored", line, re.I)][:4]  # fmt: skip
+def job_record(log: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One job's steps, as the collector read them from ``log`` (the first with its loss, the last with the final
+    loss), and the log's resume lines."""
+    resumed = [line.strip()[:300] for line in log.read_text(errors="replace").splitlines() if RESUME.search(line)][:4]
+    steps = metrics.get("steps") or []
     if not steps:
         return {"steps": 0, "resume_lines": resumed}
-    return {"steps": len(steps), "first_step": steps[0][0], "first_loss": steps[0][1], "last_step": steps[-1][0],
-            "last_loss": steps[-1][1], "resume_lines": resumed}  # fmt: skip
+    return {"steps": metrics["num_steps"], "first_step": metrics["first_step"],
+            "first_loss": steps[0].get("reduced_train_loss"), "last_step": metrics["final_step"],
+            "last_loss": metrics["final_loss"], "resume_lines": resumed}  # fmt: skip
 
 
 def collect(plan: RunPlan, log: Path | None = None) -> dict[str, Any]:
-    """``python -m orchestrator collect RUN --json`` (the project's collector), parsed; with ``log``, that one job's
-    log alone, with the plan's FLOPs per token and peak."""
+    """``python -m orchestrator collect RUN --json`` (the project's collector), parsed, its per-step records included;
+    with ``log``, that one job's log alone, with the plan's FLOPs per token and peak."""
     command = [sys.executable, "-m", "orchestrator", "collect", "--json", "--no-plots"]
     if log is None:
         command.append(plan.run_dir)
@@ -171,7 +172,6 @@ def collect(plan: RunPlan, log: Path | None = None) -> dict[str, Any]:
         body = json.loads(proc.stdout)
     except json.JSONDecodeError:
         return {"error": f"collect exited {proc.returncode}: {proc.stderr[-2000:]}"}
-    body.pop("steps", None)
     return body
 
 
@@ -183,13 +183,14 @@ def train(args: argparse.Namespace, backend: str, cluster: Path) -> dict[str, An
         log = rd.logs / f"train-{n}.out"
         rc, seconds = run_job(rd.script("train"), log, args.job_timeout)
         ckpts = sorted(p.name for p in Path(plan.train.ckpt_dir).glob("*")) if Path(plan.train.ckpt_dir).is_dir() else []
-        jobs.append({"job": n, "exit": rc, "seconds": round(seconds, 1), **steps_in(log), "checkpoints": ckpts,
-                     "metrics": _headline(collect(plan, log))})  # fmt: skip
+        metrics = collect(plan, log)
+        jobs.append({"job": n, "exit": rc, "seconds": round(seconds, 1), **job_record(log, metrics), "checkpoints": ckpts,
+                     "metrics": _headline(metrics)})  # fmt: skip
         print(f"{plan.run_id} job {n}: exit {rc} after {seconds:.0f} s, {jobs[-1]['steps']} steps", flush=True)
         if rc != 0 or rd.done() is not None:
             break
     result = {"run": plan.run_id, "backend": backend, "gpus": args.gpus, "derived": plan.derived(), "jobs": jobs,
-              "done": rd.done(), "metrics": collect(plan)}  # fmt: skip
+              "done": rd.done(), "metrics": {k: v for k, v in collect(plan).items() if k != "steps"}}  # fmt: skip
     if not args.keep_checkpoints:  # 16 GB each at this size: a few runs fill a lent machine's disk (seen: a failed save)
         shutil.rmtree(plan.train.ckpt_dir, ignore_errors=True)
     return result
