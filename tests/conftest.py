@@ -1,5 +1,6 @@
 """Shared fixtures. Tests marked `slurm` run against the real lab (scripts/slurm-lab); it is started once per
-session and a failure to start it fails those tests: they never skip."""
+session and a failure to start it fails those tests: they never skip. Under CI (``CI=true``) no test may skip at
+all: CI installs everything every test needs, so a skip there is a missing piece, not a pass."""
 
 from __future__ import annotations
 
@@ -11,6 +12,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytest_plugins = ["pytester"]  # tests/test_ci_skips.py runs this file's hooks in a scratch suite
+
+
+def _fail_skips_under_ci(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if report.skipped and os.environ.get("CI", "").lower() == "true" and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI, where every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Under CI, a skipped test is reported as failed, with its reason."""
+    _fail_skips_under_ci((yield).get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    """Under CI, a module skipped at import (``pytest.importorskip``) is a collection error, with its reason."""
+    _fail_skips_under_ci((yield).get_result())
 
 
 @pytest.fixture(scope="session")
