@@ -22,7 +22,7 @@ def losses(run_dir) -> dict[int, float]:
     return {r.global_step: r.get("reduced_train_loss") for r in series}
 
 
-def test_tiny_pipeline_on_two_lab_nodes_learns_and_resumes_exactly(slurm_lab, lab_data, tmp_path):
+def test_tiny_pipeline_on_two_lab_nodes_learns_and_resumes_exactly(slurm_lab, tmp_path):
     run_dir = tmp_path / "whole"
     done = run_cli("submit", "--profile", "tiny", "--cluster", "slurm-lab", "--run-dir", str(run_dir), "--wait")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -32,7 +32,7 @@ def test_tiny_pipeline_on_two_lab_nodes_learns_and_resumes_exactly(slurm_lab, la
     assert all(j["state"] == "COMPLETED" for j in status["jobs"]), status["jobs"]
     assert status["done"]["final_step"] == 60
     train_log = (run_dir / "logs" / f"train-{status['jobs'][2]['job_id']}.out").read_text()
-    assert "2 rank(s) via srun" in train_log and "MASTER_ADDR" not in train_log or True
+    assert "2 rank(s) via srun" in train_log  # one srun step over both nodes, a rank on each
     whole = losses(run_dir)
     assert sorted(whole) == list(range(60))
     assert whole[59] < whole[0] - 2.0, f"loss did not fall: {whole[0]} -> {whole[59]}"
@@ -40,7 +40,6 @@ def test_tiny_pipeline_on_two_lab_nodes_learns_and_resumes_exactly(slurm_lab, la
 
     # The same plan on the same (already tokenized) data, split into two jobs of 30 steps each.
     split_dir = tmp_path / "split"
-    data = [arg for key, value in lab_data.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
     whole_data = ["--set", f"data.train_prefixes={json.dumps([str(run_dir / 'data' / 'preprocessed' / f'c4-train.en_{k}_text_document') for k in (0, 1)])}",
                   "--set", f"data.validation_prefixes={json.dumps([str(run_dir / 'data' / 'preprocessed' / 'c4-validation.en_text_document')])}"]  # fmt: skip
     done = run_cli("submit", "--profile", "tiny", "--cluster", "slurm-lab", "--run-dir", str(split_dir), "--set", "data.source=preprocessed",
@@ -49,4 +48,3 @@ def test_tiny_pipeline_on_two_lab_nodes_learns_and_resumes_exactly(slurm_lab, la
     attempts = Ledger(split_dir / "ledger.sqlite").attempts("train")
     assert [(a.start_step, a.end_step, a.outcome) for a in attempts] == [(None, 30, "partition"), (30, 60, "done")]
     assert losses(split_dir) == whole, "resumed and uninterrupted losses differ"
-    del data
