@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -17,6 +18,15 @@ from typing import IO, Any, Iterator
 def temporary_sibling(path: Path) -> Path:
     """A unique temporary name next to ``path`` (same file system, so the rename is atomic)."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def remove_stale_siblings(path: Path) -> None:
+    """Delete the temporary siblings of ``path`` (files or folders) left by writers that were killed."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def fsync_dir(path: Path) -> None:

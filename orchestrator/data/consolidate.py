@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 import orchestrator
-from orchestrator.atomic import atomic_output, atomic_write_json
+from orchestrator.atomic import atomic_output, atomic_write_json, remove_stale_siblings
 from orchestrator.data.progress import RateProgress
 from orchestrator.data.stream import CorruptInput, gunzip_blocks
 
@@ -273,8 +273,7 @@ def run_unit(plan: Plan, index: int, force: bool = False, advance: Callable[[int
     final = plan.merged_path / unit.output
     manifest_path = plan.manifest_path(unit)
     manifest_path.unlink(missing_ok=True)
-    for stale in plan.merged_path.glob(f".{unit.output}.tmp-*"):  # left by a killed run of this unit
-        stale.unlink(missing_ok=True)
+    remove_stale_siblings(final)  # left by a killed run of this unit
     try:
         with atomic_output(final) as handle:
             out = _CountingWriter(handle)

@@ -33,7 +33,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 
 import orchestrator
-from orchestrator.atomic import atomic_write_json
+from orchestrator.atomic import atomic_write_json, remove_stale_siblings
 from orchestrator.data import indexed
 from orchestrator.data.progress import RateProgress
 from orchestrator.data.stream import (
@@ -343,21 +343,20 @@ def _check(config: PreprocessConfig) -> None:
 
 def _remove_leftovers(config: PreprocessConfig) -> None:
     """Scratch folders and temporary outputs of a killed run of this job (one run per prefix at a time)."""
-    folder = Path(config.output_prefix).resolve().parent
-    patterns = [f".{Path(config.output_prefix).name}.partial-*"]
-    patterns += [f".{Path(config.output(key)).name}.{ext}.tmp-*" for key in config.json_keys for ext in ("bin", "idx")]
-    for pattern in patterns:
-        for leftover in folder.glob(pattern):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+    prefix = Path(config.output_prefix).resolve()
+    for leftover in prefix.parent.glob(f".{prefix.name}.partial-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for key in config.json_keys:
+        for ext in ("bin", "idx"):
+            remove_stale_siblings(Path(f"{config.output(key)}.{ext}").resolve())
 
 
 def preprocess(config: PreprocessConfig, force: bool = False, live_progress: bool | None = None) -> dict[str, Any]:
     """Run the native engine; return the manifest (that of the earlier run when it is complete and not forced)."""
     _check(config)
-    tokenizer = config.tokenizer.build()
+    # Here only for its identity, end-of-document id and dtype: without the word cache, whose exactness check walks
+    # the whole vocabulary (each worker builds its own, with the cache).
+    tokenizer = replace(config.tokenizer, cache_entries=0).build()
     if config.append_eod:
         tokenizer.check_eod()
     identity = tokenizer.identity()

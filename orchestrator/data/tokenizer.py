@@ -170,9 +170,7 @@ class SentencePieceModelInfo:
     """The parts of a SentencePiece ``ModelProto`` that decide whether the word cache is exact."""
 
     model_type: int = 1  # UNIGRAM=1, BPE=2
-    byte_fallback: bool = False
     treat_whitespace_as_suffix: bool = False
-    normalizer_name: str = ""
     has_charsmap: bool = False
     add_dummy_prefix: bool = True
     remove_extra_whitespaces: bool = True
@@ -188,13 +186,9 @@ class SentencePieceModelInfo:
                         fields["model_type"] = v
                     elif sub == 24:
                         fields["treat_whitespace_as_suffix"] = bool(v)
-                    elif sub == 35:
-                        fields["byte_fallback"] = bool(v)
             elif number == 3:  # NormalizerSpec
                 for sub, _, v in _protobuf_fields(value):
-                    if sub == 1:
-                        fields["normalizer_name"] = v.decode("utf-8")
-                    elif sub == 2:
+                    if sub == 2:
                         fields["has_charsmap"] = len(v) > 0
                     elif sub == 3:
                         fields["add_dummy_prefix"] = bool(v)

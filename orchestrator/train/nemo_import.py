@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from orchestrator.atomic import publish_dir, temporary_sibling
+from orchestrator.atomic import publish_dir, remove_stale_siblings, temporary_sibling
 from orchestrator.plan import RunPlan
 from orchestrator.train.nemo_checkpoint import init_checkpoint, is_local_model, is_nemo_checkpoint
 
@@ -127,8 +127,7 @@ def import_checkpoint(plan: RunPlan, importer: Callable[..., Any] | None = None)
     source = import_source(plan)
     token = read_hf_token()
     output.parent.mkdir(parents=True, exist_ok=True)
-    for stale in output.parent.glob(f".{output.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an import that was killed
+    remove_stale_siblings(output)  # left by an import that was killed
     staging = temporary_sibling(output)
     if importer is None:
         from nemo.collections import llm
