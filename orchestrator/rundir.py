@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.atomic import atomic_write_json
+
+
+#: DONE's reason when the run reached ``train.max_steps``.
+MAX_STEPS_REASON = "max_steps reached"
+
+
+def target_reason(target_log_ppl: float | None) -> str:
+    """DONE's reason when an MLPerf evaluation met the target."""
+    return f"MLPerf target log-perplexity {target_log_ppl} reached"
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,12 @@ class RunDir:
 
     def stopped(self) -> dict[str, Any] | None:
         return _read_json(self.stopped_marker)
+
+    def mark_done(self, final_step: int, consumed_samples: int, reason: str, **details: Any) -> None:
+        """Rank 0 of a trainer: training is complete (``max_steps`` or the MLPerf target), and why."""
+        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        record = {"final_step": final_step, "consumed_samples": consumed_samples, **details, "time": now, "reason": reason}
+        atomic_write_json(self.done_marker, record)
 
     def mark_stopped(self, reason: str, **details: Any) -> None:
         atomic_write_json(self.stopped_marker, {"reason": reason, **details})

@@ -18,6 +18,7 @@ from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by p
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo as entry
 from orchestrator.train import nemo_stop
+from orchestrator.train.deadline import DEADLINE_ENV, deadline_from_env
 from orchestrator.train.nemo_checkpoint import latest_step
 from orchestrator.train.nemo_recipe import build_recipe
 from orchestrator.train.nemo_stop import StopControl
@@ -223,10 +224,10 @@ def test_a_finished_run_does_not_start_again(tmp_path: Path, monkeypatch: pytest
 
 
 def test_deadline_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(entry.DEADLINE_ENV, raising=False)
-    assert entry.deadline_from_env() is None
-    monkeypatch.setenv(entry.DEADLINE_ENV, "1900000000")
-    assert entry.deadline_from_env() == 1_900_000_000.0
-    monkeypatch.setenv(entry.DEADLINE_ENV, "tomorrow")
-    with pytest.raises(ValueError, match=entry.DEADLINE_ENV):
-        entry.deadline_from_env()
+    monkeypatch.delenv(DEADLINE_ENV, raising=False)
+    assert deadline_from_env() is None
+    monkeypatch.setenv(DEADLINE_ENV, "1900000000")
+    assert deadline_from_env() == 1_900_000_000.0
+    monkeypatch.setenv(DEADLINE_ENV, "tomorrow")
+    with pytest.raises(ValueError, match=DEADLINE_ENV):
+        deadline_from_env()

@@ -23,16 +23,15 @@ opened at process start so that everything up to the first step counts as initia
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
-from orchestrator.atomic import atomic_write_json
-from orchestrator.mlperf.mllog import open_job_log
+from orchestrator.mlperf.mllog import open_job_log, rank_from_env
 from orchestrator.plan import RunPlan
+from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
+from orchestrator.train.deadline import deadline_from_env
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_stop import install_signal_handlers
 
@@ -45,9 +44,6 @@ if not hasattr(np, "product"):
 EXIT_DONE = 0
 EXIT_STOPPED = 0  # stopped early with a finished checkpoint, no DONE: the chain continues
 EXIT_FAILED = 1
-DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
-DONE_MARKER = "DONE"
-MAX_STEPS_REASON = "max_steps reached"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.print_recipe and already_done(plan):
         return EXIT_DONE
     # MLPerf plans: the compliance log starts now (init_start), before NeMo's import, model build and checkpoint load
-    mllog = None if args.print_recipe else open_job_log(plan, global_rank())
+    mllog = None if args.print_recipe else open_job_log(plan, rank_from_env())
     # NeMo takes ~20 s to import; importing it here keeps --help fast and the signal handlers above in force.
     import fiddle as fdl
 
@@ -88,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DONE
     for key, value in env.items():
         os.environ.setdefault(key, value)
-    if global_rank() == 0:
+    if rank_from_env() == 0:
         print(describe_start(plan), flush=True)
         if local_spec:
             print("nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
@@ -107,31 +103,16 @@ def run(args: argparse.Namespace) -> int:
     return finish(plan, trainer.global_step, trainer.global_rank, stop.reason, stop.saved_step, reached)
 
 
-def deadline_from_env() -> float | None:
-    """``ORCHESTRATOR_DEADLINE``: when Slurm ends this job, in Unix epoch seconds (the driver exports it)."""
-    raw = os.environ.get(DEADLINE_ENV, "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{DEADLINE_ENV}={raw!r} is not Unix epoch seconds (e.g. $(date -d '+4 hours' +%s))") from None
-
-
-def global_rank() -> int:
-    """This task's rank before torch.distributed exists (Slurm's, or torchrun's)."""
-    return int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0")))
-
-
 def already_done(plan: RunPlan) -> bool:
     """True when ``max_steps`` is behind us: ``DONE`` exists, or a finished checkpoint reached it (then write DONE)."""
-    if (Path(plan.run_dir) / DONE_MARKER).exists():
-        print(f"{plan.run_dir}/{DONE_MARKER} exists: training is complete, nothing to do", flush=True)
+    done = RunDir.of(plan.run_dir).done_marker
+    if done.exists():
+        print(f"{done} exists: training is complete, nothing to do", flush=True)
         return True
     step = latest_step(plan.train.ckpt_dir)
     if step is None or step < plan.train.max_steps:
         return False
-    if global_rank() == 0:
+    if rank_from_env() == 0:
         write_done(plan, step, MAX_STEPS_REASON)
     return True
 
@@ -143,7 +124,8 @@ def finish(
     an evaluation met the MLPerf target (``target_reached``)."""
     if target_reached or step >= plan.train.max_steps:
         if rank == 0:
-            write_done(plan, step, target_reason(plan) if target_reached else MAX_STEPS_REASON)
+            write_done(plan, step, target_reason(plan.mlperf.target_log_ppl if plan.mlperf else None)
+                       if target_reached else MAX_STEPS_REASON)  # fmt: skip
         return EXIT_DONE
     if reason and saved_step == step:
         if rank == 0:
@@ -156,23 +138,8 @@ def finish(
     return EXIT_FAILED
 
 
-def target_reason(plan: RunPlan) -> str:
-    """DONE's reason when an MLPerf evaluation met the target (the reference trainer's words)."""
-    target = plan.mlperf.target_log_ppl if plan.mlperf else None
-    return f"MLPerf target log-perplexity {target} reached"
-
-
 def write_done(plan: RunPlan, step: int, reason: str) -> None:
-    atomic_write_json(
-        Path(plan.run_dir) / DONE_MARKER,
-        {
-            "final_step": step,
-            "consumed_samples": step * plan.train.global_batch_size,
-            "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "backend": "nemo",
-            "reason": reason,
-        },
-    )
+    RunDir.of(plan.run_dir).mark_done(step, step * plan.train.global_batch_size, reason, backend="nemo")
 
 
 def describe_start(plan: RunPlan) -> str:

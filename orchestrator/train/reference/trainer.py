@@ -41,18 +41,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from orchestrator import logline
-from orchestrator.atomic import atomic_write_json
 from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.mllog import MlperfLogger, Submission, open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Optimizer
+from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
 from orchestrator.train import checkpoint
+from orchestrator.train.deadline import DEADLINE_ENV, deadline_from_env, deadline_reached
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
 
 EXIT_STOPPED = 0  # stopped early with a checkpoint (no DONE): the chain continues
-DEADLINE_ENV = "ORCHESTRATOR_DEADLINE"
-DONE_FILE = "DONE"
 #: Before the first save is timed, a save is assumed to write the state at this rate, plus a second.
 ASSUMED_SAVE_BYTES_PER_S = 200e6
 
@@ -131,11 +130,6 @@ def lr_at(step: int, optim: Optimizer, max_steps: int) -> float:
         return optim.min_lr
     progress = (step - warm) / max(max_steps - warm, 1)
     return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def deadline_reached(now: float, deadline: float | None, step_s: float, save_s: float) -> bool:
-    """True when one more step and one checkpoint save would not finish before the deadline."""
-    return deadline is not None and now + step_s + save_s >= deadline
 
 
 # ------------------------------------------------------------------------------------------------ signals
@@ -236,7 +230,9 @@ class Trainer:
         self.consumed = 0
         self.val_loss: float | None = None
         self.saved_step = 0  # the state at step 0 is reproducible without a checkpoint
-        self.save_s: float | None = None
+        # a save's duration: estimated from the model's size until the first save measures it
+        state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) * 3
+        self.save_s = 1.0 + state_bytes / ASSUMED_SAVE_BYTES_PER_S
         self.step_s = 0.0  # the longest step of this job
         self.val_s = 0.0  # the last validation's duration
         self.fingerprint_digest = _digest(fingerprint(plan))
@@ -429,9 +425,6 @@ class Trainer:
     def _stop_reason(self, deadline: float | None) -> str | None:
         """Every rank's view at this step boundary, agreed by one all-reduce (any rank's flag stops all)."""
         save_s = self.save_s
-        if save_s is None:
-            state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) * 3
-            save_s = 1.0 + state_bytes / ASSUMED_SAVE_BYTES_PER_S
         step_s = self.step_s + (self.val_s if self._evaluates(self.step + 1) else 0.0)
         late = deadline_reached(time.time(), deadline, step_s, save_s)
         received = self.signals.received
@@ -478,25 +471,20 @@ class Trainer:
         wrap = f" (fewer than the {wanted} each evaluation reads: they repeat)" if total < wanted else ""
         return text + f"; validation: {total} samples in file order{wrap}, {wanted} per evaluation"
 
-    def _finish(self, why: str = "max_steps reached") -> int:
+    def _finish(self, why: str = MAX_STEPS_REASON) -> int:
         self.save()
         self._mlperf_end()
         if self.is_main:
             saved = self.plan.train.save_checkpoints
-            done = dict(
-                final_step=self.step,
-                consumed_samples=self.consumed,
-                checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if saved else None,
-                time=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                reason=why,
-            )
-            atomic_write_json(self.run_dir / DONE_FILE, done)
-            self.say(f"done: {self.step} steps, consumed_samples={self.consumed}; wrote {self.run_dir / DONE_FILE}")
+            rd = RunDir.of(self.run_dir)
+            rd.mark_done(self.step, self.consumed, why,
+                         checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if saved else None)  # fmt: skip
+            self.say(f"done: {self.step} steps, consumed_samples={self.consumed}; wrote {rd.done_marker}")
         return 0
 
     def fit(self) -> int:
         plan, train = self.plan, self.plan.train
-        deadline = float(os.environ[DEADLINE_ENV]) if os.environ.get(DEADLINE_ENV) else None
+        deadline = deadline_from_env()
         arch = plan.model.arch
         self.say(
             f"reference trainer: run {plan.run_id}, model {plan.model.name} ({arch.num_layers} layers, hidden "
@@ -545,7 +533,7 @@ class Trainer:
                 self.say(f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
                          f"({train.val_batches} global batches)")  # fmt: skip
                 if self.mllog and self.mllog.on_eval_end(self.step, self.val_loss):
-                    return self._finish(f"MLPerf target log-perplexity {plan.mlperf.target_log_ppl} reached")  # type: ignore[union-attr]
+                    return self._finish(target_reason(plan.mlperf.target_log_ppl))  # type: ignore[union-attr]
             if self.step >= train.max_steps:
                 return self._finish()
             if train.ckpt_interval and self.step % train.ckpt_interval == 0:
