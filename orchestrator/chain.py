@@ -119,7 +119,7 @@ def _label_requeues(ledger: Ledger, job_id: str) -> None:
 def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
     """Training jobs queued after this one that may still run."""
     jobs = [j for j in ledger.jobs("train") if j.cancelled_at is None and j.job_id != current_job]
-    current = next((j for j in ledger.jobs("train") if j.job_id == current_job), None)
+    current = ledger.job(current_job) if current_job else None
     if current is not None and current.chain_index is not None:
         jobs = [j for j in jobs if (j.chain_index or 0) > current.chain_index]
     if not jobs or not slurm.available():

@@ -24,13 +24,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from orchestrator import chain, slurm
 from orchestrator.ledger import Ledger
+from orchestrator.mlperf.mllog import CHAIN_INDEX_ENV
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
+from orchestrator.train.deadline import DEADLINE_ENV
 
 
 
@@ -235,12 +236,12 @@ class StageDriver:
     def _run_step(self, deadline: float | None = None) -> int:
         env = dict(os.environ, ORCHESTRATOR_PHASE="step")
         if deadline:
-            env["ORCHESTRATOR_DEADLINE"] = f"{deadline:.0f}"
+            env[DEADLINE_ENV] = f"{deadline:.0f}"
         if self.ctx.task_index is not None:
             env["ORCHESTRATOR_TASK_INDEX"] = str(self.ctx.task_index)
-        job = next((j for j in self.ledger.jobs(self.stage) if j.job_id == self.ctx.job_id), None)
+        job = self.ledger.job(self.ctx.job_id)
         if job is not None and job.chain_index is not None:
-            env["ORCHESTRATOR_CHAIN_INDEX"] = str(job.chain_index)
+            env[CHAIN_INDEX_ENV] = str(job.chain_index)
         script = self.rd.script(self.stage)
         self._say(f"step: bash {script}" + (f" (deadline {_stamp(deadline)})" if deadline else ""))
         self._proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True)

@@ -194,6 +194,13 @@ class Ledger:
     def jobs(self, stage: str | None = None) -> list[Job]:
         return self._select(Job, "jobs", stage, "submitted_at, rowid")
 
+    def job(self, job_id: str) -> Job | None:
+        """One job by its Slurm id, or None when this run did not submit it."""
+        names = ", ".join(f.name for f in fields(Job))
+        with self._connect() as db:
+            row = db.execute(f"SELECT {names} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else Job(*row)
+
     def attempts(self, stage: str | None = None) -> list[Attempt]:
         return self._select(Attempt, "attempts", stage, "id")
 

@@ -139,7 +139,7 @@ def _run_local(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
             say(f"running {label} (local job {job.job_id}); log: {job.paths.stdout}")
             try:
                 result: Any = job.result()
-            except Exception as exc:
+            except Exception:
                 raise SubmitError(f"{label} failed; its log: {job.paths.stdout}\n{_last_lines(job.paths.stderr)}") from None
             say(f"{label}: {result.get('outcome') if isinstance(result, dict) else result}")
     return sub
