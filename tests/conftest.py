@@ -4,6 +4,7 @@ all: CI installs everything every test needs, so a skip there is a missing piece
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -13,6 +14,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = ["pytester"]  # tests/test_ci_skips.py runs this file's hooks in a scratch suite
+
+
+@functools.cache
+def nemo_python() -> str | None:
+    """The interpreter with the NeMo stack (nemo, megatron-core, transformers), for tests that compare with it in a
+    subprocess: ``ORCHESTRATOR_NEMO_PYTHON``, else this one when it has the stack (CI's .venv does), else None."""
+    configured = os.environ.get("ORCHESTRATOR_NEMO_PYTHON")
+    if configured:
+        return configured
+    probe = subprocess.run([sys.executable, "-c", "import nemo, megatron.core, transformers"], capture_output=True)
+    return sys.executable if probe.returncode == 0 else None
 
 
 def _fail_skips_under_ci(report: pytest.CollectReport | pytest.TestReport) -> None:

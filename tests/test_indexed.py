@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import nemo_python
 
 from orchestrator.data import indexed
 
-REPO = Path(__file__).resolve().parent.parent
 DOCS = [[5, 6, 7], [8], [], [9, 10, 11, 12], [65535, 0]]
 
 
@@ -73,16 +71,6 @@ def test_an_aborted_writer_publishes_nothing(tmp_path: Path) -> None:
             writer.add_document([1, 2, 3])
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
-
-
-def nemo_python() -> str | None:
-    configured = os.environ.get("ORCHESTRATOR_NEMO_PYTHON")
-    if configured:
-        return configured
-    probe = subprocess.run([sys.executable, "-c", "import megatron.core.datasets.indexed_dataset"], capture_output=True)
-    if probe.returncode == 0:
-        return sys.executable
-    return "/work/venvs/nemo/bin/python" if os.path.exists("/work/venvs/nemo/bin/python") else None
 
 
 MCORE_READ = r"""

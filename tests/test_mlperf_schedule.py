@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import subprocess
 from fractions import Fraction
 
 import pytest
+from conftest import nemo_python
 
 from orchestrator.mlperf.schedule import GbsError, Schedule, lr_passes_checker, skipped_evaluations
 
@@ -168,9 +168,7 @@ def test_overrides_are_flagged() -> None:
     assert any("wraps around" in w for w in Schedule(9216).warnings)
 
 
-NEMO_PYTHON = os.environ.get("ORCHESTRATOR_NEMO_PYTHON") or (
-    "/work/venvs/nemo/bin/python" if os.path.exists("/work/venvs/nemo/bin/python") else None
-)
+NEMO_PYTHON = nemo_python()
 
 NEMO_SCRIPT = """
 import sys, torch

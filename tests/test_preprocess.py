@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import nemo_python
 import sentencepiece
 
 from orchestrator.data import indexed, preprocess, sample
@@ -35,17 +36,6 @@ def mixtral_v1() -> str:
     import mistral_common
 
     return str(Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1")
-
-
-def nemo_python() -> str | None:
-    """The NeMo stack's interpreter: ORCHESTRATOR_NEMO_PYTHON, else this one if it has transformers, else the lab's."""
-    configured = os.environ.get("ORCHESTRATOR_NEMO_PYTHON")
-    if configured:
-        return configured
-    probe = subprocess.run([sys.executable, "-c", "import transformers"], capture_output=True)
-    if probe.returncode == 0:
-        return sys.executable
-    return "/work/venvs/nemo/bin/python" if os.path.exists("/work/venvs/nemo/bin/python") else None
 
 
 @pytest.fixture(scope="module")
