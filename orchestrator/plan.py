@@ -142,6 +142,11 @@ class RunPlan(Strict):
         return max(self.train.global_batch_size // (self.layout.micro_batch_size * self.data_parallel), 1)
 
     @property
+    def lr_horizon_steps(self) -> int:
+        """Where the cosine decay ends: the optimizer's own horizon (MLPerf's rules fix one), else ``max_steps``."""
+        return self.train.optim.horizon_steps or self.train.max_steps
+
+    @property
     def tokens_per_step(self) -> int:
         return self.train.global_batch_size * self.train.seq_length
 
@@ -364,6 +369,8 @@ def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -
         "train.optim.beta2": 0.95,
         "train.optim.eps": 1e-5,
         "train.optim.clip_grad": 1.0,
+        # The rules fix the LR horizon; max_steps only caps the run (and sizes Megatron's sample index).
+        "train.optim.horizon_steps": sched.max_steps,
         "train.max_steps": sched.max_steps,
         "train.val_interval": sched.eval_interval_steps,
         "train.val_batches": sched.eval_batches,

@@ -106,6 +106,9 @@ class Optimizer(Strict):
     beta2: float = 0.95
     eps: float = 1e-5
     clip_grad: float = 1.0
+    horizon_steps: int | None = Field(
+        None, ge=1, description="the step at which the cosine decay reaches min_lr; None: train.max_steps (NeMo's recipes)"
+    )
 
 
 class Benchmark(Strict):

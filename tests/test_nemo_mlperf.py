@@ -1,7 +1,9 @@
-"""The MLPerf rules in the NeMo backend, exercised on a CPU: the recipe of an MLPerf plan, and its callbacks inside a
-real Lightning ``Trainer`` (Lightning's fit and validation loops, checkpoint save and resume, NeMo's TimingCallback)
-around a one-parameter module whose validation loss each test dictates. Megatron is not involved: what is tested is
-when evaluations run, what the compliance log says, and how a job stops."""
+"""The MLPerf rules in the NeMo backend, on a CPU, with a stand-in trainer: the recipe of an MLPerf plan, and its
+callbacks inside plain Lightning's ``Trainer`` (not NeMo's, no ``MegatronStrategy``) around a one-parameter module
+whose validation loss each test dictates, so that evaluation cadences and targets can be set exactly. NeMo's own
+trainer, strategy and loop run these callbacks in tests/test_nemo_mlperf_trainer.py (and on a GPU in
+benchmarks/nemo_mlperf_run.py); what is tested here is when evaluations run, what the compliance log says, and how a
+job stops, for schedules the real model's losses cannot dictate."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from orchestrator.mlperf.mllog import RUN_EVENTS, chain_result, open_job_log, re
 from orchestrator.plan import RunPlan, build_plan
 from orchestrator.train import nemo as entry
 from orchestrator.train import nemo_stop
-from orchestrator.train.nemo_mlperf import MlperfControl, ScheduledValidationLoop
+from orchestrator.train.nemo_mlperf import MlperfControl, ScheduledValidation
 from orchestrator.train.nemo_recipe import build_recipe, summarize
 from orchestrator.train.nemo_stop import StopControl
 
@@ -108,7 +110,7 @@ class SaveInsideStep(pl.Callback):
 
 class Job:
     """One training job of ``plan`` with the recipe's callbacks (NeMo's TimingCallback, MlperfControl, StopControl)
-    and the recipe's validation settings, in a real Lightning Trainer on the CPU."""
+    and the recipe's validation settings, in plain Lightning's Trainer on the CPU (the stand-in for NeMo's)."""
 
     def __init__(self, plan: RunPlan, *, mlperf: bool = True, signal_at: int | None = None,
                  extra: Iterable[pl.Callback] = (), env: dict[str, str] | None = None):  # fmt: skip
@@ -168,11 +170,11 @@ def test_the_405b_recipe_evaluates_on_the_rules_schedule(tmp_path: Path) -> None
     assert callbacks[0] == "TimingCallback" and callbacks[-2:] == ["MlperfControl", "StopControl"]
 
 
-def test_gbs_1152_evaluates_after_240_steps_then_every_16_in_lightning(tmp_path: Path) -> None:
+def test_gbs_1152_evaluates_after_240_steps_then_every_16_in_the_stand_in_trainer(tmp_path: Path) -> None:
     plan = build_plan("llama31_405b", "h100-pyxis", DATA, run_dir=tmp_path / "run")
     job = Job(plan).fit(Toy(batches=5), max_steps=290)
     assert job.probe.validated == [240, 256, 272, 288]  # not 16, 32, ..., 224: the rules skip those
-    assert isinstance(job.trainer.fit_loop.epoch_loop, ScheduledValidationLoop)
+    assert isinstance(job.trainer.fit_loop.epoch_loop, ScheduledValidation)
 
 
 def test_a_plan_that_is_not_mlperf_keeps_its_own_validation(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def run_hyperparameters(plan: RunPlan, *, start_step: int) -> dict[str, Any]:
         opt_base_learning_rate=opt.lr,
         opt_end_learning_rate=opt.min_lr,
         opt_learning_rate_warmup_steps=opt.warmup_steps,
-        opt_learning_rate_decay_steps=train.max_steps - opt.warmup_steps,
+        opt_learning_rate_decay_steps=plan.lr_horizon_steps - opt.warmup_steps,
         opt_adamw_beta_1=opt.beta1,
         opt_adamw_beta_2=opt.beta2,
         opt_adamw_epsilon=opt.eps,

@@ -29,6 +29,7 @@ step-time limit. What the reference backend's trainer does in its own loop, as o
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -46,21 +47,57 @@ VAL_LOSS_METRIC = "val_loss"
 SUBMITTER = "orchestrator NeMo backend"
 
 
-class ScheduledValidationLoop(_TrainingEpochLoop):
-    """Lightning's training epoch loop, validating after exactly the steps ``schedule.is_eval_step`` names."""
+class ScheduledValidation:
+    """Validation after exactly the steps ``schedule.is_eval_step`` names, over whatever epoch loop the trainer runs.
 
-    def __init__(self, trainer: Trainer, schedule: Schedule, min_steps: int | None = None, max_steps: int = -1):
-        super().__init__(trainer, min_steps=min_steps, max_steps=max_steps)
-        self.schedule = schedule
-        self._start_step = 0
+    Mixed in front of the installed loop's class (Lightning's ``_TrainingEpochLoop``, or NeMo's
+    ``NoValOnRestartTrainingLoop`` that ``llm.pretrain`` installs before ``fit``), so that loop keeps its own
+    restore and state handling and only the decision "validate now?" is the schedule's. Never at a job's first step:
+    the job that completed that step evaluated it (NeMo's loop skips that validation too).
+    """
+
+    schedule: Schedule
+    start_step: int
 
     def on_run_start(self, data_fetcher: _DataFetcher) -> None:
-        super().on_run_start(data_fetcher)
-        self._start_step = self.global_step  # restored by now; the job that completed this step evaluated it
+        super().on_run_start(data_fetcher)  # type: ignore[misc]
+        self.start_step = self.global_step  # type: ignore[attr-defined]  # restored by now
 
     def _should_check_val_fx(self, data_fetcher: _DataFetcher) -> bool:
-        step = self.global_step
-        return step != self._start_step and self.schedule.is_eval_step(step) and self._should_check_val_epoch()
+        step = self.global_step  # type: ignore[attr-defined]
+        return step != self.start_step and self.schedule.is_eval_step(step) and self._should_check_val_epoch()  # type: ignore[attr-defined]
+
+
+#: What :func:`schedule_loop` relies on in the installed loop: Lightning's hooks, whatever subclass NeMo installs.
+LOOP_HOOKS = ("on_run_start", "_should_check_val_fx", "_should_check_val_epoch", "global_step")
+
+
+@functools.cache
+def _scheduled(loop_class: type) -> type:
+    return type(f"Scheduled{loop_class.__name__}", (ScheduledValidation, loop_class), {})
+
+
+def schedule_loop(loop: _TrainingEpochLoop, schedule: Schedule) -> None:
+    """Make the trainer's epoch loop validate on ``schedule``, keeping its class's other behaviour and its state.
+
+    The instance's class becomes a subclass of its own class with :class:`ScheduledValidation` in front, so nothing
+    that ``fit`` attached to the loop (its validation loop, its progress) is lost. Refused, naming the class, when
+    the loop is not Lightning's epoch loop or lacks a hook the schedule overrides (a NeMo or Lightning release that
+    changed it): the rules' evaluations would silently run on another cadence.
+    """
+    missing = [name for name in LOOP_HOOKS if not hasattr(type(loop), name)]
+    if not isinstance(loop, _TrainingEpochLoop) or missing:
+        raise RuntimeError(
+            f"MLPerf evaluation schedule: the trainer's epoch loop is a {type(loop).__module__}.{type(loop).__name__}, "
+            f"not a Lightning _TrainingEpochLoop with {', '.join(LOOP_HOOKS)}"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+            + "; the schedule cannot decide when it validates (a NeMo or Lightning version this backend was not built for)"
+        )
+    if isinstance(loop, ScheduledValidation):
+        return
+    loop.__class__ = _scheduled(type(loop))
+    loop.schedule = schedule  # type: ignore[attr-defined]
+    loop.start_step = loop.global_step  # type: ignore[attr-defined]
 
 
 class MlperfControl(Callback):
@@ -90,16 +127,12 @@ class MlperfControl(Callback):
         if stage != TrainerFn.FITTING:
             return
         loop = trainer.fit_loop.epoch_loop
-        if isinstance(loop, ScheduledValidationLoop):
-            return
-        if type(loop) is not _TrainingEpochLoop:
-            raise RuntimeError(
-                f"MLPerf evaluation schedule: the trainer's epoch loop is a {type(loop).__name__}, not Lightning's "
-                "_TrainingEpochLoop; remove whatever replaced it (the rules' schedule needs its own loop)"
-            )
-        scheduled = ScheduledValidationLoop(trainer, self.schedule, loop.min_steps, loop.max_steps)
-        scheduled.val_loop = loop.val_loop  # fit() attached the validation data to it already
-        trainer.fit_loop.epoch_loop = scheduled
+        installed = type(loop).__name__
+        schedule_loop(loop, self.schedule)
+        if trainer.is_global_zero:
+            s = self.schedule
+            print(f"MLPerf evaluation schedule on the trainer's {installed}: after {s.first_eval_step} steps, then "
+                  f"every {s.eval_interval_steps}, over {s.eval_batches} batches", flush=True)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._running = True

@@ -31,6 +31,7 @@ from nemo.collections.common.tokenizers.huggingface.auto_tokenizer import AutoTo
 from nemo.collections.common.tokenizers.sentencepiece_tokenizer import SentencePieceTokenizer
 from nemo.collections.llm.recipes.tp_overlap_configs import userbuffers
 from nemo.lightning.pytorch.callbacks.megatron_comm_overlap import MegatronCommOverlapCallback
+from nemo.lightning.pytorch.optim import CosineAnnealingScheduler
 from nemo.lightning.run.plugins import PerfEnvPlugin
 from nemo.utils.exp_manager import TimingCallback
 
@@ -220,8 +221,34 @@ def _precision(recipe: run.Partial) -> fdl.Config:
     return next(p for p in plugins if fdl.get_callable(p) is nl.MegatronMixedPrecision)
 
 
+class HorizonCosineAnnealingScheduler(CosineAnnealingScheduler):
+    """NeMo's cosine schedule that ends at a horizon of its own instead of at ``trainer.max_steps``.
+
+    ``MegatronStrategy.setup`` copies ``trainer.max_steps`` into every scheduler before building it. An MLPerf run's
+    horizon is fixed by the rules (``ceil(1.2e6*1152/GBS)`` steps) while ``max_steps`` only caps the run, and Megatron
+    sizes its sample index by ``max_steps``: a cap far below the horizon keeps the index small (1.38e9 samples at the
+    horizon) without changing a single learning rate.
+    """
+
+    def __init__(self, horizon_steps: int, warmup_steps: int = 750, constant_steps: int = 80000, min_lr: float = 6e-5,
+                 interval: str = "step", frequency: int = 1, monitor: str = "val_loss"):  # fmt: skip
+        super().__init__(max_steps=horizon_steps, warmup_steps=warmup_steps, constant_steps=constant_steps,
+                         min_lr=min_lr, interval=interval, frequency=frequency, monitor=monitor)  # fmt: skip
+        self.horizon_steps = horizon_steps
+
+    def scheduler(self, model: Any, optimizer: Any) -> Any:
+        self.max_steps = self.horizon_steps
+        return super().scheduler(model, optimizer)
+
+
 def _apply_optimizer(recipe: run.Partial, plan: RunPlan) -> None:
-    opt, sched, o = recipe.optim.config, recipe.optim.lr_scheduler, plan.train.optim
+    o = plan.train.optim
+    if o.horizon_steps is not None:
+        recipe.optim.lr_scheduler = run.Config(
+            HorizonCosineAnnealingScheduler, horizon_steps=o.horizon_steps,
+            **{k: v for k, v in fdl.ordered_arguments(recipe.optim.lr_scheduler).items() if k != "max_steps"},
+        )  # fmt: skip
+    opt, sched = recipe.optim.config, recipe.optim.lr_scheduler
     opt.lr = o.lr
     opt.weight_decay = o.weight_decay
     opt.adam_beta1 = o.beta1
@@ -496,6 +523,7 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "clip_grad": optim.config.clip_grad,
             "distributed_optimizer": optim.config.use_distributed_optimizer,
             "schedule": fdl.get_callable(optim.lr_scheduler).__name__,
+            "horizon_steps": getattr(optim.lr_scheduler, "horizon_steps", None),
         },
         "data": {
             "class": fdl.get_callable(data).__name__,

@@ -361,7 +361,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- steps
 
     def _lr(self, step: int) -> float:
-        return lr_at(step, self.plan.train.optim, self.plan.train.max_steps)
+        return lr_at(step, self.plan.train.optim, self.plan.lr_horizon_steps)
 
     def train_step(self, model: torch.nn.Module) -> tuple[float, float, float]:
         """One optimizer step over the global batch; returns (lr, reduced loss, wall seconds)."""

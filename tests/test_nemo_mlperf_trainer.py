@@ -1,0 +1,133 @@
+"""The MLPerf rules inside NeMo's own trainer, on a CPU: ``orchestrator.train.nemo`` as a training job runs it.
+
+Each job here is ``tests/nemo_cpu_trainer.py``: the product's entry point with NeMo's ``nl.Trainer``,
+``MegatronStrategy``, ``llm.pretrain`` (which installs NeMo's ``NoValOnRestartTrainingLoop``), a Megatron GPT model,
+Megatron's optimizer and datasets and NeMo's asynchronous checkpointing, on real text preprocessed by this project.
+Its only stand-ins are what a machine without a GPU needs (CUDA calls answered on the CPU); the GPU check,
+``benchmarks/nemo_mlperf_run.py``, runs the same jobs without them. The MLPerf 405B profile is cut to 2 layers of
+width 64 at sequence 64 and GBS 8, with an evaluation every 16 sequences over 16, the first after 32: so evaluations
+follow steps 4, 6, 8, 10, 12, ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlperf_helpers import SCALE_KEYS, failing_keys
+from orchestrator.atomic import atomic_write_text
+from orchestrator.mlperf.compliance import check_compliance
+from orchestrator.mlperf.mllog import chain_result, read_mllog
+from orchestrator.plan import RunPlan, build_plan
+from orchestrator.train.nemo_checkpoint import latest_step
+
+pytestmark = pytest.mark.nemo
+HARNESS = Path(__file__).with_name("nemo_cpu_trainer.py")
+SMALL_405B = {
+    "model.arch.num_layers": 2, "model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 128,
+    "model.arch.num_attention_heads": 4, "model.arch.num_query_groups": 2,
+    "layout.nodes": 1, "layout.tasks_per_node": 1, "layout.tp": 1, "layout.pp": 1, "layout.cp": 1, "layout.vp": None,
+    "layout.sequence_parallel": False, "train.global_batch_size": 8, "train.seq_length": 64,
+    # a cap on the run (and on Megatron's sample index); the LR horizon stays the rules'
+    "train.max_steps": 12,
+    "mlperf.allow_new_rcp": True, "mlperf.eval_every_samples": 16, "mlperf.eval_samples": 16,
+    "mlperf.start_eval_at_samples": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def cpu_gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-node local cluster profile that declares one GPU (the nemo backend's requirement); the harness runs it
+    on the CPU."""
+    path = tmp_path_factory.mktemp("cluster") / "cpu-as-gpu.yaml"
+    path.write_text("description: one CPU standing in for a GPU\nscheduler: local\ngpus_per_node: 1\n"
+                    "gpu_memory_gb: 80\nmax_nodes: 1\ntime_limit: '01:00:00'\nsignal_grace_s: 60\n")  # fmt: skip
+    return path
+
+
+def small_405b(tmp_path: Path, lab_data: dict[str, Any], cluster: Path, **overrides: Any) -> RunPlan:
+    plan = build_plan("llama31_405b", cluster, {**lab_data, **SMALL_405B, **overrides}, run_id="mlperf-cpu",
+                      run_dir=tmp_path / "run")  # fmt: skip
+    Path(plan.run_dir).mkdir(parents=True)
+    atomic_write_text(Path(plan.run_dir) / "plan.json", plan.to_json())
+    return plan
+
+
+def job(plan: RunPlan, job_id: str, chain_index: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
+    """One training job of the run, as the step script starts it (rank variables, the job's identity)."""
+    run_env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(29400 + int(job_id) % 500), SLURM_JOB_ID=job_id,
+                   ORCHESTRATOR_CHAIN_INDEX=str(chain_index), **env)  # fmt: skip
+    done = subprocess.run([sys.executable, str(HARNESS), "--run-dir", plan.run_dir], capture_output=True, text=True,
+                          env=run_env, timeout=600)  # fmt: skip
+    Path(plan.run_dir, f"job-{job_id}.log").write_text(done.stdout + done.stderr)
+    return done
+
+
+def evaluated(done: subprocess.CompletedProcess[str], gbs: int = 8) -> list[int]:
+    """Steps after which the job evaluated, from the compliance lines it printed."""
+    records = [json.loads(line.split(":::MLLOG ", 1)[1]) for line in done.stdout.splitlines() if ":::MLLOG " in line]
+    return [r["metadata"]["samples_count"] // gbs for r in records if r["key"] == "eval_accuracy"]
+
+
+def test_a_chain_of_two_jobs_evaluates_on_the_rules_schedule_inside_nemos_trainer(
+    tmp_path: Path, lab_data: dict[str, Any], cpu_gpu_cluster: Path
+) -> None:
+    """Would have failed on main at 0d94cba: the MLPerf control refused NeMo's own epoch loop in ``setup``."""
+    plan = small_405b(tmp_path, lab_data, cpu_gpu_cluster, **{"chain.steps_per_job": 6})
+    first = job(plan, "501")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "NoValOnRestartTrainingLoop" in first.stdout  # the loop NeMo installed is the one that ran the schedule
+    assert evaluated(first) == [4, 6]  # step 2 is a grid point the rules skip; a stop on step 6 evaluates first
+    assert latest_step(plan.train.ckpt_dir) == 6 and not Path(plan.run_dir, "DONE").exists()
+
+    second = job(plan, "502", chain_index=1)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert evaluated(second) == [8, 10, 12]  # resumed at 6 by NeMo's AutoResume; 6 is not evaluated again
+    done = json.loads(Path(plan.run_dir, "DONE").read_text())
+    assert (done["final_step"], done["reason"]) == (12, "max_steps reached")
+
+    logs = sorted(Path(plan.run_dir, "mlperf").glob("*.log"), key=lambda p: "par1" in p.name)
+    assert [p.name for p in logs] == ["mlperf_mlperf-cpu_seed1234_par0_501.log", "mlperf_mlperf-cpu_seed1234_par1_502.log"]
+    runs = [read_mllog(p) for p in logs]
+    chain = chain_result(runs)  # refuses an evaluation logged twice or out of order
+    assert [samples // 8 for samples, _ in chain.evals] == [4, 6, 8, 10, 12]
+    assert [r.params["init_checkpoint_step"] for r in runs] == [0, 6]
+    assert all(r.complete for r in runs)
+
+
+def test_the_checker_accepts_the_real_trainers_log_but_for_the_benchmark_scale(
+    tmp_path: Path, lab_data: dict[str, Any], cpu_gpu_cluster: Path
+) -> None:
+    """mlperf-logging's checker on the log NeMo's trainer wrote; a target above the first evaluation's loss ends the
+    run there: DONE with the reason, the final checkpoint saved, ``run_stop`` with status success."""
+    plan = small_405b(tmp_path, lab_data, cpu_gpu_cluster, **{"mlperf.target_log_ppl": 50.0})
+    done = job(plan, "503")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert evaluated(done) == [4]
+    record = json.loads(Path(plan.run_dir, "DONE").read_text())
+    assert (record["final_step"], record["reason"]) == (4, "MLPerf target log-perplexity 50.0 reached")
+    assert latest_step(plan.train.ckpt_dir) == 4
+    (path,) = Path(plan.run_dir, "mlperf").glob("*.log")
+    run = read_mllog(path)
+    assert run.complete and run.status == "success"
+    ok, output = check_compliance(path)
+    # the sequence length and evaluation size this CPU run honestly logs (64, 16), and the target it was given
+    assert failing_keys(output) == {*SCALE_KEYS, "eval_accuracy"}, output[-3000:]
+
+
+def test_a_step_slower_than_the_limit_fails_the_job_inside_nemos_trainer(
+    tmp_path: Path, lab_data: dict[str, Any], cpu_gpu_cluster: Path
+) -> None:
+    plan = small_405b(tmp_path, lab_data, cpu_gpu_cluster, **{"mlperf.step_time_atol_s": 0})
+    done = job(plan, "504")
+    assert done.returncode != 0 and "mlperf.step_time_atol_s=0" in done.stdout + done.stderr
+    (path,) = Path(plan.run_dir, "mlperf").glob("*.log")
+    run = read_mllog(path)
+    assert run.complete and run.status == "aborted" and not Path(plan.run_dir, "DONE").exists()
