@@ -34,21 +34,21 @@ def lines_of(path: Path) -> list[str]:
 
 
 def run(c4: Path, merged: Path, **kwargs: int) -> list[str]:
-    the_plan = consolidate.plan(c4, merged, **kwargs)
+    the_plan = consolidate.consolidation(c4, merged, **kwargs)
     merged.mkdir(parents=True, exist_ok=True)
     return consolidate.run_all(the_plan, list(range(len(the_plan.units))), live_progress=False)
 
 
 def test_train_shards_split_in_order_into_equal_groups(tmp_path: Path) -> None:
     c4 = make_shards(tmp_path / "c4", train=list(range(8)), validation=[0, 1])
-    the_plan = consolidate.plan(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45)
+    the_plan = consolidate.consolidation(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45)
     assert [u.output for u in the_plan.units] == [
         "c4-train.en_0.json.gz", "c4-train.en_1.json.gz", "c4-validation-45-samples.en.json.gz", "c4-validation.en.json.gz",
     ]
     assert the_plan.units[0].inputs == tuple(sample.train_shard_name(i) for i in range(4))
     assert the_plan.units[1].inputs == tuple(sample.train_shard_name(i) for i in range(4, 8))
     assert the_plan.units[2].head_lines == 45
-    whole = consolidate.plan(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=0)
+    whole = consolidate.consolidation(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=0)
     assert [u.output for u in whole.units[2:]] == ["c4-validation.en.json.gz"]  # unit 2: what training reads
     assert run(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45) == []
     merged = tmp_path / "merged"
@@ -68,7 +68,7 @@ def test_mlperf_default_is_eight_outputs_of_128_shards(tmp_path: Path) -> None:
         (c4 / sample.train_shard_name(i)).touch()
     for i in range(8):
         (c4 / sample.validation_shard_name(i)).touch()
-    the_plan = consolidate.plan(c4, tmp_path / "merged")
+    the_plan = consolidate.consolidation(c4, tmp_path / "merged")
     assert [len(u.inputs) for u in the_plan.units[:8]] == [128] * 8
     assert the_plan.units[6].inputs[0] == "c4-train.00768-of-01024.json.gz"  # en_6 and en_7: MLPerf's training data
     assert the_plan.units[8].output == "c4-validation-91205-samples.en.json.gz" and not the_plan.notes
@@ -86,7 +86,7 @@ def test_missing_shards_and_gaps_are_named_before_anything_is_written(tmp_path: 
     c4 = make_shards(tmp_path / "c4", train=train)
     merged = tmp_path / "merged"
     with pytest.raises(ConsolidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        consolidate.plan(c4, merged, train_outputs=outputs)
+        consolidate.consolidation(c4, merged, train_outputs=outputs)
     assert not merged.exists()
 
 
@@ -108,7 +108,7 @@ def test_a_damaged_shard_fails_its_output_by_name_and_nothing_is_declared_done(t
     assert not (merged / "c4-train.en_1.json.gz").exists()
     assert not (merged / ".consolidate" / "c4-train.en_1.json.gz.json").exists()
     assert [p.name for p in merged.iterdir() if p.name.startswith(".c4")] == []  # no temporary left
-    the_plan = consolidate.plan(c4, merged, train_outputs=2, n_validation_samples=10)
+    the_plan = consolidate.consolidation(c4, merged, train_outputs=2, n_validation_samples=10)
     assert not consolidate.is_complete(the_plan) and consolidate.unit_complete(the_plan, the_plan.units[0])
 
 
@@ -116,7 +116,7 @@ def test_resume_after_an_interrupted_run_redoes_only_the_partial_output(tmp_path
     c4 = make_shards(tmp_path / "c4", train=list(range(4)), docs=300)
     merged = tmp_path / "merged"
     merged.mkdir()
-    the_plan = consolidate.plan(c4, merged, train_outputs=2, n_validation_samples=10)
+    the_plan = consolidate.consolidation(c4, merged, train_outputs=2, n_validation_samples=10)
     assert consolidate.run_unit(the_plan, 0) == "done"
 
     real = consolidate.gunzip_blocks
@@ -183,7 +183,7 @@ def test_a_pipeline_gets_the_plan_and_completeness_from_the_stage_argv(tmp_path:
     consolidate.add_arguments(parser)
     args = parser.parse_args(["--c4-path", str(c4), "--merged-path", str(tmp_path / "m"), "--train-outputs", "2",
                               "--n-validation-samples", "0"])  # fmt: skip
-    the_plan = consolidate.plan_from_args(args)
+    the_plan = consolidate.config_from_args(args).resolve()
     assert len(the_plan.units) == 3 and not consolidate.is_complete(the_plan, [0, 2])
     assert run(c4, tmp_path / "m", train_outputs=2, n_validation_samples=0) == []
     assert consolidate.is_complete(the_plan, [0, 2]) and consolidate.is_complete(the_plan)

@@ -49,6 +49,25 @@ SUBSET_GZIP_LEVEL = 6  # gzip's default, as MLPerf's `| gzip` uses
 NAMES_SHOWN = 10
 
 
+#: The program that runs a consolidation (``python -m``).
+MODULE = "orchestrator.data.consolidate"
+
+
+def train_file(k: int) -> str:
+    """MLPerf's name of merged train file ``k`` (of ``TRAIN_OUTPUTS``)."""
+    return f"c4-train.en_{k}.json.gz"
+
+
+def validation_file(n_samples: int | None) -> str:
+    """The validation file training reads: the first ``n_samples`` documents, or the whole set (None or 0)."""
+    return f"c4-validation-{n_samples}-samples.en.json.gz" if n_samples else "c4-validation.en.json.gz"
+
+
+def stem(name: str) -> str:
+    """A merged file's name without ``.json.gz``: its tokenized dataset's prefix (Megatron adds ``_text_document``)."""
+    return name.removesuffix(".json.gz")
+
+
 class ConsolidationError(ValueError):
     """The shards cannot be consolidated as asked; the message names the shards and the fix."""
 
@@ -70,7 +89,9 @@ class Unit:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Consolidation:
+    """The units one consolidation makes: which shards go into which output, resolved from the shards on disk."""
+
     c4_path: Path
     merged_path: Path
     units: tuple[Unit, ...]
@@ -109,12 +130,12 @@ def _contiguous(c4_path: Path, split: str, found: dict[int, int]) -> tuple[int, 
     return count, total
 
 
-def plan(
+def consolidation(
     c4_path: str | os.PathLike[str],
     merged_path: str | os.PathLike[str],
     train_outputs: int = DEFAULT_TRAIN_OUTPUTS,
     n_validation_samples: int = DEFAULT_VALIDATION_SAMPLES,
-) -> Plan:
+) -> Consolidation:
     """The units for the shards in ``c4_path``; raises :class:`ConsolidationError` before anything is written."""
     c4, merged = Path(c4_path), Path(merged_path)
     if not c4.is_dir():
@@ -143,20 +164,20 @@ def plan(
         )
     per_output = train_count // train_outputs
     units = [
-        Unit(k, f"c4-train.en_{k}.json.gz", tuple(_shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)))
+        Unit(k, train_file(k), tuple(_shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)))
         for k in range(train_outputs)
     ]
     validation = tuple(_shard_name("validation", i, valid_total) for i in range(valid_count))
     # Unit train_outputs is the validation file training reads: the subset when there is one, else the whole set.
     if n_validation_samples:
-        units.append(Unit(len(units), f"c4-validation-{n_validation_samples}-samples.en.json.gz", validation, n_validation_samples))
-    units.append(Unit(len(units), "c4-validation.en.json.gz", validation))
+        units.append(Unit(len(units), validation_file(n_validation_samples), validation, n_validation_samples))
+    units.append(Unit(len(units), validation_file(None), validation))
     notes = []
     if train_count < train_total:
         notes.append(f"using train shards 00000..{train_count - 1:05d}, {train_count} of {train_total}")
     if valid_count < valid_total:
         notes.append(f"using validation shards 00000..{valid_count - 1:05d}, {valid_count} of {valid_total}")
-    return Plan(c4, merged, tuple(units), tuple(notes))
+    return Consolidation(c4, merged, tuple(units), tuple(notes))
 
 
 # --- doing one unit ------------------------------------------------------------------------------------------
@@ -175,23 +196,23 @@ def _read_manifest(path: Path) -> dict[str, Any] | None:
     return manifest if manifest.get("kind") == MANIFEST_KIND and manifest.get("version") == MANIFEST_VERSION else None
 
 
-def unit_complete(plan: Plan, unit: Unit) -> bool:
+def unit_complete(work: Consolidation, unit: Unit) -> bool:
     """The unit's output is on disk as its manifest describes, and its inputs are the ones it was made from."""
-    manifest = _read_manifest(plan.manifest_path(unit))
+    manifest = _read_manifest(work.manifest_path(unit))
     if manifest is None or manifest["output"]["name"] != unit.output or manifest.get("head_lines") != unit.head_lines:
         return False
     try:
-        now = [_identity(plan.c4_path / name) for name in unit.inputs]
-        size = (plan.merged_path / unit.output).stat().st_size
+        now = [_identity(work.c4_path / name) for name in unit.inputs]
+        size = (work.merged_path / unit.output).stat().st_size
     except OSError:
         return False
     then = [{k: i[k] for k in ("name", "size", "mtime_ns")} for i in manifest["inputs"]]
     return then == now and size == manifest["output"]["size"]
 
 
-def is_complete(plan: Plan, indices: list[int] | None = None) -> bool:
+def is_complete(work: Consolidation, indices: list[int] | None = None) -> bool:
     """The plan's outputs (or those of ``indices``) are complete: what a pipeline checks to skip consolidation."""
-    return all(unit_complete(plan, plan.units[i]) for i in (range(len(plan.units)) if indices is None else indices))
+    return all(unit_complete(work, work.units[i]) for i in (range(len(work.units)) if indices is None else indices))
 
 
 class _CountingWriter:
@@ -211,11 +232,11 @@ class _CountingWriter:
         self.sink.flush()
 
 
-def _concatenate(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> list[dict[str, Any]]:
+def _concatenate(work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> list[dict[str, Any]]:
     """Copy each shard's bytes to ``out`` while inflating them to check integrity and count documents."""
     records = []
     for name in unit.inputs:
-        path = plan.c4_path / name
+        path = work.c4_path / name
         identity = _identity(path)
         crc = 0
 
@@ -234,7 +255,7 @@ def _concatenate(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable
     return records
 
 
-def _head(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> tuple[list[dict[str, Any]], int]:
+def _head(work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> tuple[list[dict[str, Any]], int]:
     """The first ``unit.head_lines`` lines of the shards, recompressed (MLPerf: ``zcat | head -n N | gzip``)."""
     assert unit.head_lines is not None
     wanted = unit.head_lines
@@ -243,7 +264,7 @@ def _head(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable[[int, 
         for name in unit.inputs:
             if wanted == 0:
                 break
-            path = plan.c4_path / name
+            path = work.c4_path / name
             records.append(_identity(path))
             for data in gunzip_blocks(path, lambda raw: advance(len(raw), 0)):
                 lines = data.count(b"\n")
@@ -261,29 +282,29 @@ def _head(plan: Plan, unit: Unit, out: _CountingWriter, advance: Callable[[int, 
     return records, unit.head_lines - wanted
 
 
-def run_unit(plan: Plan, index: int, force: bool = False, advance: Callable[[int, int], None] | None = None) -> str:
+def run_unit(work: Consolidation, index: int, force: bool = False, advance: Callable[[int, int], None] | None = None) -> str:
     """Make output ``index`` unless it is complete; return ``"skipped"`` or ``"done"``.
 
     Raises :class:`ConsolidationError` naming the shard when an input is damaged; the output is then not written.
     """
-    unit = plan.units[index]
-    if not force and unit_complete(plan, unit):
+    unit = work.units[index]
+    if not force and unit_complete(work, unit):
         return "skipped"
     advance = advance or (lambda raw, docs: None)
-    final = plan.merged_path / unit.output
-    manifest_path = plan.manifest_path(unit)
+    final = work.merged_path / unit.output
+    manifest_path = work.manifest_path(unit)
     manifest_path.unlink(missing_ok=True)
     remove_stale_siblings(final)  # left by a killed run of this unit
     try:
         with atomic_output(final) as handle:
             out = _CountingWriter(handle)
             if unit.head_lines is None:
-                inputs = _concatenate(plan, unit, out, advance)
+                inputs = _concatenate(work, unit, out, advance)
                 documents = sum(i["documents"] for i in inputs)
                 if out.size != sum(i["size"] for i in inputs):
                     raise ConsolidationError(f"{final}: wrote {out.size} bytes, the shards hold {sum(i['size'] for i in inputs)}")
             else:
-                inputs, documents = _head(plan, unit, out, advance)
+                inputs, documents = _head(work, unit, out, advance)
     except CorruptInput as exc:
         raise ConsolidationError(f"{exc}; {unit.output} was not written. Re-fetch that shard and rerun") from None
     if unit.head_lines is not None and documents < unit.head_lines:
@@ -307,9 +328,9 @@ def run_unit(plan: Plan, index: int, force: bool = False, advance: Callable[[int
     return "done"
 
 
-def run_all(plan: Plan, indices: list[int], force: bool = False, jobs: int = 1, live_progress: bool | None = None) -> list[str]:
+def run_all(work: Consolidation, indices: list[int], force: bool = False, jobs: int = 1, live_progress: bool | None = None) -> list[str]:
     """Make the given outputs, ``jobs`` at a time; return the error messages (empty when all succeeded)."""
-    total = sum((plan.c4_path / name).stat().st_size for i in indices for name in plan.units[i].inputs)
+    total = sum((work.c4_path / name).stat().st_size for i in indices for name in work.units[i].inputs)
     progress = RateProgress("consolidate", total, {"raw_bytes": "B/s gzip", "documents": "docs/s"}, live=live_progress)
     lock = threading.Lock()
 
@@ -318,13 +339,13 @@ def run_all(plan: Plan, indices: list[int], force: bool = False, jobs: int = 1, 
             progress.update(raw, raw_bytes=raw, documents=documents)
 
     def one(index: int) -> str | None:
-        unit = plan.units[index]
+        unit = work.units[index]
         try:
-            state = run_unit(plan, index, force, advance)
+            state = run_unit(work, index, force, advance)
         except ConsolidationError as exc:
             return str(exc)
         if state == "skipped":
-            advance(sum((plan.c4_path / n).stat().st_size for n in unit.inputs), 0)
+            advance(sum((work.c4_path / n).stat().st_size for n in unit.inputs), 0)
         print(f"{unit.output}: {state}", file=sys.stderr)
         return None
 
@@ -365,11 +386,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="outputs made at once when making all")
 
 
-def plan_from_args(args: argparse.Namespace) -> Plan:
-    """The plan a command line asks for (a pipeline parses the stage's own argv with :func:`add_arguments`)."""
+@dataclass(frozen=True)
+class ConsolidateConfig:
+    """One consolidation job: MLPerf's C4_PATH, MERGED_C4_PATH, TRAIN_OUTPUTS and N_VALIDATION_SAMPLES."""
+
+    c4_path: Path
+    merged_path: Path
+    train_outputs: int = DEFAULT_TRAIN_OUTPUTS
+    n_validation_samples: int = DEFAULT_VALIDATION_SAMPLES
+
+    def to_argv(self) -> list[str]:
+        """The command-line flags of this job (``--task-index`` picks a unit)."""
+        return ["--c4-path", str(self.c4_path), "--merged-path", str(self.merged_path),
+                "--train-outputs", str(self.train_outputs), "--n-validation-samples", str(self.n_validation_samples)]  # fmt: skip
+
+    def resolve(self) -> Consolidation:
+        """The units, from the shards on disk; raises :class:`ConsolidationError` naming what is missing."""
+        return consolidation(self.c4_path, self.merged_path, self.train_outputs, self.n_validation_samples)
+
+    def validation_unit(self) -> int:
+        """The unit that writes the validation file training reads (it follows the train files)."""
+        return self.train_outputs
+
+    def complete_reason(self, units: list[int]) -> str | None:
+        """Why these units need not run (their outputs and manifests match the shards), or None."""
+        try:
+            work = self.resolve()
+        except ConsolidationError:
+            return None  # the job reports the problem, by shard name
+        if is_complete(work, units):
+            return f"all {len(units)} merged files are complete (manifests match the shards)"
+        return None
+
+
+def config_from_args(args: argparse.Namespace) -> ConsolidateConfig:
+    """The job a command line describes (the inverse of :meth:`ConsolidateConfig.to_argv`)."""
     if not args.c4_path or not args.merged_c4_path:
         raise ConsolidationError("set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)")
-    return plan(args.c4_path, args.merged_c4_path, args.train_outputs, args.n_validation_samples)
+    return ConsolidateConfig(Path(args.c4_path), Path(args.merged_c4_path), args.train_outputs, args.n_validation_samples)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -377,25 +431,25 @@ def run(args: argparse.Namespace) -> int:
         print("error: set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)", file=sys.stderr)
         return 2
     try:
-        the_plan = plan_from_args(args)
+        work = config_from_args(args).resolve()
     except ConsolidationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if args.count:
-        print(len(the_plan.units))
+        print(len(work.units))
         return 0
     if args.list:
-        for unit in the_plan.units:
+        for unit in work.units:
             print(unit.describe())
         return 0
-    for note in the_plan.notes:
+    for note in work.notes:
         print(f"note: {note}", file=sys.stderr)
-    if args.task_index is not None and not 0 <= args.task_index < len(the_plan.units):
-        print(f"error: --task-index {args.task_index}: the plan has units 0..{len(the_plan.units) - 1}", file=sys.stderr)
+    if args.task_index is not None and not 0 <= args.task_index < len(work.units):
+        print(f"error: --task-index {args.task_index}: the plan has units 0..{len(work.units) - 1}", file=sys.stderr)
         return 2
-    the_plan.merged_path.mkdir(parents=True, exist_ok=True)
-    indices = [args.task_index] if args.task_index is not None else list(range(len(the_plan.units)))
-    errors = run_all(the_plan, indices, args.force, args.jobs)
+    work.merged_path.mkdir(parents=True, exist_ok=True)
+    indices = [args.task_index] if args.task_index is not None else list(range(len(work.units)))
+    errors = run_all(work, indices, args.force, args.jobs)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     return 1 if errors else 0
