@@ -17,8 +17,8 @@ import pytest
 from conftest import nemo_python
 import sentencepiece
 
-from orchestrator.data import indexed, preprocess, sample
-from orchestrator.data.preprocess import PreprocessConfig, PreprocessError
+from orchestrator.data import indexed, preprocess, preprocess_job, sample
+from orchestrator.data.preprocess_job import PreprocessConfig, PreprocessError
 from orchestrator.data.tokenizer import SentencePieceTokenizer, TokenizerSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -210,26 +210,26 @@ def test_a_truncated_gzip_input_is_an_error_naming_the_file(tmp_path: Path) -> N
 def test_the_manifest_makes_a_rerun_skip_and_a_changed_job_redo(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i}"} for i in range(50)])
     cfg = config(tmp_path, path)
-    assert not preprocess.is_complete(cfg)
+    assert not preprocess_job.is_complete(cfg)
     first = preprocess.preprocess(cfg, live_progress=False)
-    assert preprocess.is_complete(cfg)
+    assert preprocess_job.is_complete(cfg)
     argv = ["--input", path, "--output-prefix", cfg.output_prefix, "--tokenizer-type", "SentencePieceTokenizer",
             "--tokenizer-model", mixtral_v1(), "--workers", "7"]  # fmt: skip
-    assert preprocess.is_complete(preprocess.config_from_argv(argv))  # what a pipeline asks of a stage's argv
-    assert not preprocess.is_complete(preprocess.config_from_argv([*argv, "--append-eod"]))
+    assert preprocess_job.is_complete(preprocess_job.config_from_argv(argv))  # what a pipeline asks of a stage's argv
+    assert not preprocess_job.is_complete(preprocess_job.config_from_argv([*argv, "--append-eod"]))
     assert first["input"]["sha256"].startswith("sha256:") and first["tokenizer"]["vocab_size"] == 32000
     bin_file = indexed.bin_path(cfg.output("text"))
     stamp = bin_file.stat().st_mtime_ns
     preprocess.preprocess(cfg, live_progress=False)
     assert bin_file.stat().st_mtime_ns == stamp  # skipped
     with_eod = config(tmp_path, path, append_eod=True)
-    assert not preprocess.is_complete(with_eod)  # other flags: the outputs on disk are not this job's
+    assert not preprocess_job.is_complete(with_eod)  # other flags: the outputs on disk are not this job's
     preprocess.preprocess(with_eod, live_progress=False)
-    assert preprocess.is_complete(with_eod) and not preprocess.is_complete(cfg)
+    assert preprocess_job.is_complete(with_eod) and not preprocess_job.is_complete(cfg)
     path.write_text(path.read_text() + json.dumps({"text": "one more"}) + "\n")
-    assert not preprocess.is_complete(with_eod)  # the input changed
+    assert not preprocess_job.is_complete(with_eod)  # the input changed
     bin_file.write_bytes(b"")
-    assert not preprocess.is_complete(config(tmp_path, path, append_eod=True))
+    assert not preprocess_job.is_complete(config(tmp_path, path, append_eod=True))
 
 
 def test_a_rerun_after_a_kill_removes_what_the_killed_run_left(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_a_rerun_after_a_kill_removes_what_the_killed_run_left(tmp_path: Path) -
 
 def parse(*argv: str):
     parser = ArgumentParser()
-    preprocess.add_arguments(parser)
+    preprocess_job.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 

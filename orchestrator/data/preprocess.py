@@ -33,7 +33,7 @@ import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,68 +50,21 @@ from orchestrator.data.stream import (
     content_blocks,
     line_blocks,
 )
-from orchestrator.data.tokenizer import (
-    DEFAULT_CACHE_ENTRIES,
-    HUGGINGFACE_TYPES,
-    TOKENIZER_TYPES,
-    Tokenizer,
-    TokenizerError,
-    TokenizerSpec,
+from orchestrator.data.preprocess_job import (
+    MANIFEST_KIND,
+    MANIFEST_VERSION,
+    PreprocessConfig,
+    PreprocessError,
+    add_arguments,
+    config_from_args,
+    file_identity,
+    is_complete,
+    read_manifest,
 )
+from orchestrator.data.tokenizer import HUGGINGFACE_TYPES, Tokenizer, TokenizerError, TokenizerSpec
 
-MANIFEST_KIND = "orchestrator.preprocess"
-MANIFEST_VERSION = 1
-BLOCK_BYTES = 2 << 20
 BAD_EXAMPLES_KEPT = 20
 NEMO_SCRIPT = "/opt/NeMo/scripts/nlp_language_modeling/preprocess_data_for_megatron.py"
-
-
-class PreprocessError(RuntimeError):
-    """The run cannot complete; the message names the file (and line) and the fix."""
-
-
-def available_cpus() -> int:
-    """Cores this process may use (Slurm's cpuset included), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """One preprocessing job, in the flag vocabulary of ``tools/preprocess_data.py``."""
-
-    input: Path
-    output_prefix: str
-    tokenizer: TokenizerSpec
-    json_keys: tuple[str, ...] = ("text",)
-    append_eod: bool = False
-    workers: int = field(default_factory=available_cpus)
-    on_bad_record: str = "fail"
-    block_bytes: int = BLOCK_BYTES
-
-    def output(self, key: str) -> str:
-        """Megatron's name: ``{output_prefix}_{key}_document``."""
-        return f"{self.output_prefix}_{key}_document"
-
-    @property
-    def manifest_path(self) -> Path:
-        return Path(f"{self.output_prefix}.manifest.json")
-
-    def flags(self) -> dict[str, Any]:
-        """Everything that decides the output bytes (and nothing that only decides speed)."""
-        spec = asdict(self.tokenizer)
-        spec.pop("cache_entries")
-        return {
-            "json_keys": list(self.json_keys),
-            "append_eod": self.append_eod,
-            "on_bad_record": self.on_bad_record,
-            "tokenizer": spec,
-        }
-
-
-# --- worker side ---------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -219,48 +172,6 @@ def _encode_block(first_line: int, block: bytes) -> BlockResult:
 
 
 # --- parent side ---------------------------------------------------------------------------------------------
-
-
-def _file_identity(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def read_manifest(config: PreprocessConfig) -> dict[str, Any] | None:
-    try:
-        manifest = json.loads(config.manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest if manifest.get("kind") == MANIFEST_KIND else None
-
-
-def is_complete(config: PreprocessConfig, tokenizer_identity: dict[str, Any] | None = None) -> bool:
-    """True when a finished run of exactly this job (same input file, tokenizer and flags) is on disk.
-
-    The input is compared by path, size and modification time (rehashing a large corpus to decide whether to skip
-    would cost as much as redoing it); the outputs by existence and size.
-    """
-    manifest = read_manifest(config)
-    if manifest is None or manifest.get("version") != MANIFEST_VERSION:
-        return False
-    try:
-        now = _file_identity(config.input)
-    except OSError:
-        return False
-    if any(manifest["input"].get(k) != v for k, v in now.items()):
-        return False
-    if manifest["flags"] != config.flags():
-        return False
-    if tokenizer_identity is not None and manifest["tokenizer"] != tokenizer_identity:
-        return False
-    for key in config.json_keys:
-        out = manifest["outputs"].get(key)
-        prefix = config.output(key)
-        if out is None or not indexed.exists(prefix):
-            return False
-        if indexed.bin_path(prefix).stat().st_size != out["bin_bytes"] or indexed.idx_path(prefix).stat().st_size != out["idx_bytes"]:
-            return False
-    return True
 
 
 class _Merger:
@@ -430,7 +341,7 @@ def preprocess(config: PreprocessConfig, force: bool = False, live_progress: boo
         "version": MANIFEST_VERSION,
         "engine": "native",
         "orchestrator_version": orchestrator.__version__,
-        "input": _file_identity(config.input) | {"sha256": "sha256:" + digest.hexdigest()},
+        "input": file_identity(config.input) | {"sha256": "sha256:" + digest.hexdigest()},
         "flags": config.flags(),
         "tokenizer": identity,
         "outputs": outputs,
@@ -476,67 +387,6 @@ def nemo_command(config: PreprocessConfig, script: str = NEMO_SCRIPT, python: st
 
 
 # --- command line --------------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Megatron-LM ``tools/preprocess_data.py``'s flag names, so a command ports by swapping the program."""
-    group = parser.add_argument_group("input data")
-    group.add_argument("--input", required=True, type=Path, help="JSON Lines file (.json, .jsonl, .json.gz, .jsonl.gz)")
-    group.add_argument("--json-keys", nargs="+", default=["text"], help="keys to tokenize (default: text)")
-    group.add_argument("--split-sentences", action="store_true", help=argparse.SUPPRESS)
-    group = parser.add_argument_group("tokenizer")
-    group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    group.add_argument("--tokenizer-model", required=True, help="SentencePiece .model file, or Hugging Face tokenizer folder")
-    group.add_argument("--tokenizer-hf-no-use-fast", action="store_true", help="Hugging Face: the slow (Python) tokenizer")
-    group.add_argument(
-        "--tokenizer-hf-no-include-special-tokens",
-        action="store_true",
-        help="Hugging Face: ids of tokenize(text) without BOS/EOS, as NeMo (and MLPerf) compute them",
-    )
-    group.add_argument("--append-eod", action="store_true", help="append the end-of-document token to each document")
-    group = parser.add_argument_group("output data")
-    group.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.bin/.idx")
-    group = parser.add_argument_group("runtime")
-    group.add_argument("--workers", type=int, default=available_cpus(), help="worker processes (default: the cores available)")
-    group.add_argument("--partitions", type=int, default=1, help="accepted for compatibility; not needed (input order is kept)")
-    group.add_argument("--keep-sequential-samples", action="store_true", help="accepted for compatibility; always true here")
-    group.add_argument("--log-interval", type=int, default=1000, help="accepted for compatibility; progress is time-based")
-    group.add_argument("--engine", choices=("native", "nemo"), default="native", help="nemo: print NeMo's command instead")
-    group.add_argument("--on-bad-record", choices=("fail", "skip"), default="fail")
-    group.add_argument("--force", action="store_true", help="redo even if a complete run of this job is on disk")
-    group.add_argument("--block-bytes", type=int, default=BLOCK_BYTES, help="input handed to a worker at a time")
-    group.add_argument(
-        "--word-cache", type=int, default=DEFAULT_CACHE_ENTRIES, help="SentencePiece word-cache entries per worker (0: off)"
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    if args.split_sentences:
-        raise PreprocessError("--split-sentences is not supported by the native engine; run Megatron-LM's tool for it")
-    spec = TokenizerSpec(
-        tokenizer_type=args.tokenizer_type,
-        tokenizer_model=str(args.tokenizer_model),
-        hf_use_fast=not args.tokenizer_hf_no_use_fast,
-        hf_include_special_tokens=not args.tokenizer_hf_no_include_special_tokens,
-        cache_entries=args.word_cache,
-    )
-    return PreprocessConfig(
-        input=args.input,
-        output_prefix=args.output_prefix,
-        tokenizer=spec,
-        json_keys=tuple(args.json_keys),
-        append_eod=args.append_eod,
-        workers=args.workers,
-        on_bad_record=args.on_bad_record,
-        block_bytes=args.block_bytes,
-    )
-
-
-def config_from_argv(argv: list[str]) -> PreprocessConfig:
-    """The job a command line describes: a pipeline checks :func:`is_complete` on exactly the argv it would run."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    return config_from_args(parser.parse_args([str(a) for a in argv]))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ than zlib and is used when installed; the bytes are the same.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zlib
 from pathlib import Path
@@ -125,3 +126,12 @@ def line_blocks(blocks: Iterator[bytes], target: int) -> Iterator[tuple[int, byt
         del pending[:cut]
         yield line, block
         line += block.count(b"\n")
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """``sha256:<hex>`` of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()

@@ -39,6 +39,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from orchestrator.data.indexed import optimal_dtype
+from orchestrator.data.stream import file_digest
 
 SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
 HUGGINGFACE_TYPES = ("HuggingFaceTokenizer",)
@@ -109,14 +110,6 @@ class Tokenizer:
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
         return flat.tobytes(), lengths
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return "sha256:" + digest.hexdigest()
 
 
 def _join_documents(docs: list[bytes], tokenizer: Tokenizer, append_eod: bool) -> tuple[bytes, np.ndarray]:
