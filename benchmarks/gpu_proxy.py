@@ -34,9 +34,9 @@ import yaml
 from orchestrator.atomic import atomic_write_text
 from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.plan import RunPlan, build_plan
-from orchestrator.render import write_scripts
+from orchestrator.render import render_all, write_scripts
 from orchestrator.rundir import RunDir
-from orchestrator.stages import render_all
+from orchestrator.stages import TRAIN, stage_spec
 
 #: H100 SXM / H200 SXM dense BF16 peak, TFLOP/s (NVIDIA datasheets; the issue's MFU denominator).
 PEAK_TFLOPS = 989
@@ -114,7 +114,7 @@ def prepare(args: argparse.Namespace, backend: str, cluster: Path) -> RunPlan:
     rd = RunDir.of(run_dir)
     rd.logs.mkdir(parents=True)
     atomic_write_text(rd.plan, plan.to_json())
-    write_scripts(plan, render_all(plan, ("train",)))
+    write_scripts(plan, render_all(plan, [stage_spec(plan, TRAIN)]))
     return plan
 
 

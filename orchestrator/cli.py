@@ -152,7 +152,7 @@ def _print_plan(plan: RunPlan) -> None:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from orchestrator.atomic import atomic_write_text
-    from orchestrator.stages import render_all
+    from orchestrator.render import render_all
 
     plans = _plans(args)
     for plan in plans:
@@ -169,7 +169,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from orchestrator.stages import render_all
+    from orchestrator.render import render_stage
+    from orchestrator.stages import stage_specs
     from orchestrator.submit import sbatch_command, submit_run
 
     request = _request_from_args(args)
@@ -179,11 +180,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if dry_run:
             console.print(f"[bold]# dry run: {plan.run_id} -> {plan.run_dir} (nothing written, nothing queued)[/]")
             _print_plan(plan)
-            for script in render_all(plan):
-                console.rule(f"{script.stage}.sbatch")
-                console.print(script.text, markup=False)
+            for i, spec in enumerate(stage_specs(plan)):
+                console.rule(f"{spec.name}.sbatch")
+                console.print(render_stage(plan, spec).text, markup=False)
                 if plan.cluster.scheduler == "slurm":
-                    console.print("# would run: " + " ".join(sbatch_command(plan, script, "<dependency>" if script.stage != plan.stages[0] else None)), markup=False)
+                    console.print("# would run: " + " ".join(sbatch_command(plan, spec, "<dependency>" if i else None)), markup=False)
             continue
         sub = submit_run(plan, say=lambda m: console.print(m, markup=False))
         console.print(f"run directory: {sub.run_dir}")

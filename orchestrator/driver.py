@@ -31,6 +31,7 @@ from orchestrator.ledger import Ledger
 from orchestrator.mlperf.mllog import CHAIN_INDEX_ENV
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
+from orchestrator.stages import stage_spec
 from orchestrator.train.deadline import DEADLINE_ENV
 
 
@@ -93,9 +94,10 @@ class StageDriver:
         self.plan = RunPlan.load(self.rd.path)
         self.ledger = Ledger(self.rd.ledger)
         self.ctx = JobContext.from_env(self.task_index)
+        self.spec = stage_spec(self.plan, self.stage)
         if self.ctx.scheduler == "slurm":
             signal.signal(signal.SIGTERM, self._on_sigterm)
-        if self.stage == "train":
+        if self.spec.chain:
             return self._train()
         return self._simple_stage()
 
@@ -111,7 +113,7 @@ class StageDriver:
         self._start_step = progress
         self._end_at_start = self._end_time()
         self._attempt = self.ledger.start_attempt(
-            self.ctx.job_id, "train", restart=self.ctx.restart, host=self.ctx.host, start_step=progress,
+            self.ctx.job_id, self.stage, restart=self.ctx.restart, host=self.ctx.host, start_step=progress,
             log_path=self._log_path(),
         )  # fmt: skip
         say = self._say
@@ -138,7 +140,7 @@ class StageDriver:
                 say(f"requeueing after failure (retry {self.ctx.restart + 1} of {self.plan.chain.max_retries})")
                 slurm.requeue(self.ctx.job_id)
             raise SystemExit(rc or 1)  # the job itself ends FAILED in sacct; afterany successors still start
-        return {"stage": "train", "outcome": outcome, "exit_code": rc, "end_step": end_step}
+        return {"stage": self.stage, "outcome": outcome, "exit_code": rc, "end_step": end_step}
 
     def _finish_early(self, outcome: str, why: str) -> dict[str, Any]:
         assert self._attempt is not None
@@ -146,7 +148,7 @@ class StageDriver:
         self.ledger.end_attempt(self._attempt, outcome, end_step=self._start_step, note=why)
         if self.ctx.scheduler == "slurm":
             chain.cancel_successors(self.ledger, self.ctx.job_id, why)
-        return {"stage": "train", "outcome": outcome, "note": why}
+        return {"stage": self.stage, "outcome": outcome, "note": why}
 
     def _stop_chain(self, reason: chain.StopReason, ended: bool = False) -> dict[str, Any]:
         tail = _tail(reason.last_failure_log)
@@ -160,7 +162,7 @@ class StageDriver:
             self.ledger.end_attempt(self._attempt, "stopped", end_step=self._start_step, note=reason.reason)
         if self.ctx.scheduler == "slurm":
             chain.cancel_successors(self.ledger, self.ctx.job_id, "chain stopped")
-        return {"stage": "train", "outcome": "stopped", "note": reason.reason}
+        return {"stage": self.stage, "outcome": "stopped", "note": reason.reason}
 
     def _classify(self, rc: int) -> str:
         """How the step ended. Trainers exit 0 both at the end (DONE written) and after a requested stop that
@@ -209,7 +211,7 @@ class StageDriver:
         early = 0.0 if preempted or end is None else max(0.0, end - grace - time.time())
         self._say(f"USR2 ({reason}, {end - time.time():.0f}s left)" if end else f"USR2 ({reason})")
         rc = self._stop_step(first_wait=early, timeout=max(grace - 8.0, 5.0))
-        if self.stage != "train" or self._attempt is None:
+        if not self.spec.chain or self._attempt is None:
             if self._attempt is not None:
                 self.ledger.end_attempt(self._attempt, reason, exit_code=rc)
             raise SystemExit(0)

@@ -59,9 +59,9 @@ def latest_run(runs_root: Path, model: str) -> Path | None:
 
 
 def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
+    from orchestrator.stages import TRAIN, stage_spec
     from orchestrator.status import run_status
     from orchestrator.submit import queue_stages, submit_run
-    from orchestrator.stages import render_all
 
     rd = RunDir.of(run_dir)
     with locked(rd.path / ".nightly.lock"):
@@ -82,9 +82,9 @@ def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
             return Decision("none", f"in progress: {', '.join(busy)}", rd.path)
         if plan.cluster.scheduler != "slurm":
             return Decision("none", "nightly continues Slurm runs; run local runs again with submit", rd.path)
-        scripts = [s for s in render_all(plan, ("train",))]
-        chain_start = 1 + max((j.chain_index or 0) for j in Ledger(rd.ledger).jobs("train")) if Ledger(rd.ledger).jobs("train") else 0
-        sub = queue_stages(plan, rd, scripts, None, _say, chain_start=chain_start)
+        trained = Ledger(rd.ledger).jobs(TRAIN)
+        chain_start = 1 + max((j.chain_index or 0) for j in trained) if trained else 0
+        sub = queue_stages(plan, rd, [stage_spec(plan, TRAIN)], _say, chain_start=chain_start)
         Ledger(rd.ledger).event("nightly", f"continued from checkpoint {status['latest_checkpoint_step']}: {', '.join(j for _, j in sub.jobs)}")
         return Decision("continue", f"incomplete and idle at checkpoint {status['latest_checkpoint_step']}: "
                         f"queued {len(sub.jobs)} training job(s)", rd.path, tuple(j for _, j in sub.jobs))  # fmt: skip

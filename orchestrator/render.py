@@ -23,6 +23,7 @@ import jinja2
 import orchestrator
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
+from orchestrator.stages import StageSpec, stage_specs
 
 #: Where the orchestrator package is mounted inside a container, so a step can import it.
 CONTAINER_PACKAGE_ROOT = "/opt/orchestrator"
@@ -100,34 +101,33 @@ def array_spec(indices: Sequence[int]) -> str:
     return ",".join(str(i) for i in indices)
 
 
-def sbatch_options(plan: RunPlan, stage: str, *, nodes: int, tasks_per_node: int, gpus: bool,
-                   array: Sequence[int] | None = None, cpus_per_task: int | None = None,
-                   time_limit: str | None = None, requeue: bool = False) -> list[tuple[str, Any]]:  # fmt: skip
+def sbatch_options(plan: RunPlan, spec: StageSpec) -> list[tuple[str, Any]]:
+    """The ``#SBATCH`` lines of a stage's script, in order."""
     site = plan.cluster
     logs = RunDir.of(plan.run_dir).logs
-    opts: list[tuple[str, Any]] = [("job-name", job_name(plan, stage))]
+    opts: list[tuple[str, Any]] = [("job-name", job_name(plan, spec.name))]
     for key in ("account", "partition", "qos", "reservation"):
         if getattr(site, key):
             opts.append((key, getattr(site, key)))
-    opts += [("nodes", nodes), ("ntasks-per-node", tasks_per_node)]
-    if cpus_per_task or site.cpus_per_task:
-        opts.append(("cpus-per-task", cpus_per_task or site.cpus_per_task))
-    if gpus and site.gpus_per_node:
+    opts += [("nodes", spec.nodes), ("ntasks-per-node", spec.tasks_per_node)]
+    if spec.cpus_per_task or site.cpus_per_task:
+        opts.append(("cpus-per-task", spec.cpus_per_task or site.cpus_per_task))
+    if spec.gpus and site.gpus_per_node:
         opts.append(("gpus-per-node", site.gpus_per_node))
     if site.exclusive:
         opts.append(("exclusive", None))
     if site.mem is not None:
         opts.append(("mem", site.mem))
-    opts.append(("time", time_limit or site.time_limit))
-    if array:
-        opts.append(("array", array_spec(array)))
-        opts.append(("output", str(logs / f"{stage}-%A_%a.out")))
+    opts.append(("time", spec.time_limit))
+    if spec.array:
+        opts.append(("array", array_spec(spec.array)))
+        opts.append(("output", str(logs / f"{spec.name}-%A_%a.out")))
     else:
-        opts.append(("output", str(logs / f"{stage}-%j.out")))
+        opts.append(("output", str(logs / f"{spec.name}-%j.out")))
     opts.append(("open-mode", "append"))
     # USR2 to the batch shell (the exec'd driver) before the limit; never USR1 (NCCL and Lightning use it).
     opts.append(("signal", f"B:USR2@{site.signal_grace_s}"))
-    opts.append(("requeue" if requeue else "no-requeue", None))
+    opts.append(("requeue" if spec.requeue else "no-requeue", None))
     return opts
 
 
@@ -136,14 +136,14 @@ def python_for_driver(plan: RunPlan) -> str:
     return plan.cluster.python or sys.executable
 
 
-def step_launcher(plan: RunPlan, *, ntasks_per_node: int, nodes: int, gpus: bool) -> list[Any]:
+def step_launcher(plan: RunPlan, spec: StageSpec) -> list[Any]:
     """``srun`` (with the container flags on pyxis clusters), or the local multi-process launcher."""
     site = plan.cluster
     if site.scheduler == "local":
-        return [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", ntasks_per_node, "--"]
-    args: list[Any] = [f"--nodes={nodes}", f"--ntasks-per-node={ntasks_per_node}", "--kill-on-bad-exit=1", "--unbuffered"]
-    if site.cpus_per_task:
-        args.append(f"--cpus-per-task={site.cpus_per_task}")
+        return [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", spec.tasks_per_node, "--"]
+    args: list[Any] = [f"--nodes={spec.nodes}", f"--ntasks-per-node={spec.tasks_per_node}", "--kill-on-bad-exit=1", "--unbuffered"]
+    if spec.cpus_per_task or site.cpus_per_task:
+        args.append(f"--cpus-per-task={spec.cpus_per_task or site.cpus_per_task}")
     if site.container.runtime == "pyxis":
         package = Path(orchestrator.__file__).parent
         mounts = [*site.container.mounts, f"{plan.run_dir}:{plan.run_dir}", f"{package}:{CONTAINER_PACKAGE_ROOT}/orchestrator:ro"]
@@ -165,52 +165,31 @@ class StageScript:
     array: tuple[int, ...] | None = None  # array task indices (data stages)
 
 
-def render_stage(plan: RunPlan, stage: str, **context: Any) -> StageScript:
-    """Render one stage; ``context`` carries the stage's own values (program argv, inputs, array size)."""
+def render_stage(plan: RunPlan, spec: StageSpec) -> StageScript:
+    """The batch script of one stage: what Slurm runs as the batch script and, in phase ``step``, as the step."""
     check_env(plan.cluster.env, f"cluster profile {plan.cluster.name!r} env")
     check_env(plan.env, "plan env")
-    array = tuple(context.pop("array", None) or ()) or None
-    shape = _STAGE_SHAPES[stage](plan)
     site = plan.cluster
-    env = {**site.env, **plan.env}
-    text = environment().get_template(f"{stage}.sbatch.j2").render(
+    text = environment().get_template("stage.sbatch.j2").render(
         plan=plan,
-        stage=stage,
+        spec=spec,
         cluster=site,
-        env=env,
+        env={**site.env, **plan.env},
         run_dir=plan.run_dir,
         version=orchestrator.__version__,
-        sbatch=sbatch_options(plan, stage, array=array, **shape) if site.scheduler == "slurm" else [],
+        sbatch=sbatch_options(plan, spec) if site.scheduler == "slurm" else [],
         driver=[python_for_driver(plan), "-u", "-m", "submitit.core._submit", str(RunDir.of(plan.run_dir).submitit)],
-        launcher=step_launcher(plan, ntasks_per_node=shape["tasks_per_node"], nodes=shape["nodes"], gpus=shape["gpus"]),
+        launcher=step_launcher(plan, spec),
         container=site.container.runtime == "pyxis",
         container_package_root=CONTAINER_PACKAGE_ROOT,
-        python=step_python(plan),
-        **context,
+        program=[step_python(plan), "-u", *spec.command],
     )
-    return StageScript(stage=stage, text=text, array=array)
+    return StageScript(stage=spec.name, text=text, array=spec.array)
 
 
-def _train_shape(plan: RunPlan) -> dict[str, Any]:
-    return dict(nodes=plan.layout.nodes, tasks_per_node=plan.layout.tasks_per_node, gpus=True,
-                time_limit=plan.chain.time_limit, requeue=True)  # fmt: skip
-
-
-def _single_task_shape(plan: RunPlan) -> dict[str, Any]:
-    return dict(nodes=1, tasks_per_node=1, gpus=False)
-
-
-def _import_shape(plan: RunPlan) -> dict[str, Any]:
-    return dict(nodes=1, tasks_per_node=1, gpus=True)
-
-
-_STAGE_SHAPES = {
-    "train": _train_shape,
-    "consolidate": _single_task_shape,
-    "preprocess": _single_task_shape,
-    "import": _import_shape,
-    "smoke": _train_shape,
-}
+def render_all(plan: RunPlan, specs: Sequence[StageSpec] | None = None) -> list[StageScript]:
+    """Every stage's script (or those of ``specs``)."""
+    return [render_stage(plan, spec) for spec in (stage_specs(plan) if specs is None else specs)]
 
 
 def write_scripts(plan: RunPlan, scripts: Sequence[StageScript]) -> list[Path]:

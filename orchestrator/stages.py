@@ -1,36 +1,126 @@
-"""What each stage runs, derived from the plan: the program argv, inputs, outputs and array size.
+"""The stages of a run as values: what each job runs, on how much of the cluster, which paths it touches, and when
+its work is already done.
 
-The render step turns these into scripts; the submit step asks :func:`pending_stages` which stages still have
-work, so that a rerun after a failure does only what is missing.
+:func:`stage_specs` turns a plan into its :class:`StageSpec` values, in order. Each spec is built from the typed
+config of its job (:class:`~orchestrator.data.consolidate.ConsolidateConfig`,
+:class:`~orchestrator.data.preprocess_job.PreprocessConfig`, the plan itself for training), and both the job's
+command and its "already complete?" check come from that config. Rendering renders any spec, submission queues
+specs, and the in-job driver finds its own spec by name: stage names live here (and in the plan's list of stages).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from orchestrator.data import consolidate, preprocess_job
+from orchestrator.data.tokenizer import TokenizerSpec
 from orchestrator.plan import RunPlan
-from orchestrator.render import StageScript, python_for_driver, render_stage
 from orchestrator.rundir import RunDir
+from orchestrator.train.nemo_checkpoint import init_checkpoint, is_local_model
+
+#: The chained training stage: its jobs follow each other with ``afterany`` and decide at start whether to train.
+TRAIN = "train"
 
 
-def merged_train_file(plan: RunPlan, k: int) -> Path:
-    return Path(plan.data.merged_path or "") / f"c4-train.en_{k}.json.gz"
+@dataclass(frozen=True)
+class StagePaths:
+    """Host paths a stage's step touches: mounted into its container, created or checked before it is queued."""
+
+    reads: tuple[str, ...] = ()
+    #: Folders the step writes into; created before the step starts.
+    writes: tuple[str, ...] = ()
+    #: Inputs that must exist before the job is queued (not only after the queue wait).
+    required: tuple[str, ...] = ()
 
 
-def validation_name(plan: RunPlan) -> str:
-    n = plan.data.n_validation_samples
-    return f"c4-validation-{n}-samples.en" if n else "c4-validation.en"
+def _never_complete() -> str | None:
+    return None
 
 
-def preprocess_jobs(plan: RunPlan) -> list[tuple[Path, Path]]:
-    """(input file, output prefix without ``_text_document``) for each file the trainer will read."""
-    out = Path(plan.data.preprocessed_path)
-    shards = plan.data.train_shards or tuple(range(plan.data.train_outputs))
-    jobs = [(merged_train_file(plan, k), out / f"c4-train.en_{k}") for k in shards]
-    name = validation_name(plan)
-    jobs.append((Path(plan.data.merged_path or "") / f"{name}.json.gz", out / name))
-    return jobs
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: a Python program run by ``srun`` on ``nodes`` x ``tasks_per_node`` tasks, as one job, a Slurm
+    array (``tasks``: each array index with its extra arguments) or a chain of ``jobs`` jobs."""
+
+    name: str
+    #: One line for the script's header and the dry run.
+    summary: str
+    #: The program's arguments after the interpreter: ``("-m", module, flags...)``.
+    command: tuple[Any, ...]
+    time_limit: str
+    nodes: int = 1
+    tasks_per_node: int = 1
+    gpus: bool = False
+    #: Tasks get torch's rank variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) from Slurm's.
+    ranks: bool = False
+    cpus_per_task: int | None = None
+    #: ``--requeue``: Slurm requeues a preempted job or one whose node failed.
+    requeue: bool = False
+    #: The chained stage (training): ``jobs`` jobs with ``afterany`` between them; the next stage waits ``afterany``.
+    chain: bool = False
+    jobs: int = 1
+    tasks: tuple[tuple[int, tuple[Any, ...]], ...] = ()
+    paths: StagePaths = StagePaths()
+    #: Why the stage need not run (its outputs are complete), or None; asked at submission.
+    complete: Callable[[], str | None] = field(default=_never_complete, compare=False, repr=False)
+
+    @property
+    def array(self) -> tuple[int, ...] | None:
+        return tuple(index for index, _ in self.tasks) or None
+
+    @property
+    def then(self) -> Literal["afterok", "afterany"]:
+        """How the next stage's first job depends on this stage's last one."""
+        return "afterany" if self.chain else "afterok"
+
+
+def stage_specs(plan: RunPlan) -> list[StageSpec]:
+    """The plan's stages, in the order they run."""
+    return [_BUILDERS[name](plan) for name in plan.stages]
+
+
+def stage_spec(plan: RunPlan, name: str) -> StageSpec:
+    if name not in plan.stages:
+        raise ValueError(f"run {plan.run_id} has no stage {name!r} (its stages: {', '.join(plan.stages)})")
+    return _BUILDERS[name](plan)
+
+
+# ------------------------------------------------------------------------------------------------ the stages
+
+
+def train_units(plan: RunPlan) -> list[int]:
+    """The merged train files the run trains on (MLPerf's 405B: 6 and 7 of 8)."""
+    return list(plan.data.train_shards or range(plan.data.train_outputs))
+
+
+def consolidate_config(plan: RunPlan) -> consolidate.ConsolidateConfig:
+    d = plan.data
+    return consolidate.ConsolidateConfig(Path(d.c4_path or ""), Path(d.merged_path or ""), d.train_outputs,
+                                         d.n_validation_samples or 0)  # fmt: skip
+
+
+def _consolidate(plan: RunPlan) -> StageSpec:
+    config = consolidate_config(plan)
+    units = [*train_units(plan), config.validation_unit()]  # only what training reads
+
+    def complete() -> str | None:
+        if _preprocess(plan).complete():
+            return "its outputs are already tokenized"
+        return config.complete_reason(units)
+
+    return StageSpec(
+        name="consolidate",
+        summary="merge C4 shards into MLPerf's files: one array task per merged file, with a manifest",
+        command=("-m", consolidate.MODULE, *config.to_argv()),
+        time_limit=plan.cluster.time_limit,
+        cpus_per_task=plan.cluster.cpus_per_task,
+        tasks=tuple((unit, ("--task-index", unit)) for unit in units),
+        paths=StagePaths(reads=(str(config.c4_path),), writes=(str(config.merged_path),)),
+        complete=complete,
+    )
 
 
 def tokenizer_model_path(plan: RunPlan) -> str:
@@ -47,49 +137,122 @@ def tokenizer_model_path(plan: RunPlan) -> str:
     return model
 
 
-def consolidate_argv(plan: RunPlan, python: str) -> list[Any]:
-    """MLPerf's consolidation (C4_PATH, MERGED_C4_PATH, TRAIN_OUTPUTS, N_VALIDATION_SAMPLES) as flags."""
-    return [python, "-u", "-m", "orchestrator.data.consolidate", "--c4-path", plan.data.c4_path,
-            "--merged-path", plan.data.merged_path, "--train-outputs", plan.data.train_outputs,
-            "--n-validation-samples", plan.data.n_validation_samples or 0]  # fmt: skip
-
-
-def preprocess_argv(plan: RunPlan, python: str) -> list[Any]:
-    """Megatron's preprocess_data.py flags, with the tokenizer semantics NeMo's tool (the seeds', MLPerf's) has:
-    no BOS, and Hugging Face's slow tokenizer where one exists."""
+def preprocess_configs(plan: RunPlan) -> list[preprocess_job.PreprocessConfig]:
+    """One tokenization job per file the trainer reads, with the tokenizer semantics NeMo's tool (the seeds',
+    MLPerf's) has: no BOS, and Hugging Face's slow tokenizer where one exists."""
     tok = plan.model.tokenizer
-    argv: list[Any] = [python, "-u", "-m", "orchestrator.data.preprocess", "--json-keys", "text"]
-    if tok.library == "sentencepiece":
-        argv += ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", tokenizer_model_path(plan)]
-    else:
-        argv += ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tokenizer_model_path(plan),
-                 "--tokenizer-hf-no-use-fast", "--tokenizer-hf-no-include-special-tokens"]  # fmt: skip
-    argv += ["--workers", plan.data.workers or plan.cluster.cpus_per_task or plan.cluster.cpu_tasks_per_node]
-    if plan.data.append_eod:
-        argv.append("--append-eod")
-    return argv
+    spec = TokenizerSpec(
+        tokenizer_type="SentencePieceTokenizer" if tok.library == "sentencepiece" else "HuggingFaceTokenizer",
+        tokenizer_model=tokenizer_model_path(plan),
+        hf_use_fast=tok.library == "sentencepiece",
+        hf_include_special_tokens=tok.library == "sentencepiece",
+    )
+    merged, out = Path(plan.data.merged_path or ""), Path(plan.data.preprocessed_path)
+    files = [consolidate.train_file(k) for k in train_units(plan)]
+    files.append(consolidate.validation_file(plan.data.n_validation_samples))
+    workers = plan.data.workers or plan.cluster.cpus_per_task or plan.cluster.cpu_tasks_per_node
+    return [
+        preprocess_job.PreprocessConfig(input=merged / name, output_prefix=str(out / consolidate.stem(name)),
+                                        tokenizer=spec, append_eod=plan.data.append_eod, workers=workers)  # fmt: skip
+        for name in files
+    ]
 
 
-def context(plan: RunPlan, stage: str) -> dict[str, Any]:
-    """Template values of a stage."""
-    python = python_for_driver(plan)
-    if stage == "train":
-        module = "orchestrator.train.nemo" if plan.train.backend == "nemo" else "orchestrator.train.reference"
-        return {"module": module}
-    if stage == "consolidate":
-        # Array task k writes merged output k; task train_outputs writes the validation file training reads.
-        needed = list(plan.data.train_shards or range(plan.data.train_outputs))
-        return {"program": consolidate_argv(plan, python), "array": [*needed, plan.data.train_outputs]}
-    if stage == "preprocess":
-        jobs = preprocess_jobs(plan)
-        return {"program": preprocess_argv(plan, python), "inputs": [str(i) for i, _ in jobs],
-                "outputs": [str(o) for _, o in jobs], "launcher_single": [], "array": list(range(len(jobs)))}  # fmt: skip
-    if stage == "import":
-        return {}
-    if stage == "smoke":
-        return {"report_dir": str(RunDir.of(plan.run_dir).path / "smoke")}
-    raise ValueError(f"unknown stage {stage!r}")
+def _preprocess(plan: RunPlan) -> StageSpec:
+    configs = preprocess_configs(plan)
+
+    def complete() -> str | None:
+        if all(preprocess_job.is_complete(config) for config in configs):
+            return f"all {len(configs)} datasets are tokenized (manifests match this plan)"
+        return None
+
+    return StageSpec(
+        name="preprocess",
+        summary="tokenize each merged file into a Megatron .bin/.idx: one array task per file, no GPUs",
+        command=("-m", preprocess_job.MODULE),
+        time_limit=plan.cluster.time_limit,
+        cpus_per_task=plan.cluster.cpus_per_task,
+        tasks=tuple((i, tuple(config.to_argv())) for i, config in enumerate(configs)),
+        paths=StagePaths(reads=(plan.data.merged_path or "", configs[0].tokenizer.tokenizer_model),
+                         writes=(plan.data.preprocessed_path,)),  # fmt: skip
+        complete=complete,
+    )
 
 
-def render_all(plan: RunPlan, stages: tuple[str, ...] | None = None) -> list[StageScript]:
-    return [render_stage(plan, stage, **context(plan, stage)) for stage in (stages or plan.stages)]
+def _import(plan: RunPlan) -> StageSpec:
+    model_id = plan.train.hf_model_id or ""
+    target = init_checkpoint(plan) or ""
+
+    def complete() -> str | None:
+        return f"the imported checkpoint {target} exists" if (Path(target) / "weights").is_dir() else None
+
+    return StageSpec(
+        name="import",
+        summary=f"convert the Hugging Face checkpoint {model_id} into NeMo's format (one GPU task)",
+        command=("-m", "orchestrator.train.nemo_import", "--run-dir", plan.run_dir),
+        time_limit=plan.cluster.time_limit,
+        gpus=True,
+        paths=StagePaths(reads=(model_id,) if is_local_model(model_id) else (), writes=(str(Path(target).parent),),
+                         required=(model_id,) if is_local_model(model_id) else ()),  # fmt: skip
+        complete=complete,
+    )
+
+
+def _train_reads(plan: RunPlan) -> tuple[str, ...]:
+    prefixes = [*plan.data.train_prefixes, *plan.data.validation_prefixes]
+    folders = dict.fromkeys(str(Path(p).parent) for p in prefixes)
+    start = init_checkpoint(plan)
+    extra = [tokenizer_model_path(plan) if plan.model.tokenizer.library == "sentencepiece" else plan.model.tokenizer.model]
+    return (*folders, *extra, *([start] if start else []), *([plan.data.index_cache_dir] if plan.data.index_cache_dir else []))
+
+
+def _train(plan: RunPlan) -> StageSpec:
+    backend = plan.train.backend
+    module = "orchestrator.train.nemo" if backend == "nemo" else "orchestrator.train.reference"
+    done = RunDir.of(plan.run_dir)
+
+    def complete() -> str | None:
+        record = done.done()
+        return f"the run is done (step {record.get('final_step')})" if record else None
+
+    return StageSpec(
+        name=TRAIN,
+        summary=f"train ({backend} backend): one srun step over all nodes, one task per "
+        f"{'GPU' if plan.cluster.gpus_per_node else 'CPU worker'}, each with its rank from Slurm",
+        command=("-m", module, "--run-dir", plan.run_dir),
+        time_limit=plan.chain.time_limit,
+        nodes=plan.layout.nodes,
+        tasks_per_node=plan.layout.tasks_per_node,
+        gpus=True,
+        ranks=True,
+        cpus_per_task=plan.cluster.cpus_per_task,
+        requeue=True,
+        chain=True,
+        jobs=plan.chain.jobs,
+        paths=StagePaths(reads=_train_reads(plan), writes=(plan.train.ckpt_dir,)),
+        complete=complete,
+    )
+
+
+def _smoke(plan: RunPlan) -> StageSpec:
+    return StageSpec(
+        name="smoke",
+        summary="every task reports its host, rank and GPUs after an all-reduce",
+        command=("-m", "orchestrator.smoke", "--report-dir", str(RunDir.of(plan.run_dir).path / "smoke")),
+        time_limit=plan.chain.time_limit,
+        nodes=plan.layout.nodes,
+        tasks_per_node=plan.layout.tasks_per_node,
+        gpus=True,
+        ranks=True,
+        cpus_per_task=plan.cluster.cpus_per_task,
+        requeue=True,
+    )
+
+
+_BUILDERS: dict[str, Callable[[RunPlan], StageSpec]] = {
+    "consolidate": _consolidate,
+    "preprocess": _preprocess,
+    "import": _import,
+    TRAIN: _train,
+    "smoke": _smoke,
+}

@@ -3,10 +3,11 @@
 Order of work, so that a bad plan writes nothing: validate (done by ``build_plan``) -> render every script in
 memory -> only then create the run directory, write ``plan.json``, the scripts and the ledger -> submit.
 
-On Slurm the stages are chained: consolidate -> preprocess (``afterok``, with ``--kill-on-invalid-dep`` so a
-failed stage never leaves dependents pending forever) -> training job 0 -> training job i (``afterany`` on job
-i-1: a job that hit its time limit or failed still lets the next continue from the latest checkpoint; the
-driver at each job's start decides whether to train). Stages whose outputs are already complete are skipped.
+On Slurm the stages are chained in the plan's order, each stage's first job after the previous stage's last
+(``afterok``, with ``--kill-on-invalid-dep`` so a failed stage never leaves dependents pending forever); inside the
+training chain job i waits ``afterany`` on job i-1 (a job that hit its time limit or failed still lets the next
+continue from the latest checkpoint; the driver at each job's start decides whether to train). Stages whose outputs
+are already complete are skipped.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from orchestrator.driver import StageDriver
 from orchestrator.ledger import Ledger
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import parse_time_limit
-from orchestrator.render import StageScript, job_name, write_scripts
+from orchestrator.render import StageScript, job_name, render_all, write_scripts
 from orchestrator.rundir import RunDir
-from orchestrator.stages import render_all
+from orchestrator.stages import StageSpec, stage_specs
 
 
 class SubmitError(RuntimeError):
@@ -51,91 +52,83 @@ def create_run(plan: RunPlan, scripts: list[StageScript]) -> RunDir:
     return rd
 
 
-def sbatch_command(plan: RunPlan, script: StageScript, dependency: str | None) -> list[str]:
+def sbatch_command(plan: RunPlan, spec: StageSpec, dependency: str | None) -> list[str]:
     """The sbatch call for a stage (what --dry-run prints)."""
     args = ["sbatch"]
     if dependency:
         args += [f"--dependency={dependency}", "--kill-on-invalid-dep=yes"]
-    return [*args, str(RunDir.of(plan.run_dir).script(script.stage))]
+    return [*args, str(RunDir.of(plan.run_dir).script(spec.name))]
 
 
 def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print) -> Submission:
     """Create the run and queue (Slurm) or run (local) every stage that still has work."""
-    from orchestrator.pipeline import complete_reason, prepare_inputs
-
-    scripts = render_all(plan)
-    rd = create_run(plan, scripts)
+    specs = stage_specs(plan)
+    rd = create_run(plan, render_all(plan, specs))
     prepare_inputs(plan, say)
-    skip = complete_reason
     if plan.cluster.scheduler == "local":
-        return _run_local(plan, rd, scripts, skip, say)
-    return queue_stages(plan, rd, scripts, skip, say)
+        return _run_local(plan, rd, specs, say)
+    return queue_stages(plan, rd, specs, say)
 
 
-def queue_stages(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
-                 skip: Callable[[RunPlan, str], str | None] | None, say: Callable[[str], None],
+def queue_stages(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[[str], None],
                  chain_start: int = 0) -> Submission:  # fmt: skip
+    """Queue each spec that still has work after the previous one: ``afterok`` after a stage, ``afterany`` inside
+    and after a chain (a job that hit its limit still lets the next continue from the latest checkpoint)."""
     ledger = Ledger(rd.ledger)
     sub = Submission(rd.path)
     previous: str | None = ",".join(plan.chain.dependencies) or None
-    previous_type = "afterok"
-    for script in _to_run(plan, scripts, skip, sub, say):
-        count = plan.chain.jobs if script.stage == "train" else 1
-        for i in range(count):
-            dependency = f"{previous_type}:{previous}" if previous else None
-            job_id = _sbatch(plan, rd, script, dependency)
-            chain_index = chain_start + i if script.stage == "train" else None
-            ledger.add_job(job_id, script.stage, chain_index=chain_index, array_size=len(script.array or ()) or None,
-                           dependency=dependency, script=str(rd.script(script.stage)))  # fmt: skip
-            sub.jobs.append((script.stage, job_id))
-            say(f"queued {script.stage}{f' #{chain_index}' if chain_index is not None else ''}: job {job_id}"
+    waits = "afterok"
+    for spec in _to_run(specs, sub, say):
+        for i in range(spec.jobs):
+            dependency = f"{waits}:{previous}" if previous else None
+            job_id = _sbatch(plan, rd, spec, dependency)
+            chain_index = chain_start + i if spec.chain else None
+            ledger.add_job(job_id, spec.name, chain_index=chain_index, array_size=len(spec.tasks) or None,
+                           dependency=dependency, script=str(rd.script(spec.name)))  # fmt: skip
+            sub.jobs.append((spec.name, job_id))
+            say(f"queued {spec.name}{f' #{chain_index}' if chain_index is not None else ''}: job {job_id}"
                 + (f" ({dependency})" if dependency else ""))
-            previous = job_id
-            previous_type = "afterany" if script.stage == "train" else "afterok"
+            previous, waits = job_id, spec.then
     return sub
 
 
-def _to_run(plan: RunPlan, scripts: list[StageScript], skip: Callable[[RunPlan, str], str | None] | None,
-            sub: Submission, say: Callable[[str], None]) -> list[StageScript]:  # fmt: skip
+def _to_run(specs: list[StageSpec], sub: Submission, say: Callable[[str], None]) -> list[StageSpec]:
     """The stages that still have work; the others are recorded as skipped, with why."""
     todo = []
-    for script in scripts:
-        why = skip(plan, script.stage) if skip else None
+    for spec in specs:
+        why = spec.complete()
         if why:
-            sub.skipped.append((script.stage, why))
-            say(f"skip {script.stage}: {why}")
+            sub.skipped.append((spec.name, why))
+            say(f"skip {spec.name}: {why}")
         else:
-            todo.append(script)
+            todo.append(spec)
     return todo
 
 
-def _sbatch(plan: RunPlan, rd: RunDir, script: StageScript, dependency: str | None) -> str:
-    args = sbatch_command(plan, script, dependency)[1:-1]
-    ex = executors.ScriptExecutor(
-        rd.submitit, script.text, time_minutes=parse_time_limit(plan.chain.time_limit if script.stage == "train" else plan.cluster.time_limit),
-        sbatch_args=args, array=script.array,
-    )  # fmt: skip
+def _sbatch(plan: RunPlan, rd: RunDir, spec: StageSpec, dependency: str | None) -> str:
+    args = sbatch_command(plan, spec, dependency)[1:-1]
+    ex = executors.ScriptExecutor(rd.submitit, rd.script(spec.name).read_text(), time_minutes=parse_time_limit(spec.time_limit),
+                                  sbatch_args=args, array=spec.array)  # fmt: skip
     try:
-        job = ex.submit(StageDriver(str(rd.path), script.stage))
+        job = ex.submit(StageDriver(str(rd.path), spec.name))
     except Exception as exc:  # submitit wraps sbatch's failure; say which stage and why
-        raise SubmitError(f"sbatch of stage {script.stage!r} ({job_name(plan, script.stage)}) failed: {exc}") from exc
+        raise SubmitError(f"sbatch of stage {spec.name!r} ({job_name(plan, spec.name)}) failed: {exc}") from exc
     return str(job.job_id)
 
 
-def _run_local(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
-               skip: Callable[[RunPlan, str], str | None] | None, say: Callable[[str], None]) -> Submission:  # fmt: skip
+def _run_local(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[[str], None]) -> Submission:
     """No scheduler: run the stages one after the other as local processes, each through the same driver."""
     ledger = Ledger(rd.ledger)
     sub = Submission(rd.path)
     ex = executors.local_executor(rd.submitit)
-    for script in _to_run(plan, scripts, skip, sub, say):
-        tasks: list[int | None] = list(script.array) if script.array else [None]
+    for spec in _to_run(specs, sub, say):
+        tasks: list[int | None] = list(spec.array or ()) or [None]
         for task in tasks:
-            job = ex.submit(StageDriver(str(rd.path), script.stage, task))
-            ledger.add_job(str(job.job_id), script.stage, chain_index=0 if script.stage == "train" else None,
-                           script=str(rd.script(script.stage)))  # fmt: skip
-            sub.jobs.append((script.stage, str(job.job_id)))
-            label = f"{script.stage}" + (f" task {task}" if task is not None else "")
+            job = ex.submit(StageDriver(str(rd.path), spec.name, task))
+            ledger.add_job(str(job.job_id), spec.name, chain_index=0 if spec.chain else None,
+                           script=str(rd.script(spec.name)))  # fmt: skip
+            sub.jobs.append((spec.name, str(job.job_id)))
+            label = f"{spec.name}" + (f" task {task}" if task is not None else "")
             say(f"running {label} (local job {job.job_id}); log: {job.paths.stdout}")
             try:
                 result: Any = job.result()
@@ -143,6 +136,20 @@ def _run_local(plan: RunPlan, rd: RunDir, scripts: list[StageScript],
                 raise SubmitError(f"{label} failed; its log: {job.paths.stdout}\n{_last_lines(job.paths.stderr)}") from None
             say(f"{label}: {result.get('outcome') if isinstance(result, dict) else result}")
     return sub
+
+
+def prepare_inputs(plan: RunPlan, say: Callable[[str], None]) -> None:
+    """Build the sample corpus of a ``data.source=sample`` plan (small, deterministic, on the login node)."""
+    if plan.data.source != "sample" or plan.data.c4_path is None:
+        return
+    from orchestrator.data import sample
+
+    c4 = Path(plan.data.c4_path)
+    if any(c4.glob("c4-train.*-of-01024.json.gz")):
+        return
+    # Two shards per merged output, so that consolidation really merges (as the issue's 4-shard example).
+    sample.build_corpus(c4, 2 * plan.data.train_outputs, 1, plan.data.sample_docs_per_shard, plan.train.seed)
+    say(f"built the sample corpus (real text, see orchestrator/data/sample.py) in {c4}")
 
 
 def _last_lines(path: Path, n: int = 15) -> str:

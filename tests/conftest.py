@@ -71,19 +71,17 @@ def lab_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     plan overrides point a tiny-profile run at them."""
     from orchestrator.data import consolidate, preprocess, sample
     from orchestrator.plan import build_plan
-    from orchestrator.stages import preprocess_argv, tokenizer_model_path
+    from orchestrator.stages import preprocess_configs, tokenizer_model_path
 
     root = tmp_path_factory.mktemp("lab-data")
     sample.build_corpus(root / "c4", 4, 1, 400, 1234)
     assert consolidate.main(["--c4-path", str(root / "c4"), "--merged-path", str(root / "merged"),
                              "--train-outputs", "2", "--n-validation-samples", "0"]) == 0  # fmt: skip
-    plan = build_plan("tiny", "local", run_dir=root / "plan")
+    plan = build_plan("tiny", "local", {"data.merged_path": str(root / "merged"), "data.preprocessed_path": str(root / "pre")},
+                      run_dir=root / "plan")  # fmt: skip
     assert tokenizer_model_path(plan).endswith("tokenizer.model.v1")
-    flags = [str(a) for a in preprocess_argv(plan, sys.executable)[4:]]
-    inputs = {"c4-train.en_0": "c4-train.en_0.json.gz", "c4-train.en_1": "c4-train.en_1.json.gz",
-              "c4-validation.en": "c4-validation.en.json.gz"}  # fmt: skip
-    for name, file in inputs.items():
-        assert preprocess.main([*flags, "--input", str(root / "merged" / file), "--output-prefix", str(root / "pre" / name)]) == 0
+    for config in preprocess_configs(plan):  # the preprocess stage's own jobs
+        assert preprocess.main(config.to_argv()) == 0
     pre = root / "pre"
     return {
         "data.source": "preprocessed",

@@ -10,8 +10,7 @@ import yaml
 
 from orchestrator.plan import build_plan
 from orchestrator.profiles import MODELS, cluster_names, profiles_dir
-from orchestrator.render import check_env, sbatch_value
-from orchestrator.stages import render_all
+from orchestrator.render import check_env, render_all, sbatch_value
 
 from conftest import run_cli
 
