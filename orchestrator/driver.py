@@ -16,51 +16,22 @@ submitit's signal handling installed: the USR2 that Slurm sends ``signal_grace_s
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import chain, slurm
+from orchestrator.contract import CHAIN_INDEX_ENV, DEADLINE_ENV, PHASE_ENV, STEP_PHASE, TASK_INDEX_ENV, JobEnvironment
 from orchestrator.ledger import Ledger
-from orchestrator.mlperf.mllog import CHAIN_INDEX_ENV
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
 from orchestrator.stages import stage_spec
-from orchestrator.train.deadline import DEADLINE_ENV
 
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """Who we are, from the scheduler's environment."""
-
-    job_id: str
-    restart: int
-    host: str
-    scheduler: str
-    task_index: int | None
-
-    @classmethod
-    def from_env(cls, task_index: int | None = None) -> "JobContext":
-        env = os.environ
-        if "SLURM_JOB_ID" in env:
-            array_task = env.get("SLURM_ARRAY_TASK_ID")
-            job_id = f"{env['SLURM_ARRAY_JOB_ID']}_{array_task}" if array_task else env["SLURM_JOB_ID"]
-            return cls(
-                job_id=job_id,
-                restart=int(env.get("SLURM_RESTART_COUNT", "0") or 0),
-                host=env.get("SLURMD_NODENAME", socket.gethostname()),
-                scheduler="slurm",
-                task_index=int(array_task) if array_task else task_index,
-            )
-        local_id = env.get("SUBMITIT_LOCAL_JOB_ID") or f"local-{os.getpid()}"
-        return cls(job_id=local_id, restart=0, host=socket.gethostname(), scheduler="local", task_index=task_index)
 
 
 class StageDriver:
@@ -93,7 +64,8 @@ class StageDriver:
         self.rd = RunDir.of(self.run_dir)
         self.plan = RunPlan.load(self.rd.path)
         self.ledger = Ledger(self.rd.ledger)
-        self.ctx = JobContext.from_env(self.task_index)
+        ctx = JobEnvironment.current()
+        self.ctx = ctx if self.task_index is None else dataclasses.replace(ctx, array_task=self.task_index)
         self.spec = stage_spec(self.plan, self.stage)
         if self.ctx.scheduler == "slurm":
             signal.signal(signal.SIGTERM, self._on_sigterm)
@@ -236,11 +208,11 @@ class StageDriver:
     # ------------------------------------------------------------------------------------------ the step
 
     def _run_step(self, deadline: float | None = None) -> int:
-        env = dict(os.environ, ORCHESTRATOR_PHASE="step")
+        env = dict(os.environ, **{PHASE_ENV: STEP_PHASE})
         if deadline:
             env[DEADLINE_ENV] = f"{deadline:.0f}"
-        if self.ctx.task_index is not None:
-            env["ORCHESTRATOR_TASK_INDEX"] = str(self.ctx.task_index)
+        if self.ctx.array_task is not None:
+            env[TASK_INDEX_ENV] = str(self.ctx.array_task)
         job = self.ledger.job(self.ctx.job_id)
         if job is not None and job.chain_index is not None:
             env[CHAIN_INDEX_ENV] = str(job.chain_index)
@@ -282,7 +254,7 @@ class StageDriver:
         rc = self._run_step()
         outcome = "completed" if rc == 0 else ("preempted" if self._slurm_term else "failed")
         self.ledger.end_attempt(self._attempt, outcome, exit_code=rc)
-        self._say(f"{self.stage}{_task(self.ctx.task_index)} ended: exit {rc}")
+        self._say(f"{self.stage}{_task(self.ctx.array_task)} ended: exit {rc}")
         if rc != 0:
             raise SystemExit(rc)
         return {"stage": self.stage, "outcome": outcome, "exit_code": rc}
@@ -290,12 +262,7 @@ class StageDriver:
     # --------------------------------------------------------------------------------------------- util
 
     def _log_path(self) -> str | None:
-        if self.ctx.scheduler != "slurm":
-            return None
-        env = os.environ
-        if "SLURM_ARRAY_JOB_ID" in env:
-            return str(self.rd.logs / f"{self.stage}-{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}.out")
-        return str(self.rd.logs / f"{self.stage}-{env['SLURM_JOB_ID']}.out")
+        return str(self.rd.log(self.stage, self.ctx.job_id)) if self.ctx.scheduler == "slurm" else None
 
     def _say(self, message: str) -> None:
         print(f"[orchestrator] {_stamp()} driver: {message}", flush=True)

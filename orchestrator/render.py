@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 import jinja2
 
 import orchestrator
+from orchestrator import contract
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
 from orchestrator.stages import StageSpec, stage_specs
@@ -104,7 +105,6 @@ def array_spec(indices: Sequence[int]) -> str:
 def sbatch_options(plan: RunPlan, spec: StageSpec) -> list[tuple[str, Any]]:
     """The ``#SBATCH`` lines of a stage's script, in order."""
     site = plan.cluster
-    logs = RunDir.of(plan.run_dir).logs
     opts: list[tuple[str, Any]] = [("job-name", job_name(plan, spec.name))]
     for key in ("account", "partition", "qos", "reservation"):
         if getattr(site, key):
@@ -121,9 +121,7 @@ def sbatch_options(plan: RunPlan, spec: StageSpec) -> list[tuple[str, Any]]:
     opts.append(("time", spec.time_limit))
     if spec.array:
         opts.append(("array", array_spec(spec.array)))
-        opts.append(("output", str(logs / f"{spec.name}-%A_%a.out")))
-    else:
-        opts.append(("output", str(logs / f"{spec.name}-%j.out")))
+    opts.append(("output", str(RunDir.of(plan.run_dir).log_pattern(spec.name, bool(spec.array)))))
     opts.append(("open-mode", "append"))
     # USR2 to the batch shell (the exec'd driver) before the limit; never USR1 (NCCL and Lightning use it).
     opts.append(("signal", f"B:USR2@{site.signal_grace_s}"))
@@ -183,6 +181,8 @@ def render_stage(plan: RunPlan, spec: StageSpec) -> StageScript:
         container=site.container.runtime == "pyxis",
         container_package_root=CONTAINER_PACKAGE_ROOT,
         program=[step_python(plan), "-u", *spec.command],
+        names={"phase": contract.PHASE_ENV, "step": contract.STEP_PHASE, "task": contract.TASK_INDEX_ENV,
+               "run_dir": contract.RUN_DIR_ENV},
     )
     return StageScript(stage=spec.name, text=text, array=spec.array)
 

@@ -54,6 +54,14 @@ class RunDir:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    def log(self, stage: str, job_id: str) -> Path:
+        """A job's output: ``logs/<stage>-<job id>.out`` (an array task's id is ``<array job>_<task>``)."""
+        return self.logs / f"{stage}-{job_id}.out"
+
+    def log_pattern(self, stage: str, array: bool) -> Path:
+        """The same name as sbatch's ``--output`` pattern (``%j``, or ``%A_%a`` for an array task)."""
+        return self.log(stage, "%A_%a" if array else "%j")
+
     @property
     def ledger(self) -> Path:
         return self.path / "ledger.sqlite"

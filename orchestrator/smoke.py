@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from orchestrator.atomic import atomic_write_json
+from orchestrator.contract import JobEnvironment
 
 
 def visible_gpus() -> list[str]:
@@ -48,18 +48,17 @@ def all_reduce_check(rank: int, world: int) -> dict[str, Any]:
 
 
 def report(report_dir: Path) -> dict[str, Any]:
-    env = os.environ
-    rank = int(env.get("RANK", env.get("SLURM_PROCID", 0)))
-    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    env, job = os.environ, JobEnvironment.current()
+    rank, world = job.global_rank, job.world_size
     record: dict[str, Any] = {
-        "host": env.get("SLURMD_NODENAME") or socket.gethostname(),
+        "host": job.host,
         "rank": rank,
-        "local_rank": int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0))),
+        "local_rank": job.local_rank,
         "world_size": world,
         "master_addr": env.get("MASTER_ADDR"),
         "master_port": env.get("MASTER_PORT"),
         "visible_gpus": visible_gpus(),
-        "slurm_job_id": env.get("SLURM_JOB_ID"),
+        "slurm_job_id": job.job_id if job.scheduler == "slurm" else None,
     }
     record.update(all_reduce_check(rank, world))
     atomic_write_json(report_dir / f"rank-{rank}.json", record)

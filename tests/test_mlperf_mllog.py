@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.contract import JobEnvironment
 from orchestrator.mlperf.hyperparameters import reference_hyperparameters
 from orchestrator.mlperf.mllog import (
     RUN_EVENTS,
@@ -15,7 +16,6 @@ from orchestrator.mlperf.mllog import (
     Submission,
     chain_result,
     log_filename,
-    rank_from_env,
     read_mllog,
     read_runs,
 )
@@ -174,9 +174,9 @@ def test_log_filename_and_rank() -> None:
     assert log_filename("405b", 1234, 2, 98765, attempt=1) == "mlperf_405b_seed1234_par2_98765_r1.log"
     with pytest.raises(ValueError, match="file name"):
         log_filename("../x", 1, 0, "1")
-    assert rank_from_env({"SLURM_PROCID": "3"}) == 3
-    assert rank_from_env({"RANK": "5", "SLURM_PROCID": "3"}) == 5
-    assert rank_from_env({}) == 0
+    assert JobEnvironment.current({"SLURM_PROCID": "3", "SLURM_NTASKS": "4"}).global_rank == 3
+    assert JobEnvironment.current({"RANK": "5", "WORLD_SIZE": "8", "SLURM_PROCID": "3"}).global_rank == 5
+    assert JobEnvironment.current({}).global_rank == 0
 
 
 def test_a_job_log_is_named_for_the_partition_job_and_attempt_and_starts_the_init(tmp_path: Path) -> None:
@@ -186,12 +186,12 @@ def test_a_job_log_is_named_for_the_partition_job_and_attempt_and_starts_the_ini
     base = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
     plan = build_plan("llama31_405b", "h100-pyxis", base, run_id="r405", run_dir=tmp_path / "run")
     env = {"SLURM_JOB_ID": "4242", "ORCHESTRATOR_CHAIN_INDEX": "3", "SLURM_RESTART_COUNT": "1"}
-    log = open_job_log(plan, 0, env)
+    log = open_job_log(plan, JobEnvironment.current(env))
     assert log is not None and log.path == tmp_path / "run" / "mlperf" / f"mlperf_r405_seed{plan.train.seed}_par3_4242_r1.log"
     log.close()
     lines = [json.loads(line.removeprefix(":::MLLOG ")) for line in log.path.read_text().splitlines()]
     assert [(r["key"], r["event_type"]) for r in lines] == [("cache_clear", "POINT_IN_TIME"), ("init_start", "INTERVAL_START")]
 
-    other = open_job_log(plan, 5, env)  # every rank gets a logger; only rank 0 writes
+    other = open_job_log(plan, JobEnvironment.current({**env, "RANK": "5", "WORLD_SIZE": "8"}))  # every rank gets a logger; only rank 0 writes
     assert other is not None and not other.enabled and len(list((tmp_path / "run" / "mlperf").iterdir())) == 1
-    assert open_job_log(build_plan("llama3_8b", "h100-pyxis", base, run_dir=tmp_path / "r8"), 0, env) is None
+    assert open_job_log(build_plan("llama3_8b", "h100-pyxis", base, run_dir=tmp_path / "r8"), JobEnvironment.current(env)) is None

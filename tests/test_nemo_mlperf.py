@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by pytestmark
 
 from mlperf_helpers import SCALE_KEYS, failing_keys
+from orchestrator.contract import JobEnvironment
 from orchestrator.mlperf.compliance import check_compliance
 from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.mllog import RUN_EVENTS, chain_result, open_job_log, read_mllog
@@ -121,7 +122,7 @@ class Job:
         self.stop: StopControl = fdl.build(configs["StopControl"])
         self.mlperf: MlperfControl | None = fdl.build(configs["MlperfControl"]) if mlperf else None
         if self.mlperf is not None:
-            self.mlperf.mllog = open_job_log(plan, 0, env or {"SLURM_JOB_ID": "100"})
+            self.mlperf.mllog = open_job_log(plan, JobEnvironment.current(env or {"SLURM_JOB_ID": "100"}))
         else:
             self.stop.eval_schedule = None  # Lightning's own validation cadence, for comparison
         self.probe = Probe(signal_at)
@@ -316,7 +317,7 @@ def test_the_trainer_context_of_nemo_checkpoints_carries_the_callback(tmp_path: 
     configs = {fdl.get_callable(c).__name__: c for c in build_recipe(plan).trainer.callbacks}
     mlperf, stop = fdl.build(configs["MlperfControl"]), fdl.build(configs["StopControl"])
     trainer = nl.Trainer(accelerator="cpu", devices=1, callbacks=[mlperf, stop], logger=False)
-    mlperf.mllog = open_job_log(plan, 0, {"SLURM_JOB_ID": "1"})
+    mlperf.mllog = open_job_log(plan, JobEnvironment.current({"SLURM_JOB_ID": "1"}))
     model = llm.LlamaModel(llm.Llama3Config8B(num_layers=2, apply_rope_fusion=False))  # no Transformer Engine here
     TrainerContext(model=model, trainer=trainer, extra={}).io_dump(tmp_path / "context", yaml_attrs=["model"])
     restored = load_context(tmp_path / "context", subpath="trainer")

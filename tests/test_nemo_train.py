@@ -18,7 +18,6 @@ from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by p
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo as entry
 from orchestrator.train import nemo_stop
-from orchestrator.train.deadline import DEADLINE_ENV, deadline_from_env
 from orchestrator.train.nemo_checkpoint import latest_step
 from orchestrator.train.nemo_recipe import build_recipe
 from orchestrator.train.nemo_stop import StopControl
@@ -221,13 +220,3 @@ def test_a_finished_run_does_not_start_again(tmp_path: Path, monkeypatch: pytest
     assert entry.already_done(plan)  # checkpoint at max_steps, DONE missing (the last job died before writing it)
     assert json.loads((Path(plan.run_dir) / "DONE").read_text())["final_step"] == 100
     assert entry.already_done(plan)
-
-
-def test_deadline_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(DEADLINE_ENV, raising=False)
-    assert deadline_from_env() is None
-    monkeypatch.setenv(DEADLINE_ENV, "1900000000")
-    assert deadline_from_env() == 1_900_000_000.0
-    monkeypatch.setenv(DEADLINE_ENV, "tomorrow")
-    with pytest.raises(ValueError, match=DEADLINE_ENV):
-        deadline_from_env()

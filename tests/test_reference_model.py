@@ -10,7 +10,7 @@ import torch
 from orchestrator.profiles import Architecture, Optimizer, get_model
 from orchestrator.train.reference.model import Transformer, rope_frequencies
 from orchestrator.train.deadline import deadline_reached
-from orchestrator.train.reference.trainer import lr_at, resolve_ranks
+from orchestrator.train.reference.trainer import lr_at
 
 SMALL = {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 160, "num_attention_heads": 4, "num_query_groups": 2,
          "vocab_size": 97}  # fmt: skip
@@ -79,18 +79,6 @@ def test_lr_schedule_is_nemo_cosine_annealing() -> None:
     values = [lr_at(k, opt, 110) for k in range(10, 111)]
     assert values == sorted(values, reverse=True)
     assert lr_at(0, Optimizer(lr=1e-3, min_lr=0, warmup_steps=0), 100) == 1e-3
-
-
-def test_ranks_from_torchrun_srun_or_the_step_script() -> None:
-    r = resolve_ranks({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
-    assert (r.rank, r.world_size, r.local_rank, r.local_world_size) == (3, 8, 1, 2)
-    r = resolve_ranks({"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "SLURM_LOCALID": "1", "SLURM_TASKS_PER_NODE": "2(x3)"})
-    assert (r.rank, r.world_size, r.local_rank, r.local_world_size, r.launcher) == (5, 6, 1, 2, "srun")
-    # the lead's step script: RANK/LOCAL_RANK copied from SLURM_PROCID/SLURM_LOCALID, WORLD_SIZE exported
-    r = resolve_ranks({"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "SLURM_PROCID": "2", "SLURM_NTASKS": "4",
-                       "SLURM_LOCALID": "0", "SLURM_TASKS_PER_NODE": "1(x4)"})  # fmt: skip
-    assert (r.rank, r.world_size, r.local_rank, r.local_world_size, r.launcher) == (2, 4, 0, 1, "srun")
-    assert resolve_ranks({}).world_size == 1
 
 
 def test_deadline_leaves_room_for_a_step_and_a_save() -> None:

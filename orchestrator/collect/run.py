@@ -20,8 +20,9 @@ from orchestrator.collect import collect_logs
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, choose
 from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.collect.metrics import RunMetrics
+from orchestrator.rundir import RunDir
+from orchestrator.stages import TRAIN
 
-TRAIN_STAGE = "train"
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,12 @@ def _ledger_logs(run_dir: Path) -> list[Path]:
     from orchestrator.ledger import Ledger
 
     ledger = Ledger(ledger_path)
-    attempts = ledger.attempts(TRAIN_STAGE)
+    attempts = ledger.attempts(TRAIN)
     ordered: dict[Path, None] = {}
-    for job in ledger.jobs(TRAIN_STAGE):
+    for job in ledger.jobs(TRAIN):
         candidates = [Path(a.log_path) for a in attempts if a.job_id == job.job_id and a.log_path]
         candidates += [
-            run_dir / "logs" / f"{TRAIN_STAGE}-{job.job_id}.out",
+            RunDir.of(run_dir).log(TRAIN, job.job_id),
             run_dir / "submitit" / f"{job.job_id}_0_log.out",
         ]
         ordered.update(dict.fromkeys(p for p in candidates if p.is_file()))
@@ -63,7 +64,7 @@ def _ledger_logs(run_dir: Path) -> list[Path]:
 def find_logs(run_dir: str | os.PathLike[str]) -> list[Path]:
     """The run's training logs, first job first."""
     run_dir = Path(run_dir)
-    return _ledger_logs(run_dir) or sorted((run_dir / "logs").glob(f"{TRAIN_STAGE}-*.out"), key=_job_order)
+    return _ledger_logs(run_dir) or sorted((run_dir / "logs").glob(f"{TRAIN}-*.out"), key=_job_order)
 
 
 def _dig(tree: Any, *keys: str) -> Any:
@@ -82,7 +83,7 @@ def run_info(run_dir: str | os.PathLike[str], *, model: str | None = None) -> Ru
     logs = tuple(find_logs(run_dir))
     if not logs:
         raise FileNotFoundError(
-            f"{run_dir}: no training logs (logs/{TRAIN_STAGE}-<jobid>.out, or a train job in ledger.sqlite); "
+            f"{run_dir}: no training logs (logs/{TRAIN}-<jobid>.out, or a train job in ledger.sqlite); "
             "has the training stage started?"
         )
     notes: list[str] = []

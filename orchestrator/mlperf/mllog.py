@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from orchestrator.contract import JobEnvironment
 from orchestrator.mlperf.schedule import TARGET_LOG_PPL
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 TOKEN = ":::MLLOG "
 #: The partition (0-based job index in the chain) a training job runs; the driver exports it.
-CHAIN_INDEX_ENV = "ORCHESTRATOR_CHAIN_INDEX"
 
 INTERVAL_START = "INTERVAL_START"
 INTERVAL_END = "INTERVAL_END"
@@ -98,14 +98,6 @@ def log_filename(experiment: str, seed: int, partition: int, job_id: str | int, 
     return f"mlperf_{experiment}_seed{seed}_par{partition}_{job_id}{retry}.log"
 
 
-def rank_from_env(env: Mapping[str, str] = os.environ) -> int:
-    """Global rank before ``torch.distributed`` is up: ``RANK`` (torchrun) or ``SLURM_PROCID`` (srun), else 0."""
-    for name in ("RANK", "SLURM_PROCID"):
-        if env.get(name, "").strip():
-            return int(env[name])
-    return 0
-
-
 def _open_exclusive(path: Path) -> tuple[IO[str], Path]:
     """A new file at ``path``, or at ``<stem>.<n><suffix>`` if taken: one run per file, never appended to."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +131,7 @@ class MlperfLogger:
 
     A trainer calls the ``on_*`` hooks, which emit the reference's event sequence::
 
-        log = MlperfLogger(run_dir / log_filename(...), rank=rank_from_env(), gbs=schedule.gbs)
+        log = MlperfLogger(run_dir / log_filename(...), rank=JobEnvironment.current().global_rank, gbs=schedule.gbs)
         log.on_init_start()                            # process start: cache_clear, init_start
         ...                                            # build model, load checkpoint, build data
         log.on_train_start(step, hyperparameters, submission)   # ..., init_stop, run_start, epoch/block_start
@@ -255,27 +247,19 @@ class MlperfLogger:
         self.close()
 
 
-def open_job_log(plan: RunPlan, rank: int, env: Mapping[str, str] = os.environ) -> MlperfLogger | None:
+def open_job_log(plan: RunPlan, job: JobEnvironment) -> MlperfLogger | None:
     """The compliance log of this training job of an MLPerf plan, started; None when the plan is not one.
 
     Call it at process start: it logs ``cache_clear`` and ``init_start`` now, so the model build and the checkpoint
     load count as initialisation. One file per job and seed, ``<run_dir>/mlperf/mlperf_<run_id>_seed<S>_par<j>_<job>
-    [_r<k>].log``: ``j`` from ``ORCHESTRATOR_CHAIN_INDEX``, the job from ``SLURM_JOB_ID`` (submitit's local id, else
-    the process id), ``k`` from ``SLURM_RESTART_COUNT`` (a requeued attempt). Global rank 0 writes; the others get a
-    logger that writes nothing but still tells when the target is reached.
+    [_r<k>].log``: ``j`` the job's chain index, ``k`` its restart count (a requeued attempt). Global rank 0 writes;
+    the others get a logger that writes nothing but still tells when the target is reached.
     """
     schedule = plan.mlperf_schedule()
     if schedule is None:
         return None
-    job = env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID") or f"local{os.getpid()}"
-    name = log_filename(
-        plan.run_id,
-        plan.train.seed,
-        int(env.get(CHAIN_INDEX_ENV, "0") or 0),
-        job,
-        attempt=int(env.get("SLURM_RESTART_COUNT", "0") or 0),
-    )
-    logger = MlperfLogger(Path(plan.run_dir) / "mlperf" / name, rank=rank, gbs=schedule.gbs,
+    name = log_filename(plan.run_id, plan.train.seed, job.chain_index or 0, job.job_id, attempt=job.restart)
+    logger = MlperfLogger(Path(plan.run_dir) / "mlperf" / name, rank=job.global_rank, gbs=schedule.gbs,
                           target_log_ppl=schedule.target_log_ppl)  # fmt: skip
     logger.on_init_start()
     return logger

@@ -28,10 +28,10 @@ import os
 
 import numpy as np
 
-from orchestrator.mlperf.mllog import open_job_log, rank_from_env
+from orchestrator.contract import JobEnvironment, deadline
+from orchestrator.mlperf.mllog import open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
-from orchestrator.train.deadline import deadline_from_env
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_stop import install_signal_handlers
 
@@ -65,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.print_recipe and already_done(plan):
         return EXIT_DONE
     # MLPerf plans: the compliance log starts now (init_start), before NeMo's import, model build and checkpoint load
-    mllog = None if args.print_recipe else open_job_log(plan, rank_from_env())
+    job = JobEnvironment.current()
+    mllog = None if args.print_recipe else open_job_log(plan, job)
     # NeMo takes ~20 s to import; importing it here keeps --help fast and the signal handlers above in force.
     import fiddle as fdl
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
     from orchestrator.train.nemo_stop import StopControl
 
-    recipe = build_recipe(plan, deadline=deadline_from_env())
+    recipe = build_recipe(plan, deadline=deadline())
     local_spec = not have_transformer_engine()
     if local_spec:  # a machine without Transformer Engine: Megatron's local layer spec, flash attention by SDPA
         use_local_spec(recipe)
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DONE
     for key, value in env.items():
         os.environ.setdefault(key, value)
-    if rank_from_env() == 0:
+    if job.global_rank == 0:
         print(describe_start(plan), flush=True)
         if local_spec:
             print("nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
@@ -112,7 +113,7 @@ def already_done(plan: RunPlan) -> bool:
     step = latest_step(plan.train.ckpt_dir)
     if step is None or step < plan.train.max_steps:
         return False
-    if rank_from_env() == 0:
+    if JobEnvironment.current().global_rank == 0:
         write_done(plan, step, MAX_STEPS_REASON)
     return True
 

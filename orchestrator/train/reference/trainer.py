@@ -31,7 +31,6 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,7 +46,8 @@ from orchestrator.plan import RunPlan
 from orchestrator.profiles import Optimizer
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
 from orchestrator.train import checkpoint
-from orchestrator.train.deadline import DEADLINE_ENV, deadline_from_env, deadline_reached
+from orchestrator.contract import DEADLINE_ENV, JobEnvironment, deadline
+from orchestrator.train.deadline import deadline_reached
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
 
@@ -59,32 +59,7 @@ ASSUMED_SAVE_BYTES_PER_S = 200e6
 # ------------------------------------------------------------------------------------------------- ranks
 
 
-@dataclass(frozen=True)
-class Ranks:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    launcher: str
-
-
-def resolve_ranks(env: Mapping[str, str]) -> Ranks:
-    """Where this process sits. RANK/WORLD_SIZE/LOCAL_RANK (torchrun, ``orchestrator.launch``, or the step script
-    that copies them from Slurm) win over srun's SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; the tasks per node come
-    from LOCAL_WORLD_SIZE or Slurm's SLURM_NTASKS_PER_NODE / SLURM_TASKS_PER_NODE ("2(x3)")."""
-    launcher = "srun" if "SLURM_PROCID" in env else "torchrun-style env"
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    else:
-        return Ranks(0, 1, 0, 1, "single process")
-    per_node = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
-    local_world = int(per_node.split("(")[0].split(",")[0]) if per_node else world
-    return Ranks(rank, world, local, local_world, launcher)
-
-
-def init_distributed(ranks: Ranks) -> torch.device:
+def init_distributed(ranks: JobEnvironment) -> torch.device:
     """Pick the device, join the process group (world > 1), and keep CPU ranks from oversubscribing cores."""
     if torch.cuda.is_available():
         device = torch.device("cuda", ranks.local_rank % torch.cuda.device_count())
@@ -103,7 +78,7 @@ def init_distributed(ranks: Ranks) -> torch.device:
             )
         dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
-            rank=ranks.rank,
+            rank=ranks.global_rank,
             world_size=ranks.world_size,
             timeout=dt.timedelta(minutes=10),
             device_id=device if device.type == "cuda" else None,
@@ -175,7 +150,7 @@ def _digest(obj: Any) -> str:
 
 
 class Trainer:
-    def __init__(self, plan: RunPlan, ranks: Ranks, device: torch.device, signals: StopSignals,
+    def __init__(self, plan: RunPlan, ranks: JobEnvironment, device: torch.device, signals: StopSignals,
                  mllog: MlperfLogger | None = None) -> None:  # fmt: skip
         self.plan, self.ranks, self.device, self.signals = plan, ranks, device, signals
         self.mllog = mllog
@@ -183,7 +158,7 @@ class Trainer:
         train, layout, arch = plan.train, plan.layout, plan.model.arch
         self.run_dir = Path(plan.run_dir)
         self.ckpt_dir = Path(train.ckpt_dir)
-        self.is_main = ranks.rank == 0
+        self.is_main = ranks.global_rank == 0
         self.distributed = ranks.world_size > 1
         if (layout.tp, layout.pp, layout.cp, layout.ep) != (1, 1, 1, 1):
             parallel = f"{layout.tp}/{layout.pp}/{layout.cp}/{layout.ep}"
@@ -215,7 +190,7 @@ class Trainer:
             lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=device.type == "cuda",
         )  # fmt: skip
         mbs = layout.micro_batch_size
-        self.train_batches = datamod.Batches(datamod.train_samples(plan), mbs, ranks.world_size, ranks.rank)
+        self.train_batches = datamod.Batches(datamod.train_samples(plan), mbs, ranks.world_size, ranks.global_rank)
         self.val_batches = None
         if train.val_interval and train.val_batches:
             samples = datamod.validation_samples(plan)
@@ -225,7 +200,7 @@ class Trainer:
                     f"{plan.data.split!r} leaves no validation documents; set data.validation_prefixes or a split "
                     "with a validation part, or train.val_interval=null"
                 )
-            self.val_batches = datamod.Batches(samples, mbs, ranks.world_size, ranks.rank)
+            self.val_batches = datamod.Batches(samples, mbs, ranks.world_size, ranks.global_rank)
         self.step = 0
         self.consumed = 0
         self.val_loss: float | None = None
@@ -311,7 +286,7 @@ class Trainer:
             self.optimizer.load_state_dict(read("optimizer.pt"))
         if full:
             states = torch.load(path / "rng.pt", weights_only=True)
-            own = states[self.ranks.rank] if self.ranks.rank < len(states) else None
+            own = states[self.ranks.global_rank] if self.ranks.global_rank < len(states) else None
             if own is None:
                 self.say(f"{path.name} holds RNG states of {len(states)} ranks; ranks beyond keep their seeded state")
             else:
@@ -484,7 +459,7 @@ class Trainer:
 
     def fit(self) -> int:
         plan, train = self.plan, self.plan.train
-        deadline = deadline_from_env()
+        stop_at = deadline()
         arch = plan.model.arch
         self.say(
             f"reference trainer: run {plan.run_id}, model {plan.model.name} ({arch.num_layers} layers, hidden "
@@ -510,7 +485,7 @@ class Trainer:
         first_step = self.step
         self._mlperf_start()
         while True:
-            reason = self._stop_reason(deadline)
+            reason = self._stop_reason(stop_at)
             if reason:
                 self.say(f"stopping at step {self.step}: {reason}")
                 self.save()
@@ -549,8 +524,8 @@ def run(run_dir: str | os.PathLike[str], early_signal: str | None = None) -> int
     """Train the plan in ``run_dir``; 0 when max_steps is reached (DONE written) or stopped with a checkpoint."""
     signals = StopSignals(early_signal)
     plan = RunPlan.load(run_dir)
-    ranks = resolve_ranks(os.environ)
-    mllog = open_job_log(plan, ranks.rank)
+    ranks = JobEnvironment.current()
+    mllog = open_job_log(plan, ranks)
     device = init_distributed(ranks)
     try:
         return Trainer(plan, ranks, device, signals, mllog).fit()
