@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
 def pytest_make_collect_report(collector: pytest.Collector):
     """Under CI, a module skipped at import (``pytest.importorskip``) is a collection error, with its reason."""
     _fail_skips_under_ci((yield).get_result())
+
+
+@pytest.fixture
+def fresh_signals(monkeypatch: pytest.MonkeyPatch):
+    """No stop signal remembered from another test, and the process's handlers as they were afterwards
+    (the trainers install theirs). Tests take it with ``pytestmark = pytest.mark.usefixtures("fresh_signals")``."""
+    from orchestrator.train import stopping
+
+    monkeypatch.setattr(stopping, "_received", [])
+    saved = {sig: signal.getsignal(sig) for sig in stopping.STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ silent skip). Install it with scripts/install-nemo-stack (pinned by constraints/
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 try:
@@ -18,18 +16,4 @@ except Exception as exc:  # noqa: BLE001 - any broken dependency counts as missi
         pytrace=False,
     )
 
-from orchestrator.train import nemo_stop
-
-
-@pytest.fixture
-def fresh_signals(monkeypatch: pytest.MonkeyPatch):
-    """No stop signal remembered from another test, and the process's handlers as they were afterwards
-    (the trainers install theirs). Tests take it with ``pytestmark = pytest.mark.usefixtures("fresh_signals")``."""
-    monkeypatch.setattr(nemo_stop, "_received", [])
-    saved = {sig: signal.getsignal(sig) for sig in nemo_stop.STOP_SIGNALS}
-    yield
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-__all__ = ["fdl", "fresh_signals", "llm", "serialization"]
+__all__ = ["fdl", "llm", "serialization"]

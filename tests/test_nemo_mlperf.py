@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by pytestmark
+from nemo_stack import fdl
 
 from mlperf_helpers import SCALE_KEYS, failing_keys
 from orchestrator.contract import JobEnvironment
@@ -30,7 +30,7 @@ from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.mllog import RUN_EVENTS, chain_result, open_job_log, read_mllog
 from orchestrator.plan import RunPlan, build_plan
 from orchestrator.train import nemo as entry
-from orchestrator.train import nemo_stop
+from orchestrator.train import stopping
 from orchestrator.train.nemo_mlperf import MlperfControl, ScheduledValidation
 from orchestrator.train.nemo_recipe import build_recipe, summarize
 from orchestrator.train.nemo_stop import StopControl
@@ -223,7 +223,7 @@ def test_a_signal_after_an_evaluation_step_evaluates_before_the_job_stops(tmp_pa
     plan = small_plan(tmp_path)
     first = Job(plan, signal_at=8).fit(max_steps=13)
     assert first.probe.validated == [4, 6, 8] and (first.stop.reason, first.stop.saved_step) == ("signal", 8)
-    nemo_stop._received.clear()
+    stopping._received.clear()
     second = Job(plan).fit(max_steps=13, resume=first.last)
     assert second.probe.validated == [10, 12]
 

@@ -13,11 +13,11 @@ import pytest
 
 import torch
 
-from nemo_stack import fdl, fresh_signals  # noqa: F401 - the fixture, used by pytestmark
+from nemo_stack import fdl
 
 from orchestrator.plan import build_plan
 from orchestrator.train import nemo as entry
-from orchestrator.train import nemo_stop
+from orchestrator.train import stopping
 from orchestrator.train.nemo_checkpoint import latest_step
 from orchestrator.train.nemo_recipe import build_recipe
 from orchestrator.train.nemo_stop import StopControl
@@ -119,9 +119,9 @@ def test_a_stop_signal_saves_a_finished_last_checkpoint_at_the_step_boundary(tmp
 
 
 def test_sigterm_is_a_stop_request_too(tmp_path: Path) -> None:
-    nemo_stop.install_signal_handlers()
+    stopping.install()
     os.kill(os.getpid(), signal.SIGTERM)
-    assert nemo_stop.stop_signal() == signal.SIGTERM
+    assert stopping.received() == "SIGTERM"
 
 
 def test_validation_does_not_write_a_checkpoint(tmp_path: Path) -> None:
@@ -152,17 +152,17 @@ def test_the_deadline_leaves_time_for_one_step_and_one_save(tmp_path: Path) -> N
     trainer.step()
     trainer.batch_end(stop)
     assert stop.reason is None
-    stop.deadline = time.time() + 599  # one save (estimated 600 s) would end after it
+    stop.policy.deadline = time.time() + 599  # one save (estimated 600 s) would end after it
     trainer.step()
     trainer.batch_end(stop)
     assert stop.reason == "deadline" and stop.saved_step == 2 and latest_step(plan.train.ckpt_dir) == 2
-    assert stop.save_s < 600  # the measured save replaces the estimate
+    assert stop.policy.save_s < 600  # the measured save replaces the estimate
 
 
 def test_a_validation_due_after_the_next_step_counts_against_the_deadline(tmp_path: Path) -> None:
     trainer = FakeTrainer(nemo_checkpoint(make_plan(tmp_path)), step=14)  # validation every 16 steps
     stop = StopControl(save_estimate_s=10)
-    stop.longest_step_s, stop.validation_s = 5.0, 100.0
+    stop.policy.longest_step_s, stop.policy.validation_s = 5.0, 100.0
     assert stop.time_to_next_stop(trainer) == 15.0  # step 15 does not validate
     trainer.global_step = 15
     assert stop.time_to_next_stop(trainer) == 115.0  # step 16 does

@@ -22,6 +22,11 @@ opened at process start so that everything up to the first step counts as initia
 
 from __future__ import annotations
 
+from orchestrator.train import stopping
+
+if __name__ == "__main__":
+    stopping.install()  # first, before the imports below: a stop signal while they load is remembered, not fatal
+
 import argparse
 import json
 import os
@@ -33,7 +38,6 @@ from orchestrator.mlperf.mllog import open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
-from orchestrator.train.nemo_stop import install_signal_handlers
 
 if not hasattr(np, "product"):
     # megatron-core 0.14's checkpointing calls numpy.product, gone in numpy 2 (NeMo's container has numpy 1.26, a
@@ -57,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.print_recipe:
-        install_signal_handlers()  # first: a stop signal during the minutes of start-up is remembered, not fatal
+        stopping.install()  # as early as a caller of main() can (the module entry installs it before its imports)
     plan = RunPlan.load(args.run_dir)
     if plan.train.backend != "nemo":
         print(f"{args.run_dir}: train.backend is {plan.train.backend!r}; run orchestrator.train.{plan.train.backend}")

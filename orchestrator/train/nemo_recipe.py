@@ -42,6 +42,7 @@ from orchestrator.profiles import Architecture
 from orchestrator.stages import tokenizer_model_path
 from orchestrator.train.nemo_checkpoint import init_checkpoint
 from orchestrator.train.nemo_mlperf import MlperfControl
+from orchestrator.train import stopping
 from orchestrator.train.nemo_stop import StopControl
 
 #: Plan architecture field -> attribute of NeMo's model config (``Llama31Config8B``, ``Qwen3Config8B``, ...).
@@ -63,7 +64,6 @@ MOE_FIELDS = {
     "moe_top_k": "moe_router_topk",
     "moe_ffn_hidden_size": "moe_ffn_hidden_size",
 }
-ASSUMED_SAVE_BYTES_PER_S = 200e6  # per rank, until a save of this job was timed (as the reference trainer)
 
 
 def recipe_module(plan: RunPlan) -> Any:
@@ -382,10 +382,10 @@ def schedule_config(plan: RunPlan) -> run.Config | None:
 
 
 def save_estimate_s(plan: RunPlan) -> float:
-    """How long one checkpoint save may take before this job has timed one: each rank writes its weights and
-    optimizer state (the plan's memory estimate) at the reference trainer's assumed 200 MB/s, plus a second."""
+    """One checkpoint save before this job has timed one: each rank's weights and optimizer state (the plan's memory
+    estimate), at the rate :mod:`~orchestrator.train.stopping` assumes."""
     estimate = plan.memory_estimate()
-    return round(1.0 + (estimate.weights + estimate.optimizer) / ASSUMED_SAVE_BYTES_PER_S, 1)
+    return stopping.save_estimate_s(estimate.weights + estimate.optimizer)
 
 
 def _mlperf_405b(recipe: run.Partial, plan: RunPlan) -> None:

@@ -1,10 +1,7 @@
 """Stop a NeMo training job at a step boundary, with a finished checkpoint, whatever the reason.
 
-A job ends before ``max_steps`` for three reasons: a stop signal (SIGTERM from Slurm or a preemption, SIGUSR2 that
-the driver forwards), the job's deadline (``ORCHESTRATOR_DEADLINE``, when the trainer must have saved and exited:
-the driver sets it to the job's end minus the cluster's signal grace) coming closer than one step (plus the
-validation when the next step validates) and one checkpoint save, or the job's step quota (``chain.steps_per_job``,
-MLPerf's MAX_STEPS partitions). In every case :class:`StopControl` saves NeMo's ``*last`` checkpoint at the end of
+Why and when a job stops is :mod:`orchestrator.train.stopping`'s (the step quota, a signal, the deadline), shared
+with the reference trainer. In every case :class:`StopControl` saves NeMo's ``*last`` checkpoint at the end of
 the current step, waits for the asynchronous save to finish (so the ``-unfinished`` marker is gone before the
 process exits), skips the validation Lightning would otherwise start on a stop, and lets ``trainer.fit`` return
 normally. The caller reads :attr:`reason` and :attr:`saved_step` to choose the exit status.
@@ -24,35 +21,16 @@ and that one raises ``SIGTERMException`` at the next step without saving.
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from collections.abc import Iterator
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from orchestrator.train import stopping
 
 if TYPE_CHECKING:
     from orchestrator.mlperf.schedule import Schedule
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
-_received: list[int] = []
-
-
-def _remember(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
-
-
-def install_signal_handlers() -> None:
-    """Turn SIGTERM and SIGUSR2 into a stop request that the next step boundary acts on (main thread only)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _remember)
-
-
-def stop_signal() -> int | None:
-    """The first stop signal this process received, if any."""
-    return _received[0] if _received else None
 
 
 class StopControl(Callback):
@@ -67,18 +45,17 @@ class StopControl(Callback):
     ):
         self.steps_per_job = steps_per_job
         self.deadline = deadline
+        self.save_estimate_s = save_estimate_s
         self.eval_schedule = eval_schedule
-        self.save_s = save_estimate_s  # replaced by the measured time once this job has saved
+        self.policy = stopping.StopPolicy(steps_per_job, deadline, save_estimate_s)
         self.reason: str | None = None
         self.start_step: int | None = None
         self.saved_step: int | None = None
-        self.longest_step_s = 0.0
-        self.validation_s = 0.0
         self._last_boundary: float | None = None
         self._validation_start: float | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        install_signal_handlers()
+        stopping.install()  # again: Lightning's SIGTERM handler replaced ours when fit started
         self.start_step = trainer.global_step
         self._last_boundary = time.monotonic()
 
@@ -87,7 +64,7 @@ class StopControl(Callback):
     ) -> None:
         now = time.monotonic()
         if self._last_boundary is not None:
-            self.longest_step_s = max(self.longest_step_s, now - self._last_boundary)
+            self.policy.longest_step_s = max(self.policy.longest_step_s, now - self._last_boundary)
         self._last_boundary = now
         if 0 < trainer.max_steps <= trainer.global_step:
             return  # the normal end; on_train_end saves
@@ -96,8 +73,11 @@ class StopControl(Callback):
             return
         self.reason = reason
         trainer.should_stop = True
-        if not self.keeps_validation(trainer, reason):
+        validates_here = bool(trainer.limit_val_batches) and self.validates_after(trainer, trainer.global_step)
+        if not stopping.keeps_validation(reason, validates_here, self.eval_schedule is not None):
             trainer.limit_val_batches = 0  # Lightning validates when should_stop is set; a stop has no time for it
+        if trainer.is_global_zero:
+            print(f"stopping after step {trainer.global_step}: {self.policy.describe(reason)}", flush=True)
         self.save(trainer)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -105,7 +85,7 @@ class StopControl(Callback):
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._validation_start is not None:
-            self.validation_s = time.monotonic() - self._validation_start
+            self.policy.validation_s = time.monotonic() - self._validation_start
         self._last_boundary = time.monotonic()  # the next step's time starts after the validation
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -114,21 +94,14 @@ class StopControl(Callback):
 
     def stop_reason(self, trainer: Trainer) -> str | None:
         """Why this step is the last of the job: agreed by all ranks, so they stop at the same step."""
-        if self.steps_per_job and trainer.global_step - (self.start_step or 0) >= self.steps_per_job:
-            return "steps_per_job"
-        late = self.deadline is not None and time.time() + self.time_to_next_stop(trainer) >= self.deadline
-        signalled, late = _any_rank([stop_signal() is not None, late], trainer)
-        if signalled:
-            return "signal"
-        if late:
-            return "deadline"
-        return None
+        late = self.policy.deadline is not None and time.time() + self.time_to_next_stop(trainer) >= self.policy.deadline
+        signalled, late = stopping.any_rank([stopping.received() is not None, late], trainer.strategy.root_device)
+        return self.policy.reason(trainer.global_step - (self.start_step or 0), signalled, late)
 
     def time_to_next_stop(self, trainer: Trainer) -> float:
-        """Seconds from now to a saved stop after one more step: the longest step so far, the last validation's
-        time if the next step validates, and one save."""
-        validates = trainer.limit_val_batches and self.validates_after(trainer, trainer.global_step + 1)
-        return self.longest_step_s + (self.validation_s if validates else 0.0) + self.save_s
+        """Seconds from now to a saved stop after one more step (and its validation, if one is due)."""
+        validates_next = bool(trainer.limit_val_batches) and self.validates_after(trainer, trainer.global_step + 1)
+        return self.policy.seconds_to_stop(validates_next)
 
     def validates_after(self, trainer: Trainer, steps_done: int) -> bool:
         """Does validation follow the step that completes ``steps_done``? The rules' schedule in an MLPerf plan,
@@ -137,13 +110,6 @@ class StopControl(Callback):
             return self.eval_schedule.is_eval_step(steps_done)
         interval = trainer.val_check_interval
         return isinstance(interval, int) and interval > 0 and steps_done % interval == 0
-
-    def keeps_validation(self, trainer: Trainer, reason: str) -> bool:
-        """Does a stop after this step still run the validation due here? In MLPerf plans always; otherwise for a
-        ``steps_per_job`` stop only (as MLPerf's ``PreemptiveStop``): a signal or the deadline leaves no time."""
-        if not self.validates_after(trainer, trainer.global_step):
-            return False
-        return self.eval_schedule is not None or reason == "steps_per_job"
 
     def save(self, trainer: Trainer) -> None:
         """Save ``*last`` for the current step unless it is saved already, and wait until it is complete."""
@@ -157,7 +123,7 @@ class StopControl(Callback):
         finalize = getattr(trainer.strategy.checkpoint_io, "maybe_finalize_save_checkpoint", None)
         if finalize is not None:
             finalize(blocking=True)
-        self.save_s = time.monotonic() - start
+        self.policy.save_s = time.monotonic() - start
         self.saved_step = trainer.global_step
 
 
@@ -180,12 +146,3 @@ def _batch_completed(trainer: Trainer) -> Iterator[None]:
     finally:
         progress.current.completed -= pending
         progress.total.completed -= pending
-
-
-def _any_rank(flags: list[bool], trainer: Trainer) -> list[bool]:
-    """Element-wise OR over all ranks (one tiny all-reduce per step), so one rank seeing a signal is enough."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return flags
-    tensor = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=trainer.strategy.root_device)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
-    return [bool(v) for v in tensor.tolist()]

@@ -8,13 +8,8 @@ stderr).
 from __future__ import annotations
 
 import argparse
-import signal
 
-_early: list[str] = []
-
-
-def _remember(signum: int, frame: object) -> None:
-    _early.append(signal.Signals(signum).name)
+from orchestrator.train import stopping
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,11 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # A stop signal during the seconds torch takes to import must not kill the task: remember it, stop at step 0.
-    for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, _remember)
+    stopping.install()
     from orchestrator.train.reference import trainer
 
-    return trainer.run(args.run_dir, early_signal=_early[0] if _early else None)
+    return trainer.run(args.run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

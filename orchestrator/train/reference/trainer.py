@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -46,14 +45,12 @@ from orchestrator.plan import RunPlan
 from orchestrator.profiles import Optimizer
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
 from orchestrator.train import checkpoint
-from orchestrator.contract import DEADLINE_ENV, JobEnvironment, deadline
-from orchestrator.train.deadline import deadline_reached
+from orchestrator.contract import JobEnvironment, deadline
+from orchestrator.train import stopping
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
 
 EXIT_STOPPED = 0  # stopped early with a checkpoint (no DONE): the chain continues
-#: Before the first save is timed, a save is assumed to write the state at this rate, plus a second.
-ASSUMED_SAVE_BYTES_PER_S = 200e6
 
 
 # ------------------------------------------------------------------------------------------------- ranks
@@ -107,27 +104,6 @@ def lr_at(step: int, optim: Optimizer, max_steps: int) -> float:
     return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-# ------------------------------------------------------------------------------------------------ signals
-
-
-class StopSignals:
-    """SIGUSR2 / SIGTERM set a flag; the loop acts on it at the next step boundary.
-
-    ``received`` carries over a signal that arrived before this object existed (the entry point installs a
-    handler before importing torch, whose import alone takes seconds).
-    """
-
-    SIGNALS = (signal.SIGUSR2, signal.SIGTERM)
-
-    def __init__(self, received: str | None = None) -> None:
-        self.received = received
-        for sig in self.SIGNALS:
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.received = self.received or signal.Signals(signum).name
-
-
 # ------------------------------------------------------------------------------------------------ trainer
 
 
@@ -150,9 +126,9 @@ def _digest(obj: Any) -> str:
 
 
 class Trainer:
-    def __init__(self, plan: RunPlan, ranks: JobEnvironment, device: torch.device, signals: StopSignals,
+    def __init__(self, plan: RunPlan, ranks: JobEnvironment, device: torch.device,
                  mllog: MlperfLogger | None = None) -> None:  # fmt: skip
-        self.plan, self.ranks, self.device, self.signals = plan, ranks, device, signals
+        self.plan, self.ranks, self.device = plan, ranks, device
         self.mllog = mllog
         self.schedule = plan.mlperf_schedule()
         train, layout, arch = plan.train, plan.layout, plan.model.arch
@@ -205,11 +181,9 @@ class Trainer:
         self.consumed = 0
         self.val_loss: float | None = None
         self.saved_step = 0  # the state at step 0 is reproducible without a checkpoint
-        # a save's duration: estimated from the model's size until the first save measures it
-        state_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) * 3
-        self.save_s = 1.0 + state_bytes / ASSUMED_SAVE_BYTES_PER_S
-        self.step_s = 0.0  # the longest step of this job
-        self.val_s = 0.0  # the last validation's duration
+        estimate = plan.memory_estimate()  # a save's duration, until the first save of this job measures one
+        self.stop = stopping.StopPolicy(plan.chain.steps_per_job, deadline(),
+                                        stopping.save_estimate_s(estimate.weights + estimate.optimizer))  # fmt: skip
         self.fingerprint_digest = _digest(fingerprint(plan))
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -272,8 +246,8 @@ class Trainer:
             checkpoint.publish(tmp, self.ckpt_dir, self.step, meta)
         self.barrier()
         self.saved_step = self.step
-        self.save_s = time.perf_counter() - start
-        self.say(f"saved {name} (consumed_samples={self.consumed}, {self.save_s:.2f} s)")
+        self.stop.save_s = time.perf_counter() - start
+        self.say(f"saved {name} (consumed_samples={self.consumed}, {self.stop.save_s:.2f} s)")
 
     def _load(self, path: Path, *, full: bool, optimizer: bool) -> dict[str, Any]:
         meta = checkpoint.read_meta(path)
@@ -397,19 +371,11 @@ class Trainer:
             metrics["val_loss"] = self.val_loss
         print(logline.format_log_line(0, self.step, train.max_steps, metrics), flush=True)
 
-    def _stop_reason(self, deadline: float | None) -> str | None:
-        """Every rank's view at this step boundary, agreed by one all-reduce (any rank's flag stops all)."""
-        save_s = self.save_s
-        step_s = self.step_s + (self.val_s if self._evaluates(self.step + 1) else 0.0)
-        late = deadline_reached(time.time(), deadline, step_s, save_s)
-        received = self.signals.received
-        flags = torch.tensor([received is not None, late], dtype=torch.int32, device=self.device)
-        self.all_reduce(flags, op=dist.ReduceOp.MAX)
-        if flags[0]:
-            return f"{received} received" if received else "a stop signal received on another rank"
-        if flags[1]:
-            return f"{DEADLINE_ENV} is less than one step ({step_s:.1f} s) and one save ({save_s:.1f} s) away"
-        return None
+    def _stop_reason(self, steps_in_job: int) -> str | None:
+        """The stop policy at this step boundary, every rank's flags agreed by one all-reduce."""
+        late = self.stop.late(time.time(), self._evaluates(self.step + 1))
+        signalled, late = stopping.any_rank([stopping.received() is not None, late], self.device)
+        return self.stop.reason(steps_in_job, signalled, late)
 
     def _evaluates(self, steps_done: int) -> bool:
         """Validate after this many steps? MLPerf plans follow the rules' schedule, others every val_interval."""
@@ -459,7 +425,6 @@ class Trainer:
 
     def fit(self) -> int:
         plan, train = self.plan, self.plan.train
-        stop_at = deadline()
         arch = plan.model.arch
         self.say(
             f"reference trainer: run {plan.run_id}, model {plan.model.name} ({arch.num_layers} layers, hidden "
@@ -485,9 +450,9 @@ class Trainer:
         first_step = self.step
         self._mlperf_start()
         while True:
-            reason = self._stop_reason(stop_at)
+            reason = self._stop_reason(self.step - first_step)
             if reason:
-                self.say(f"stopping at step {self.step}: {reason}")
+                self.say(f"stopping at step {self.step}: {self.stop.describe(reason, self._evaluates(self.step + 1))}")
                 self.save()
                 self._mlperf_end()
                 return EXIT_STOPPED
@@ -496,7 +461,7 @@ class Trainer:
             if plan.mlperf and seconds > plan.mlperf.step_time_atol_s:
                 raise RuntimeError(f"step {self.step} took {seconds:.0f} s > mlperf.step_time_atol_s="
                                    f"{plan.mlperf.step_time_atol_s}: a straggler or a hang; stopping the job")  # fmt: skip
-            self.step_s = max(self.step_s, seconds)
+            self.stop.longest_step_s = max(self.stop.longest_step_s, seconds)
             self.step += 1
             self.consumed += train.global_batch_size
             if self._evaluates(self.step):
@@ -504,7 +469,7 @@ class Trainer:
                 if self.mllog:
                     self.mllog.on_eval_start(self.step)
                 self.val_loss = self.validate()
-                self.val_s = time.perf_counter() - start
+                self.stop.validation_s = time.perf_counter() - start
                 self.say(f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
                          f"({train.val_batches} global batches)")  # fmt: skip
                 if self.mllog and self.mllog.on_eval_end(self.step, self.val_loss):
@@ -513,22 +478,16 @@ class Trainer:
                 return self._finish()
             if train.ckpt_interval and self.step % train.ckpt_interval == 0:
                 self.save()
-            if plan.chain.steps_per_job and self.step - first_step >= plan.chain.steps_per_job:
-                self.say(f"stopping at step {self.step}: chain.steps_per_job={plan.chain.steps_per_job} done")
-                self.save()
-                self._mlperf_end()
-                return EXIT_STOPPED
 
 
-def run(run_dir: str | os.PathLike[str], early_signal: str | None = None) -> int:
+def run(run_dir: str | os.PathLike[str]) -> int:
     """Train the plan in ``run_dir``; 0 when max_steps is reached (DONE written) or stopped with a checkpoint."""
-    signals = StopSignals(early_signal)
     plan = RunPlan.load(run_dir)
     ranks = JobEnvironment.current()
     mllog = open_job_log(plan, ranks)
     device = init_distributed(ranks)
     try:
-        return Trainer(plan, ranks, device, signals, mllog).fit()
+        return Trainer(plan, ranks, device, mllog).fit()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
