@@ -18,8 +18,10 @@ layout, the schedule) stays NeMo's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
@@ -177,3 +179,50 @@ def use_local_spec(recipe: Any) -> None:
         # state_dict() asserts on optimizer state not created yet (seen on an H100 with this stack, see
         # docs/nemo-backend.md). The plain Megatron optimizer resumes; at DP 1 it holds the same state.
         recipe.optim.config.use_distributed_optimizer = False
+
+
+#: Fusions NeMo's model configs default to on that megatron-core refuses, or cannot build, without TE.
+TE_FUSIONS = ("apply_rope_fusion", "persist_layer_norm", "gradient_accumulation_fusion")
+
+
+@contextlib.contextmanager
+def importing_without_te() -> Iterator[None]:
+    """Let NeMo's Hugging Face importers (``llm.import_ckpt``) run without TE, for the duration.
+
+    They assume TE twice: the configuration they make from the checkpoint's ``config.json`` keeps the class defaults
+    of :data:`TE_FUSIONS` (megatron-core refuses it), and their weight maps name TE's fused layer norms
+    (``self_attention.linear_qkv.layer_norm_weight``), which Megatron's local spec holds as ``input_layernorm``. So every
+    Megatron config made meanwhile has those fusions off, and the maps' targets are renamed by megatron-core's own key
+    map of the local spec. That map also names the saved tensors, so the checkpoint is written with TE's names, as
+    an import with TE writes it, in the configuration's ``params_dtype``.
+    """
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.transformer_config import TransformerConfig
+    from nemo.lightning import io
+
+    te_to_local = {te: local for local, te in get_gpt_layer_local_spec().submodules.sharded_state_dict_keys_map.items()}
+    post_init, apply_transforms = TransformerConfig.__post_init__, io.apply_transforms
+
+    def post_init_without_fusions(config: TransformerConfig) -> None:
+        for name in TE_FUSIONS:
+            setattr(config, name, False)
+        post_init(config)
+
+    def apply_to_local_names(source: Any, target: Any, mapping: dict[str, str], *args: Any, **kwargs: Any) -> Any:
+        renamed = {}
+        for key, value in mapping.items():
+            for te, local in te_to_local.items():
+                value = value.replace(f".{te}", f".{local}")
+            renamed[key] = value
+        # The local norms are torch.nn norms, made in float32 whatever params_dtype says; TE's follow it. Cast the
+        # model to it, as an import with TE has it (NeMo checks the dtypes did not change, otherwise).
+        kwargs.setdefault("cast_dtype", target.config.params_dtype)
+        return apply_transforms(source, target, renamed, *args, **kwargs)
+
+    TransformerConfig.__post_init__ = post_init_without_fusions
+    io.apply_transforms = apply_to_local_names
+    try:
+        yield
+    finally:
+        TransformerConfig.__post_init__ = post_init
+        io.apply_transforms = apply_transforms
