@@ -23,15 +23,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import small_llama  # noqa: E402
 
 #: ``python -m orchestrator.train.nemo_import`` with the CUDA stand-ins a CPU needs (Megatron's checkpoint writer
-#: synchronises CUDA after copying tensors to the host): tests/nemo_cpu_trainer.py's.
-IMPORT_ON_CPU = """
-import runpy, sys
-sys.path.insert(0, sys.argv[1])
-from nemo_cpu_trainer import install_cpu_stand_ins
-install_cpu_stand_ins()
-sys.argv = ["nemo_import", "--run-dir", sys.argv[2]]
-runpy.run_module("orchestrator.train.nemo_import", run_name="__main__")
-"""
+#: synchronises CUDA after copying tensors to the host).
+ON_CPU = REPO / "benchmarks" / "on_cpu.py"
 
 
 def fused_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int) -> torch.Tensor:
@@ -51,7 +44,7 @@ def test_a_real_llama_checkpoint_imports_tensor_for_tensor(tmp_path: Path) -> No
     assert plan.stages[0] == "import"
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "plan.json").write_text(plan.to_json())
-    done = subprocess.run([sys.executable, "-c", IMPORT_ON_CPU, str(REPO / "tests"), str(tmp_path / "run")],
+    done = subprocess.run([sys.executable, str(ON_CPU), "orchestrator.train.nemo_import", "--run-dir", str(tmp_path / "run")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1"))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
