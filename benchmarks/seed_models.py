@@ -227,8 +227,9 @@ def seeds(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> b
         row = model_row(model, plan, run_stage(plan, "train", min(args.job_timeout, left)))
         summary["rows"].append(row)
         publish(args, summary)
-        print(f"{model}: exit {row['exit']} in {row['seconds']:.0f} s, tokens/s/GPU {fmt(row['tokens_per_s_per_gpu'], ',.0f')}, "
-              f"step {fmt(row['step_time_s'], '.3f')} s, MFU {fmt(row['mfu'], '.3f')}, peak {fmt(row['peak_gpu_memory_gib'], '.1f')} GiB, "
+        print(f"{model}: exit {row['exit']} in {row['seconds']:.0f} s, "
+              f"tokens/s/GPU {fmt(row['tokens_per_s_per_gpu'], ',.0f')}, step {fmt(row['step_time_s'], '.3f')} s, "
+              f"MFU {fmt(row['mfu'], '.3f')}, peak {fmt(row['peak_gpu_memory_gib'], '.1f')} GiB, "
               f"loss {fmt(row['first_loss'], '.2f')} -> {fmt(row['last_loss'], '.2f')}"
               + (f", error: {row['error']}" if row["error"] else ""), flush=True)
     rows = [r for r in summary["rows"] if "skipped" not in r]
@@ -265,7 +266,8 @@ def cpt(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> boo
     plan = prepare("llama31_8b", overrides, "cpt-llama31-small", cluster, args.work, ("import", "train"), args.dry)
     imported = run_stage(plan, "import", args.job_timeout)
     summary["import"] = imported
-    print(f"import: exit {imported['exit']} in {imported['seconds']:.0f} s" + (f", error: {imported['error']}" if imported["error"] else ""), flush=True)
+    failure = f", error: {imported['error']}" if imported["error"] else ""
+    print(f"import: exit {imported['exit']} in {imported['seconds']:.0f} s{failure}", flush=True)
     if imported["exit"] != 0:
         return False
     row = model_row("llama31_8b (cpt, small)", plan, run_stage(plan, "train", args.job_timeout))

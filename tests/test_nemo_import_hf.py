@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
 import small_llama  # noqa: E402
 
-#: ``python -m orchestrator.train.nemo_import`` with the CUDA stand-ins a CPU needs (Megatron's checkpoint writer
-#: synchronises CUDA after copying tensors to the host).
+#: Runs ``python -m orchestrator.train.nemo_import`` with the CUDA stand-ins a CPU needs (Megatron's checkpoint
+#: writer synchronises CUDA after copying tensors to the host).
 ON_CPU = REPO / "benchmarks" / "on_cpu.py"
 
 
@@ -44,8 +44,8 @@ def test_a_real_llama_checkpoint_imports_tensor_for_tensor(tmp_path: Path) -> No
     assert plan.stages[0] == "import"
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "plan.json").write_text(plan.to_json())
-    done = subprocess.run([sys.executable, str(ON_CPU), "orchestrator.train.nemo_import", "--run-dir", str(tmp_path / "run")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    command = [sys.executable, str(ON_CPU), "orchestrator.train.nemo_import", "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600,
                           env=dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1"))
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     imported = Path(init_checkpoint(plan))
