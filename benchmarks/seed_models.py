@@ -101,7 +101,8 @@ def seed_overrides(model: str, args: argparse.Namespace) -> dict[str, Any]:
         "model.tokenizer.vocab_size": 32000, "data.train_prefixes": [str(Path(args.data).absolute())],
         "data.index_cache_dir": str(args.work.absolute() / "index-cache"),
     }
-    if model == "llama31_405b":  # an MLPerf plan: its rules need validation data (no evaluation falls in this run)
+    if model == "llama31_405b":  # an MLPerf plan: the rules' evaluation schedule (none falls in this run) and data
+        del overrides["train.val_interval"], overrides["train.optim.warmup_steps"]  # the rules decide both
         overrides |= {"data.validation_prefixes": [str(Path(args.data).absolute())], "mlperf.allow_new_rcp": True}
     if args.dry:
         overrides |= DRY_ARCH | {"train.seq_length": DRY_SEQ}
@@ -260,7 +261,7 @@ def cpt(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> boo
     overrides = {**one_gpu(args.cpt_steps), **small_llama.PLAN_ARCH, "train.seq_length": seq,
                  "train.hf_model_id": str(source), "model.tokenizer.library": "huggingface",
                  "model.tokenizer.model": str(source), "model.tokenizer.vocab_size": 128256,
-                 "train.optim.lr": 1e-4, "train.optim.min_lr": 1e-5, "train.optim.warmup_steps": 2,
+                 "train.optim.lr": 3e-5, "train.optim.min_lr": 3e-6, "train.optim.warmup_steps": 2,
                  "data.train_prefixes": [str(Path(args.cpt_data).absolute())],
                  "data.index_cache_dir": str(args.work.absolute() / "index-cache")}
     plan = prepare("llama31_8b", overrides, "cpt-llama31-small", cluster, args.work, ("import", "train"), args.dry)
