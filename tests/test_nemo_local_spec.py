@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from pathlib import Path
@@ -20,7 +21,13 @@ from nemo.collections.llm.gpt.model.base import local_layer_spec as nemo_local_l
 
 from orchestrator.data.indexed import IndexedDatasetWriter
 from orchestrator.plan import build_plan
-from orchestrator.train.nemo_local_spec import SDPAttention, local_layer_spec, skip_attention_masks, use_local_spec
+from orchestrator.train.nemo_local_spec import (
+    SDPAttention,
+    announcement,
+    local_layer_spec,
+    skip_attention_masks,
+    use_local_spec,
+)
 from orchestrator.train.nemo_recipe import build_recipe
 
 pytestmark = pytest.mark.nemo
@@ -137,6 +144,65 @@ def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: P
     batch = {"tokens": tokens, "labels": tokens.roll(-1, 1), "position_ids": torch.arange(16).expand(2, 16)}
     losses = model.config.forward_step_fn(model, batch)
     assert losses.shape == (2, 16) and torch.isfinite(losses).all()
+
+
+class CpuStreams:
+    """Stands in for CUDA streams and events on a CPU: Megatron's alltoall dispatcher copies its token counts to the
+    host on a side stream and waits on an event; on a CPU every copy is already done."""
+
+    def wait_stream(self, other: object) -> None:
+        pass
+
+    def record_event(self) -> "CpuStreams":
+        return self
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_switched_moe_recipe_trains_all_128_experts_on_a_cpu(model_parallel: None, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """qwen3_30b_a3b without TE: the recipe's config builds (it raised ImportError of fused_permute before), and a
+    2-layer model with all 128 experts, top-8 routing, the recipe's alltoall dispatcher and load-balancing loss runs a
+    forward and backward pass (hidden 64 and no recomputation, which needs CUDA's RNG, so that it fits a CPU test)."""
+    plan = build_plan("qwen3_30b_a3b", "h100-pyxis", {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"],
+                      "model.arch.num_layers": 2, "layout.tp": 1, "layout.pp": 1, "layout.ep": 1,
+                      "train.global_batch_size": 8}, run_dir=tmp_path / "run")
+    recipe = build_recipe(plan)
+    use_local_spec(recipe)
+    config = fdl.build(recipe.model.config)
+    assert (config.num_moe_experts, config.moe_router_topk, config.moe_token_dispatcher_type) == (128, 8, "alltoall")
+    assert not (config.moe_permute_fusion or config.moe_router_fusion or config.moe_grouped_gemm)
+    assert config.moe_router_load_balancing_type == "aux_loss" and config.moe_aux_loss_coeff > 0
+    assert "MoE: SequentialMLP experts" in announcement(recipe)
+
+    small = copy.deepcopy(recipe.model.config)
+    for name, value in dict(hidden_size=64, ffn_hidden_size=128, moe_ffn_hidden_size=32, num_attention_heads=HEADS,
+                            num_query_groups=GROUPS, kv_channels=HEAD_DIM, vocab_size=256, recompute_granularity=None,
+                            recompute_method=None, recompute_num_layers=None, use_cpu_initialization=True, bf16=False,
+                            params_dtype=torch.float32).items():
+        setattr(small, name, value)
+    streams = CpuStreams()
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # RoPE's table and the router's weight go there
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *args, **kwargs: streams)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *args, **kwargs: streams)
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    model = llm.GPTModel(fdl.build(small))
+    model.configure_model()
+    experts = [m for m in model.modules() if type(m).__name__ == "SequentialMLP"]
+    assert [len(e.local_experts) for e in experts] == [128, 128]
+
+    tokens = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(5))
+    batch = {"tokens": tokens, "labels": tokens.roll(-1, 1), "position_ids": torch.arange(32).expand(2, 32)}
+    losses = model.config.forward_step_fn(model, batch)
+    assert losses.shape == (2, 32) and torch.isfinite(losses).all()
+    losses.mean().backward()
+    params = dict(model.named_parameters())
+    assert all(p.grad is not None for p in params.values())
+    routers = [p for name, p in params.items() if name.endswith("router.weight")]
+    assert len(routers) == 2 and all(r.grad.abs().sum() > 0 for r in routers)
+    used = [p for name, p in params.items() if "local_experts" in name and p.grad.abs().sum() > 0]
+    assert len(used) > 2 * 2 * 8  # top-8 of 64 tokens per layer reach many experts, each with fc1 and fc2
 
 
 def test_data_module_skips_the_mask(tmp_path: Path) -> None:

@@ -340,3 +340,70 @@ def test_mlperf_nemo_path_ids_equal_sentencepiece_except_literal_special_tokens(
     assert result["route"] and result["ours_equal_nemo"] and result["documents_equal_nemo"]  # fast and still NeMo's
     assert result["megatron_default_is_bos_plus"]
     assert (result["vocab_size"], result["eod"]) == (32000, 2)
+
+
+# --- seeds 000/001: Llama 3's tokenizer through NeMo's tool -------------------------------------------------------
+
+NEMO_TOOL = r"""
+import json, sys
+import numpy, torch
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from nemo.collections.nlp.modules.common.tokenizer_utils import get_nmt_tokenizer
+folder, input_path, prefix = sys.argv[1:4]
+# preprocess_data_for_megatron.py --tokenizer-library huggingface --tokenizer-type FOLDER [--append-eod]: its
+# get_tokenizer(args) (use_fast=False without --use-fast), text_to_ids per document, eos_id after a non-empty one,
+# documents without tokens left out, make_builder(..., vocab_size) -> uint16 below 65500 else int32. NeMo's own
+# builder module is not in the 2.5.3 wheel; megatron-core's writes the same .bin/.idx format (same header, dtype
+# codes, lengths, pointers and document index).
+tok = get_nmt_tokenizer(library="huggingface", model_name=folder, tokenizer_model=None, vocab_file=None,
+                        merges_file=None, delimiter=None, use_fast=False)
+for variant, append_eod in (("plain", False), ("eod", True)):
+    builder = IndexedDatasetBuilder(f"{prefix}-{variant}.bin", dtype=numpy.uint16 if tok.vocab_size < 65500 else numpy.int32)
+    with open(input_path, encoding="utf-8") as lines:
+        for line in lines:
+            ids = tok.text_to_ids(json.loads(line)["text"])
+            if ids:
+                builder.add_item(torch.IntTensor(ids + [tok.eos_id] if append_eod else ids))
+                builder.end_document()
+    builder.finalize(f"{prefix}-{variant}.idx")
+print(json.dumps({"class": type(tok.tokenizer).__name__, "vocab_size": tok.vocab_size, "eos_id": tok.eos_id}))
+"""
+
+
+@pytest.mark.nemo
+def test_llama3_data_path_is_byte_identical_to_nemos_tool(tmp_path: Path) -> None:
+    """Seeds 000/001 tokenize with NeMo's preprocess_data_for_megatron.py over Llama 3's Hugging Face tokenizer.
+    The preprocess stage's own flags for that tokenizer (the folder made from llama-models' tokenizer.model) write
+    the same bytes on the sample corpus, with and without --append-eod, texts that spell special tokens included
+    (they become the special ids in both)."""
+    from orchestrator.data.packaged_tokenizers import materialise
+    from orchestrator.plan import build_plan
+    from orchestrator.stages import preprocess_argv
+
+    python = nemo_python()
+    if python is None:
+        pytest.skip("needs an interpreter with the NeMo stack (ORCHESTRATOR_NEMO_PYTHON)")
+    folder = materialise("llama-models:llama3", tmp_path / "tokenizers")
+    records = sample.documents(random.Random("seed-000"), 400)
+    records += [{"text": t} for t in ("<|begin_of_text|>x<|end_of_text|>", "a <|eot_id|> b", " ", "\n\n", "日本語 🙂")]
+    corpus = write_jsonl(tmp_path / "c4-train.en_0.json", records)
+    plan = build_plan("llama3_8b", "h100-pyxis", {"model.tokenizer.model": str(folder)}, run_dir=tmp_path / "plan")
+    flags = [str(a) for a in preprocess_argv(plan, sys.executable)[4:]]
+    assert flags[:6] == ["--json-keys", "text", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(folder)]
+    nemo = str(tmp_path / "nemo" / "c4")
+    (tmp_path / "nemo").mkdir()
+    done = subprocess.run([python, "-c", NEMO_TOOL, str(folder), str(corpus), nemo], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"class": "PreTrainedTokenizerFast", "vocab_size": 128256,
+                                                                "eos_id": 128001}
+    for variant, eod in (("plain", []), ("eod", ["--append-eod"])):
+        ours = str(tmp_path / "ours" / variant)
+        argv = [*flags, "--workers", "2", "--input", str(corpus), "--output-prefix", ours, *eod]
+        done = subprocess.run([sys.executable, "-m", "orchestrator", "preprocess", *argv], capture_output=True,
+                              text=True, cwd=REPO, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert files_of(ours + "_text_document") == files_of(f"{nemo}-{variant}"), variant
+    dataset = indexed.IndexedDataset(f"{nemo}-eod")
+    assert dataset.dtype == np.int32 and len(dataset) == len(records)
+    assert dataset[len(records) - 4].tolist() == [64, 220, 128009, 293, 128001]  # "a", " ", <|eot_id|>, " b", EOD

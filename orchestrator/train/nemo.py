@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     import fiddle as fdl
 
     from orchestrator.train.nemo_mlperf import MlperfControl
-    from orchestrator.train.nemo_local_spec import have_transformer_engine, skip_attention_masks, use_local_spec
+    from orchestrator.train.nemo_local_spec import announcement, have_transformer_engine, skip_attention_masks, use_local_spec
     from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
     from orchestrator.train.nemo_stop import StopControl
 
@@ -92,9 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if job.global_rank == 0:
         print(describe_start(plan), flush=True)
         if local_spec:
-            print("nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
-                  "(orchestrator.train.nemo_local_spec), no sequence parallelism, no distributed optimizer without Apex",
-                  flush=True)
+            print(announcement(recipe), flush=True)
     task = fdl.build(recipe)
     if local_spec:
         skip_attention_masks(task.keywords["data"])

@@ -107,6 +107,13 @@ def build_model(plan: RunPlan) -> Any:
     return fdl.build(model_config(plan))
 
 
+def without_te_if_missing() -> contextlib.AbstractContextManager[None]:
+    """NeMo's importers assume Transformer Engine; on a machine without it (a lent GPU, a CPU) they are adapted."""
+    from orchestrator.train.nemo_local_spec import have_transformer_engine, importing_without_te
+
+    return contextlib.nullcontext() if have_transformer_engine() else importing_without_te()
+
+
 def import_checkpoint(plan: RunPlan, importer: Callable[..., Any] | None = None) -> Path:
     """Import once: skip when the output is complete, otherwise convert into a sibling and rename it into place."""
     start = init_checkpoint(plan)
@@ -135,7 +142,7 @@ def import_checkpoint(plan: RunPlan, importer: Callable[..., Any] | None = None)
         importer = llm.import_ckpt
     print(f"importing {source} into {output}", flush=True)
     try:
-        with hf_environment(token, online=not source.startswith("hf:///")):
+        with hf_environment(token, online=not source.startswith("hf:///")), without_te_if_missing():
             importer(model=build_model(plan), source=source, output_path=staging)
         if not is_nemo_checkpoint(staging):
             raise ImportStageError(f"the importer finished but {staging} has no weights/ and context/")

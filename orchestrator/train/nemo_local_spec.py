@@ -10,13 +10,18 @@ switches a recipe to that spec with :class:`SDPAttention` as the core attention 
 the kernel, as TE does), turns off the fusions that need TE (RoPE) and sequence parallelism (the local spec's norms are
 plain ``torch.nn`` norms, which Megatron refuses under it), and keeps the data module from building masks. Megatron's
 optimizer then falls back to ``torch.optim.AdamW`` (multi-tensor, not fused), and without Apex its distributed
-variant cannot resume, so the plain one is used. Everything else (the model, the layout, the schedule) stays NeMo's.
+variant cannot resume, so the plain one is used. Mixture-of-experts models (Qwen3 30B-A3B) also lose TE's fused token
+permutation and router kernels and its grouped GEMM: the experts become Megatron's ``SequentialMLP`` (one GEMM per
+expert), with the recipe's token dispatcher and load-balancing loss in plain PyTorch. Everything else (the model, the
+layout, the schedule) stays NeMo's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import torch
@@ -112,6 +117,44 @@ def forward_step_without_mask(model: Any, batch: dict[str, Any]) -> Any:
     return gpt_forward_step(model, batch if "attention_mask" in batch else {**batch, "attention_mask": None})
 
 
+#: What megatron-core 0.14's ``moe_utils`` imports from TE and, without TE, leaves undefined although its callers test
+#: each against None (the router's gating GEMM raises NameError on every forward; seen on a CPU).
+MOE_TE_KERNELS = (
+    "fused_compute_score_for_moe_aux_loss",
+    "fused_moe_aux_loss",
+    "fused_permute",
+    "fused_permute_with_probs",
+    "fused_sort_chunks_by_index",
+    "fused_sort_chunks_by_index_with_probs",
+    "fused_topk_with_score_function",
+    "fused_unpermute",
+    "te_general_gemm",
+)
+
+
+def declare_missing_moe_kernels() -> None:
+    """Define the TE kernels ``moe_utils`` lacks as None, so that its own non-TE branches run."""
+    from megatron.core.transformer.moe import moe_utils
+
+    for name in MOE_TE_KERNELS:
+        if not hasattr(moe_utils, name):
+            setattr(moe_utils, name, None)
+
+
+def is_moe(recipe: Any) -> bool:
+    return bool(getattr(recipe.model.config, "num_moe_experts", None))
+
+
+def announcement(recipe: Any) -> str:
+    """The log line that says what :func:`use_local_spec` changed in this recipe."""
+    line = ("nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
+            "(orchestrator.train.nemo_local_spec), no sequence parallelism, no distributed optimizer without Apex")
+    if is_moe(recipe):
+        line += ("; MoE: SequentialMLP experts (no grouped GEMM), token permutation and router unfused "
+                 f"({recipe.model.config.moe_token_dispatcher_type} dispatcher and load-balancing loss in PyTorch)")
+    return line
+
+
 def use_local_spec(recipe: Any) -> None:
     """Make a configured NeMo recipe trainable without Transformer Engine (see the module docstring); after
     ``fdl.build``, :func:`skip_attention_masks` on its data module."""
@@ -122,9 +165,64 @@ def use_local_spec(recipe: Any) -> None:
     config.gradient_accumulation_fusion = False  # needs TE or Apex kernels
     config.masked_softmax_fusion = False  # Megatron's fused softmax is never reached with SDPAttention
     config.persist_layer_norm = False  # the local spec's norms are torch.nn.RMSNorm/LayerNorm, which refuse these
+    if is_moe(recipe):
+        # Each needs TE: megatron-core refuses the permutation fusion at config time (ImportError of fused_permute,
+        # seen on an H200), and the router fusion's kernels are TE's. Grouped GEMM without TE is the legacy
+        # GroupedMLP over the separate grouped_gemm package (source only on PyPI: a CUDA build).
+        config.moe_permute_fusion = False
+        config.moe_router_fusion = False
+        config.moe_grouped_gemm = False
+        declare_missing_moe_kernels()
     recipe.trainer.strategy.sequence_parallel = False
     if not have_apex():
         # megatron-core 0.14's distributed optimizer resumes only over TE's or Apex's Adam: over torch's AdamW its
         # state_dict() asserts on optimizer state not created yet (seen on an H100 with this stack, see
         # docs/nemo-backend.md). The plain Megatron optimizer resumes; at DP 1 it holds the same state.
         recipe.optim.config.use_distributed_optimizer = False
+
+
+#: Fusions NeMo's model configs default to on that megatron-core refuses, or cannot build, without TE.
+TE_FUSIONS = ("apply_rope_fusion", "persist_layer_norm", "gradient_accumulation_fusion")
+
+
+@contextlib.contextmanager
+def importing_without_te() -> Iterator[None]:
+    """Let NeMo's Hugging Face importers (``llm.import_ckpt``) run without TE, for the duration.
+
+    They assume TE twice: the configuration they make from the checkpoint's ``config.json`` keeps the class defaults
+    of :data:`TE_FUSIONS` (megatron-core refuses it), and their weight maps name TE's fused layer norms
+    (``self_attention.linear_qkv.layer_norm_weight``), which Megatron's local spec holds as ``input_layernorm``. So every
+    Megatron config made meanwhile has those fusions off, and the maps' targets are renamed by megatron-core's own key
+    map of the local spec. That map also names the saved tensors, so the checkpoint is written with TE's names, as
+    an import with TE writes it, in the configuration's ``params_dtype``.
+    """
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.transformer.transformer_config import TransformerConfig
+    from nemo.lightning import io
+
+    te_to_local = {te: local for local, te in get_gpt_layer_local_spec().submodules.sharded_state_dict_keys_map.items()}
+    post_init, apply_transforms = TransformerConfig.__post_init__, io.apply_transforms
+
+    def post_init_without_fusions(config: TransformerConfig) -> None:
+        for name in TE_FUSIONS:
+            setattr(config, name, False)
+        post_init(config)
+
+    def apply_to_local_names(source: Any, target: Any, mapping: dict[str, str], *args: Any, **kwargs: Any) -> Any:
+        renamed = {}
+        for key, value in mapping.items():
+            for te, local in te_to_local.items():
+                value = value.replace(f".{te}", f".{local}")
+            renamed[key] = value
+        # The local norms are torch.nn norms, made in float32 whatever params_dtype says; TE's follow it. Cast the
+        # model to it, as an import with TE has it (NeMo checks the dtypes did not change, otherwise).
+        kwargs.setdefault("cast_dtype", target.config.params_dtype)
+        return apply_transforms(source, target, renamed, *args, **kwargs)
+
+    TransformerConfig.__post_init__ = post_init_without_fusions
+    io.apply_transforms = apply_to_local_names
+    try:
+        yield
+    finally:
+        TransformerConfig.__post_init__ = post_init
+        io.apply_transforms = apply_transforms
