@@ -59,10 +59,24 @@ class CudaOnCpu(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _Done:
+    """Stand-in for a CUDA stream or event: on the CPU, all work is done when it is issued."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:  # wait_stream, record_event, synchronize, wait_event, record, wait ...
+        return lambda *args, **kwargs: _Done() if name == "record_event" else None
+
+    def query(self) -> bool:
+        return True
+
+
 def install_cpu_stand_ins() -> None:
-    torch.cuda.Stream = lambda *a, **k: None  # type: ignore[assignment,misc]
+    torch.cuda.Stream = _Done  # type: ignore[assignment,misc]
+    torch.cuda.Event = _Done  # type: ignore[assignment,misc]
     torch.cuda.stream = lambda stream=None: contextlib.nullcontext()  # type: ignore[assignment]
-    torch.cuda.current_stream = lambda *a, **k: None  # type: ignore[assignment]
+    torch.cuda.current_stream = lambda *a, **k: _Done()  # type: ignore[assignment]
     torch.cuda.current_device = lambda: 0  # type: ignore[assignment]  # device=0 becomes the CPU, as above
     torch.cuda.is_initialized = lambda: True  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
