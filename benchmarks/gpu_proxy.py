@@ -100,6 +100,8 @@ def proxy_overrides(args: argparse.Namespace, backend: str) -> dict[str, Any]:
         "data.train_prefixes": [str(Path(args.data).absolute())],
         "data.train_weights": [1.0],
         "data.index_cache_dir": str(Path(args.work).absolute() / "index-cache"),
+        # one GPU, a small index: the trainer builds it on rank 0 (no index stage, whose NeMo start costs GPU time)
+        "stages": [TRAIN],
     }
 
 

@@ -47,7 +47,8 @@ from orchestrator.atomic import atomic_write_text
 from orchestrator.plan import RunPlan, build_plan
 from orchestrator.render import write_scripts
 from orchestrator.rundir import RunDir
-from orchestrator.stages import render_all
+from orchestrator.render import render_all
+from orchestrator.stages import stage_spec
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_TRAINER = REPO / "tests" / "nemo_cpu_trainer.py"
@@ -123,7 +124,7 @@ def prepare(model: str, overrides: dict[str, Any], run_id: str, cluster: Path, w
     rd = RunDir.of(run_dir)
     rd.logs.mkdir(parents=True)
     atomic_write_text(rd.plan, plan.to_json())
-    write_scripts(plan, render_all(plan, stages))
+    write_scripts(plan, render_all(plan, [stage_spec(plan, stage) for stage in stages]))
     if dry:
         for stage in stages:
             script = rd.script(stage)
@@ -224,7 +225,8 @@ def seeds(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> b
             summary["rows"].append({"model": model, "skipped": f"{left:.0f} s of the budget left"})
             print(f"{model}: skipped, {left:.0f} s of the budget left", flush=True)
             continue
-        plan = prepare(model, seed_overrides(model, args), f"seed-{model}", cluster, args.work, ("train",), args.dry)
+        overrides = {**seed_overrides(model, args), "stages": ["train"]}  # the trainer builds the small index itself
+        plan = prepare(model, overrides, f"seed-{model}", cluster, args.work, ("train",), args.dry)
         row = model_row(model, plan, run_stage(plan, "train", min(args.job_timeout, left)))
         summary["rows"].append(row)
         publish(args, summary)
@@ -264,6 +266,7 @@ def cpt(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> boo
                  "train.optim.lr": 3e-5, "train.optim.min_lr": 3e-6, "train.optim.warmup_steps": 2,
                  "data.train_prefixes": [str(Path(args.cpt_data).absolute())],
                  "data.index_cache_dir": str(args.work.absolute() / "index-cache")}
+    overrides["stages"] = ["import", "train"]  # the trainer builds the small index itself
     plan = prepare("llama31_8b", overrides, "cpt-llama31-small", cluster, args.work, ("import", "train"), args.dry)
     imported = run_stage(plan, "import", args.job_timeout)
     summary["import"] = imported

@@ -176,6 +176,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     request = _request_from_args(args)
     dry_run = args.dry_run or request.dry_run
     plans = request.build()
+    shared: dict[str, str] = {}  # stages the runs of this submission share (the data index of their seeds)
     for plan in plans:
         if dry_run:
             console.print(f"[bold]# dry run: {plan.run_id} -> {plan.run_dir} (nothing written, nothing queued)[/]")
@@ -186,7 +187,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 if plan.cluster.scheduler == "slurm":
                     console.print("# would run: " + " ".join(sbatch_command(plan, spec, "<dependency>" if i else None)), markup=False)
             continue
-        sub = submit_run(plan, say=lambda m: console.print(m, markup=False))
+        sub = submit_run(plan, say=lambda m: console.print(m, markup=False), shared=shared)
         console.print(f"run directory: {sub.run_dir}")
         if args.wait and plan.cluster.scheduler == "slurm":
             from orchestrator.status import wait_for_run

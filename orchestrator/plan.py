@@ -20,6 +20,8 @@ import yaml
 from pydantic import Field, ValidationError
 
 from orchestrator import memory
+from orchestrator.data.consolidate import train_file, validation_file
+from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.profiles import (
     Architecture,
     ClusterProfile,
@@ -35,7 +37,7 @@ from orchestrator.profiles import (
 if TYPE_CHECKING:
     from orchestrator.mlperf.schedule import Schedule
 
-Stage = Literal["consolidate", "preprocess", "import", "train", "smoke"]
+Stage = Literal["consolidate", "preprocess", "index", "import", "train", "smoke"]
 
 
 class ModelSpec(Strict):
@@ -325,6 +327,7 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     """Derive the consolidated and preprocessed names from the data source, as MLPerf names them."""
     data = tree["data"]
     source = data.setdefault("source", "sample")
+    named_folder = "preprocessed_path" in data  # a folder of datasets named as MLPerf names them (PREPROCESSED_PATH)
     if source == "sample":  # a small real-text corpus built into the run directory
         root = run_dir / "data"
         data.setdefault("c4_path", str(root / "c4"))
@@ -335,14 +338,15 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     data.setdefault("preprocessed_path", str(root / ("preprocessed" if source == "sample" else f"preprocessed-{_tokenizer_tag(tree)}")))
     if source in ("sample", "c4"):
         data.setdefault("merged_path", str(root / "merged"))
-    if source != "preprocessed" and not data.get("train_prefixes"):
+    if not data.get("train_prefixes") and (source != "preprocessed" or named_folder):
         outputs = int(data.get("train_outputs", 8))
         shards = data.get("train_shards") or list(range(outputs))
-        root = Path(data["preprocessed_path"])
-        data["train_prefixes"] = [str(root / f"c4-train.en_{k}_text_document") for k in shards]
-        nval = data.get("n_validation_samples")
-        name = f"c4-validation-{nval}-samples.en" if nval else "c4-validation.en"
-        data.setdefault("validation_prefixes", [str(root / f"{name}_text_document")])
+        data["train_prefixes"] = [dataset_prefix(data["preprocessed_path"], train_file(k)) for k in shards]
+        data.setdefault("validation_prefixes", [dataset_prefix(data["preprocessed_path"], validation_file(data.get("n_validation_samples")))])
+    if tree["train"].get("backend") == "nemo" and not data.get("index_cache_dir"):
+        # shared by every run (and seed) of the site that trains on the same data; TMP_NPY_INDEX overrides
+        site_data = Path(os.path.expanduser(tree["cluster"].get("data_root") or "data")).absolute()
+        data["index_cache_dir"] = str((run_dir / "data" if source == "sample" else site_data) / "megatron-index")
     if data.get("train_prefixes") and not data.get("train_weights"):
         n = len(data["train_prefixes"])
         data["train_weights"] = [round(100.0 / n, 6)] * n
@@ -389,6 +393,8 @@ def _tokenizer_tag(tree: dict[str, Any]) -> str:
 def _stages(tree: dict[str, Any]) -> list[str]:
     source = tree["data"].get("source", "sample")
     stages = [] if source == "preprocessed" else ["consolidate", "preprocess"]
+    if tree["train"].get("backend") == "nemo":
+        stages.append("index")  # Megatron's sample index, built once before the training jobs (they only load it)
     if tree["train"].get("hf_model_id"):
         stages.append("import")
     return stages + ["train"]

@@ -118,13 +118,9 @@ class RunSettings(BaseSettings):
             o["model.tokenizer.library"] = "huggingface"
             o["model.tokenizer.model"] = self.TOKENIZER_PATH
         if self.PREPROCESSED_PATH:
-            root = Path(self.PREPROCESSED_PATH)
+            # the profile's files in it (405B: merged files 6 and 7, the last 256 of 1024 shards, and the validation cut)
             o["data.source"] = "preprocessed"
-            o["data.preprocessed_path"] = str(root)
-            # The benchmark trains on the last 256 of the 1024 C4 shards: merged files 6 and 7, equally weighted.
-            o["data.train_prefixes"] = [str(root / f"c4-train.en_{k}_text_document") for k in (6, 7)]
-            o["data.train_weights"] = [50.0, 50.0]
-            o["data.validation_prefixes"] = [str(root / "c4-validation-91205-samples.en_text_document")]
+            o["data.preprocessed_path"] = self.PREPROCESSED_PATH
         if self.TMP_NPY_INDEX:
             o["data.index_cache_dir"] = self.TMP_NPY_INDEX
         mlperf: dict[str, Any] = {

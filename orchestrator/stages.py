@@ -19,6 +19,7 @@ from orchestrator.data import consolidate, preprocess_job
 from orchestrator.data.tokenizer import TokenizerSpec
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
+from orchestrator.train import nemo_index
 from orchestrator.train.nemo_checkpoint import init_checkpoint, is_local_model
 
 #: The chained training stage: its jobs follow each other with ``afterany`` and decide at start whether to train.
@@ -66,6 +67,8 @@ class StageSpec:
     paths: StagePaths = StagePaths()
     #: Why the stage need not run (its outputs are complete), or None; asked at submission.
     complete: Callable[[], str | None] = field(default=_never_complete, compare=False, repr=False)
+    #: Runs submitted together (the seeds of one MLPerf submission) whose specs share this key share one job.
+    shared: str | None = None
 
     @property
     def array(self) -> tuple[int, ...] | None:
@@ -152,7 +155,7 @@ def preprocess_configs(plan: RunPlan) -> list[preprocess_job.PreprocessConfig]:
     files.append(consolidate.validation_file(plan.data.n_validation_samples))
     workers = plan.data.workers or plan.cluster.cpus_per_task or plan.cluster.cpu_tasks_per_node
     return [
-        preprocess_job.PreprocessConfig(input=merged / name, output_prefix=str(out / consolidate.stem(name)),
+        preprocess_job.PreprocessConfig(input=merged / name, output_prefix=str(Path(out) / consolidate.stem(name)),
                                         tokenizer=spec, append_eod=plan.data.append_eod, workers=workers)  # fmt: skip
         for name in files
     ]
@@ -179,6 +182,22 @@ def _preprocess(plan: RunPlan) -> StageSpec:
     )
 
 
+def _index(plan: RunPlan) -> StageSpec:
+    seeds = nemo_index.seeds(plan)
+    cache = str(nemo_index.cache_dir(plan))
+    return StageSpec(
+        name="index",
+        summary=f"build Megatron's sample index for seed(s) {', '.join(map(str, seeds))} on one node with "
+        f"{plan.cluster.cpus_per_task or 1} thread(s); training jobs only load it",
+        command=("-m", nemo_index.MODULE, "--run-dir", plan.run_dir),
+        time_limit=plan.cluster.time_limit,
+        cpus_per_task=plan.cluster.cpus_per_task,
+        paths=StagePaths(reads=_data_reads(plan), writes=(cache,)),
+        complete=lambda: nemo_index.complete_reason(plan),
+        shared=f"index:{cache}:{','.join(map(str, seeds))}:{plan.data.train_prefixes}",
+    )
+
+
 def _import(plan: RunPlan) -> StageSpec:
     model_id = plan.train.hf_model_id or ""
     target = init_checkpoint(plan) or ""
@@ -198,12 +217,17 @@ def _import(plan: RunPlan) -> StageSpec:
     )
 
 
-def _train_reads(plan: RunPlan) -> tuple[str, ...]:
+def _data_reads(plan: RunPlan) -> tuple[str, ...]:
+    """The folders of the datasets a NeMo or reference trainer reads, and its tokenizer."""
     prefixes = [*plan.data.train_prefixes, *plan.data.validation_prefixes]
     folders = dict.fromkeys(str(Path(p).parent) for p in prefixes)
+    tokenizer = tokenizer_model_path(plan) if plan.model.tokenizer.library == "sentencepiece" else plan.model.tokenizer.model
+    return (*folders, tokenizer)
+
+
+def _train_reads(plan: RunPlan) -> tuple[str, ...]:
     start = init_checkpoint(plan)
-    extra = [tokenizer_model_path(plan) if plan.model.tokenizer.library == "sentencepiece" else plan.model.tokenizer.model]
-    return (*folders, *extra, *([start] if start else []), *([plan.data.index_cache_dir] if plan.data.index_cache_dir else []))
+    return (*_data_reads(plan), *([start] if start else []), *([plan.data.index_cache_dir] if plan.data.index_cache_dir else []))
 
 
 def _train(plan: RunPlan) -> StageSpec:
@@ -252,6 +276,7 @@ def _smoke(plan: RunPlan) -> StageSpec:
 _BUILDERS: dict[str, Callable[[RunPlan], StageSpec]] = {
     "consolidate": _consolidate,
     "preprocess": _preprocess,
+    "index": _index,
     "import": _import,
     TRAIN: _train,
     "smoke": _smoke,

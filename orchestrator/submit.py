@@ -60,25 +60,36 @@ def sbatch_command(plan: RunPlan, spec: StageSpec, dependency: str | None) -> li
     return [*args, str(RunDir.of(plan.run_dir).script(spec.name))]
 
 
-def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print) -> Submission:
-    """Create the run and queue (Slurm) or run (local) every stage that still has work."""
+def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print, shared: dict[str, str] | None = None) -> Submission:
+    """Create the run and queue (Slurm) or run (local) every stage that still has work.
+
+    ``shared`` maps the :attr:`StageSpec.shared` keys of jobs already queued by runs submitted together (the seeds of
+    one MLPerf submission) to their job ids: such a stage is not queued again, the run's next stage waits for that job.
+    """
     specs = stage_specs(plan)
     rd = create_run(plan, render_all(plan, specs))
     prepare_inputs(plan, say)
     if plan.cluster.scheduler == "local":
         return _run_local(plan, rd, specs, say)
-    return queue_stages(plan, rd, specs, say)
+    return queue_stages(plan, rd, specs, say, shared=shared)
 
 
 def queue_stages(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[[str], None],
-                 chain_start: int = 0) -> Submission:  # fmt: skip
+                 chain_start: int = 0, shared: dict[str, str] | None = None) -> Submission:  # fmt: skip
     """Queue each spec that still has work after the previous one: ``afterok`` after a stage, ``afterany`` inside
     and after a chain (a job that hit its limit still lets the next continue from the latest checkpoint)."""
     ledger = Ledger(rd.ledger)
     sub = Submission(rd.path)
     previous: str | None = ",".join(plan.chain.dependencies) or None
     waits = "afterok"
+    shared = {} if shared is None else shared
     for spec in _to_run(specs, sub, say):
+        if spec.shared and spec.shared in shared:
+            previous, waits = shared[spec.shared], spec.then
+            ledger.add_job(previous, spec.name)
+            sub.jobs.append((spec.name, previous))
+            say(f"{spec.name}: job {previous}, queued for an earlier run of this submission, serves this one too")
+            continue
         for i in range(spec.jobs):
             dependency = f"{waits}:{previous}" if previous else None
             job_id = _sbatch(plan, rd, spec, dependency)
@@ -89,6 +100,8 @@ def queue_stages(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callabl
             say(f"queued {spec.name}{f' #{chain_index}' if chain_index is not None else ''}: job {job_id}"
                 + (f" ({dependency})" if dependency else ""))
             previous, waits = job_id, spec.then
+        if spec.shared:
+            shared[spec.shared] = previous
     return sub
 
 

@@ -14,3 +14,16 @@ def failing_keys(output: str) -> set[str]:
     """The checked keys that the checker's failure lines name."""
     failing = [line for line in output.splitlines() if "CHECK" in line or "fail" in line.lower()]
     return {key for key in CHECKED_KEYS if any(f"'{key}'" in line or f" {key}" in line for line in failing)}
+
+#: The MLPerf 405B profile cut to 2 layers of width 64 on one task, at sequence 64 and GBS 8, with an evaluation every
+#: 16 sequences over 16, the first after 32: evaluations after steps 4, 6, 8, ...
+SMALL_405B = {
+    "model.arch.num_layers": 2, "model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 128,
+    "model.arch.num_attention_heads": 4, "model.arch.num_query_groups": 2,
+    "layout.nodes": 1, "layout.tasks_per_node": 1, "layout.tp": 1, "layout.pp": 1, "layout.cp": 1, "layout.vp": None,
+    "layout.sequence_parallel": False, "train.global_batch_size": 8, "train.seq_length": 64,
+    # a cap on the run (and on Megatron's sample index); the LR horizon stays the rules'
+    "train.max_steps": 12,
+    "mlperf.allow_new_rcp": True, "mlperf.eval_every_samples": 16, "mlperf.eval_samples": 16,
+    "mlperf.start_eval_at_samples": 32,
+}

@@ -41,7 +41,7 @@ def test_a_real_llama_checkpoint_imports_tensor_for_tensor(tmp_path: Path) -> No
                       "train.hf_model_id": str(source), "model.tokenizer.model": str(source), "layout.tp": 1,
                       "layout.nodes": 1, "layout.tasks_per_node": 1, "train.global_batch_size": 8,
                       **small_llama.PLAN_ARCH}, run_dir=tmp_path / "run")
-    assert plan.stages[0] == "import"
+    assert plan.stages == ("index", "import", "train")
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "plan.json").write_text(plan.to_json())
     command = [sys.executable, str(ON_CPU), "orchestrator.train.nemo_import", "--run-dir", str(tmp_path / "run")]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mlperf_helpers import SCALE_KEYS, failing_keys
+from mlperf_helpers import SCALE_KEYS, SMALL_405B, failing_keys
 from orchestrator.atomic import atomic_write_text
 from orchestrator.mlperf.compliance import check_compliance
 from orchestrator.mlperf.mllog import chain_result, read_mllog
@@ -29,16 +29,6 @@ from orchestrator.train.nemo_checkpoint import latest_step
 
 pytestmark = pytest.mark.nemo
 HARNESS = Path(__file__).with_name("nemo_cpu_trainer.py")
-SMALL_405B = {
-    "model.arch.num_layers": 2, "model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 128,
-    "model.arch.num_attention_heads": 4, "model.arch.num_query_groups": 2,
-    "layout.nodes": 1, "layout.tasks_per_node": 1, "layout.tp": 1, "layout.pp": 1, "layout.cp": 1, "layout.vp": None,
-    "layout.sequence_parallel": False, "train.global_batch_size": 8, "train.seq_length": 64,
-    # a cap on the run (and on Megatron's sample index); the LR horizon stays the rules'
-    "train.max_steps": 12,
-    "mlperf.allow_new_rcp": True, "mlperf.eval_every_samples": 16, "mlperf.eval_samples": 16,
-    "mlperf.start_eval_at_samples": 32,
-}
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +42,19 @@ def cpu_gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_405b(tmp_path: Path, lab_data: dict[str, Any], cluster: Path, **overrides: Any) -> RunPlan:
+    overrides = {"data.index_cache_dir": str(tmp_path / "index"), **overrides}
     plan = build_plan("llama31_405b", cluster, {**lab_data, **SMALL_405B, **overrides}, run_id="mlperf-cpu",
                       run_dir=tmp_path / "run")  # fmt: skip
     Path(plan.run_dir).mkdir(parents=True)
     atomic_write_text(Path(plan.run_dir) / "plan.json", plan.to_json())
     return plan
+
+
+def build_index(plan: RunPlan) -> None:
+    """The run's index stage, as its job runs it (it needs no CUDA)."""
+    done = subprocess.run([sys.executable, "-m", "orchestrator.train.nemo_index", "--run-dir", plan.run_dir],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def job(plan: RunPlan, job_id: str, chain_index: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
@@ -81,9 +79,12 @@ def test_a_chain_of_two_jobs_evaluates_on_the_rules_schedule_inside_nemos_traine
 ) -> None:
     """Would have failed on main at 0d94cba: the MLPerf control refused NeMo's own epoch loop in ``setup``."""
     plan = small_405b(tmp_path, lab_data, cpu_gpu_cluster, **{"chain.steps_per_job": 6})
+    build_index(plan)
     first = job(plan, "501")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "NoValOnRestartTrainingLoop" in first.stdout  # the loop NeMo installed is the one that ran the schedule
+    log = first.stdout + first.stderr
+    assert "Load the ReferenceOrderGPTDataset train indices" in log and "Build and save" not in log  # the index stage's
     assert evaluated(first) == [4, 6]  # step 2 is a grid point the rules skip; a stop on step 6 evaluates first
     assert latest_step(plan.train.ckpt_dir) == 6 and not Path(plan.run_dir, "DONE").exists()
 
@@ -108,6 +109,7 @@ def test_the_checker_accepts_the_real_trainers_log_but_for_the_benchmark_scale(
     """mlperf-logging's checker on the log NeMo's trainer wrote; a target above the first evaluation's loss ends the
     run there: DONE with the reason, the final checkpoint saved, ``run_stop`` with status success."""
     plan = small_405b(tmp_path, lab_data, cpu_gpu_cluster, **{"mlperf.target_log_ppl": 50.0})
+    build_index(plan)
     done = job(plan, "503")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert evaluated(done) == [4]
@@ -126,6 +128,7 @@ def test_a_step_slower_than_the_limit_fails_the_job_inside_nemos_trainer(
     tmp_path: Path, lab_data: dict[str, Any], cpu_gpu_cluster: Path
 ) -> None:
     plan = small_405b(tmp_path, lab_data, cpu_gpu_cluster, **{"mlperf.step_time_atol_s": 0})
+    build_index(plan)
     done = job(plan, "504")
     assert done.returncode != 0 and "mlperf.step_time_atol_s=0" in done.stdout + done.stderr
     (path,) = Path(plan.run_dir, "mlperf").glob("*.log")

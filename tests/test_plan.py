@@ -123,4 +123,4 @@ def test_a_preset_applies_before_set(tmp_path):
     body = json.loads(done.stdout)
     assert body["train"]["optim"]["lr"] == 2.5e-5 and body["train"]["hf_model_id"] == "meta-llama/Llama-3.1-8B"
     assert body["train"]["max_steps"] == 20, "--set wins over the preset"
-    assert body["stages"] == ["consolidate", "preprocess", "import", "train"]
+    assert body["stages"] == ["consolidate", "preprocess", "index", "import", "train"]

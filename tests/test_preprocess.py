@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -378,7 +379,7 @@ def test_llama3_data_path_is_byte_identical_to_nemos_tool(tmp_path: Path) -> Non
     (they become the special ids in both)."""
     from orchestrator.data.packaged_tokenizers import materialise
     from orchestrator.plan import build_plan
-    from orchestrator.stages import preprocess_argv
+    from orchestrator.stages import preprocess_configs
 
     python = nemo_python()
     if python is None:
@@ -388,8 +389,10 @@ def test_llama3_data_path_is_byte_identical_to_nemos_tool(tmp_path: Path) -> Non
     records += [{"text": t} for t in ("<|begin_of_text|>x<|end_of_text|>", "a <|eot_id|> b", " ", "\n\n", "日本語 🙂")]
     corpus = write_jsonl(tmp_path / "c4-train.en_0.json", records)
     plan = build_plan("llama3_8b", "h100-pyxis", {"model.tokenizer.model": str(folder)}, run_dir=tmp_path / "plan")
-    flags = [str(a) for a in preprocess_argv(plan, sys.executable)[4:]]
-    assert flags[:6] == ["--json-keys", "text", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(folder)]
+    stage_job = preprocess_configs(plan)[0]  # the preprocess stage's own job for this tokenizer
+    flags = stage_job.to_argv()
+    assert flags[4:12] == ["--json-keys", "text", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(folder),
+                           "--tokenizer-hf-no-use-fast", "--tokenizer-hf-no-include-special-tokens"]  # fmt: skip
     nemo = str(tmp_path / "nemo" / "c4")
     (tmp_path / "nemo").mkdir()
     done = subprocess.run([python, "-c", NEMO_TOOL, str(folder), str(corpus), nemo], capture_output=True, text=True,
@@ -399,7 +402,8 @@ def test_llama3_data_path_is_byte_identical_to_nemos_tool(tmp_path: Path) -> Non
                                                                 "eos_id": 128001}
     for variant, eod in (("plain", []), ("eod", ["--append-eod"])):
         ours = str(tmp_path / "ours" / variant)
-        argv = [*flags, "--workers", "2", "--input", str(corpus), "--output-prefix", ours, *eod]
+        job = dataclasses.replace(stage_job, input=corpus, output_prefix=ours, workers=2, append_eod=bool(eod))
+        argv = job.to_argv()
         done = subprocess.run([sys.executable, "-m", "orchestrator", "preprocess", *argv], capture_output=True,
                               text=True, cwd=REPO, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -40,11 +40,12 @@ def test_every_profile_cluster_pair_renders_clean_bash_and_shellcheck(tmp_path):
     assert lint.returncode == 0, lint.stdout[-4000:]
 
 
-def test_render_405b_on_the_pyxis_site_writes_the_three_stage_scripts(tmp_path):
+def test_render_405b_on_the_pyxis_site_writes_the_four_stage_scripts(tmp_path):
     out = tmp_path / "out"
     done = run_cli("render", "--profile", "405b", "--cluster", "h100-pyxis", "--out", str(out), "--run-dir", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["consolidate.sbatch", "plan.json", "preprocess.sbatch", "train.sbatch"]
+    assert sorted(p.name for p in out.iterdir()) == ["consolidate.sbatch", "index.sbatch", "plan.json", "preprocess.sbatch",
+                                                     "train.sbatch"]  # fmt: skip
     train = (out / "train.sbatch").read_text()
     assert "#SBATCH --nodes=288" in train and "#SBATCH --ntasks-per-node=8" in train and "#SBATCH --gpus-per-node=8" in train
     assert "#SBATCH --signal=B:USR2@600" in train and "#SBATCH --requeue" in train and "#SBATCH --open-mode=append" in train
@@ -55,6 +56,8 @@ def test_render_405b_on_the_pyxis_site_writes_the_three_stage_scripts(tmp_path):
     assert "#SBATCH --array=0-2" in preprocess, "the two training files (en_6, en_7) and the validation file"
     assert "#SBATCH --array=6-8" in (out / "consolidate.sbatch").read_text(), "merged outputs 6, 7 and validation (8)"
     assert "--gpus-per-node" not in preprocess, "tokenization needs no GPU"
+    index = (out / "index.sbatch").read_text()
+    assert "#SBATCH --nodes=1" in index and "--gpus-per-node" not in index and "-m orchestrator.train.nemo_index" in index
 
 
 def _hostile_cluster(tmp_path: Path) -> Path:

@@ -38,7 +38,7 @@ def test_mlperf_config_maps_onto_the_plan(monkeypatch, tmp_path):
     assert (plan.cluster.account, plan.cluster.partition, plan.chain.time_limit) == ("acct", "gpu", "02:00:00")
     assert plan.cluster.container.image == "nvcr.io/nvidia/nemo:25.09.00"
     assert (plan.chain.jobs, plan.chain.steps_per_job, plan.chain.max_retries) == (3, 100, 2)
-    assert plan.data.source == "preprocessed" and plan.stages == ("train",)
+    assert plan.data.source == "preprocessed" and plan.stages == ("index", "train")
     assert plan.data.train_prefixes == ("/data/preproc/c4-train.en_6_text_document", "/data/preproc/c4-train.en_7_text_document")
     assert plan.data.validation_prefixes == ("/data/preproc/c4-validation-91205-samples.en_text_document",)
     assert plan.data.index_cache_dir == "/data/npy"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.data import indexed
+from orchestrator.data.consolidate import stem
 from orchestrator.data.stream import file_digest
 from orchestrator.data.tokenizer import DEFAULT_CACHE_ENTRIES, TOKENIZER_TYPES, TokenizerSpec
 
@@ -28,6 +29,16 @@ BLOCK_BYTES = 2 << 20
 
 class PreprocessError(RuntimeError):
     """The run cannot complete; the message names the file (and line) and the fix."""
+
+
+def document_prefix(output_prefix: str, key: str = "text") -> str:
+    """Megatron's dataset name for one JSON key: ``{output_prefix}_{key}_document`` (``.bin``/``.idx`` follow)."""
+    return f"{output_prefix}_{key}_document"
+
+
+def dataset_prefix(folder: str | os.PathLike[str], merged_file: str) -> str:
+    """The dataset that tokenizing a merged C4 file writes into ``folder`` (``c4-train.en_6_text_document``)."""
+    return document_prefix(str(Path(folder) / stem(merged_file)))
 
 
 def available_cpus() -> int:
@@ -52,8 +63,7 @@ class PreprocessConfig:
     block_bytes: int = BLOCK_BYTES
 
     def output(self, key: str) -> str:
-        """Megatron's name: ``{output_prefix}_{key}_document``."""
-        return f"{self.output_prefix}_{key}_document"
+        return document_prefix(self.output_prefix, key)
 
     @property
     def manifest_path(self) -> Path:

@@ -27,15 +27,17 @@ from typing import Literal
 import numpy as np
 
 from orchestrator.atomic import fsync_dir
+from orchestrator.data.consolidate import train_file, validation_file
+from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.data.indexed import IndexedDataset
 from orchestrator.mlperf.schedule import EVAL_SAMPLES, SEQUENCE_LENGTH
 
-TRAIN_PREFIXES = ("c4-train.en_6_text_document", "c4-train.en_7_text_document")
-VALIDATION_PREFIX = "c4-validation-91205-samples.en_text_document"
+TRAIN_PREFIXES = tuple(Path(dataset_prefix("", train_file(k))).name for k in (6, 7))  # the last 256 of 1024 shards
+VALIDATION_PREFIX = Path(dataset_prefix("", validation_file(91205))).name
 MISSPELLED_PREFIX = "c4-validationn-91205-samples.en_text_document"
 STAGING_PREFIX = "_" + MISSPELLED_PREFIX  # cleanup.sh's intermediate name
 UNNEEDED_PREFIXES = (
-    *(f"c4-train.en_{k}_text_document" for k in range(6)),
+    *(Path(dataset_prefix("", train_file(k))).name for k in range(6)),
     "c4-validation-small.en_text_document",
     "c4-validation.en_text_document",
 )

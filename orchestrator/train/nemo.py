@@ -37,6 +37,7 @@ from orchestrator.contract import JobEnvironment, deadline
 from orchestrator.mlperf.mllog import open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
+from orchestrator.train import nemo_index
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 
 if not hasattr(np, "product"):
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
     from orchestrator.train.nemo_stop import StopControl
 
+    if not args.print_recipe:
+        nemo_index.check_ready(plan)  # the index stage built this seed's sample index: load it, never build it here
     recipe = build_recipe(plan, deadline=deadline())
     local_spec = not have_transformer_engine()
     if local_spec:  # a machine without Transformer Engine: Megatron's local layer spec, flash attention by SDPA

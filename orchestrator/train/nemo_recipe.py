@@ -41,6 +41,7 @@ from orchestrator.plan import RunPlan
 from orchestrator.profiles import Architecture
 from orchestrator.stages import tokenizer_model_path
 from orchestrator.train.nemo_checkpoint import init_checkpoint
+from orchestrator.train.nemo_data import ReferenceOrderGPTDataset
 from orchestrator.train.nemo_mlperf import MlperfControl
 from orchestrator.train import stopping
 from orchestrator.train.nemo_stop import StopControl
@@ -261,7 +262,8 @@ def _apply_optimizer(recipe: run.Partial, plan: RunPlan) -> None:
 
 
 def data_config(plan: RunPlan) -> run.Config:
-    """``PreTrainingDataModule`` over the plan's prefixes: weighted train blend, then separate validation or a split."""
+    """``PreTrainingDataModule`` over the plan's prefixes: weighted train blend, then separate validation or a split.
+    An MLPerf plan reads validation as the reference does, in file order (:class:`ReferenceOrderGPTDataset`)."""
     d, train = plan.data, plan.train
     blend: list[Any] = []
     for weight, prefix in zip(d.train_weights, d.train_prefixes, strict=True):
@@ -271,10 +273,12 @@ def data_config(plan: RunPlan) -> run.Config:
     if d.validation_prefixes:
         paths = {"train": blend, "validation": list(d.validation_prefixes), "test": list(d.validation_prefixes)}
         split = None
+    extra = {"dataset_cls": ReferenceOrderGPTDataset} if plan.mlperf is not None else {}
     return run.Config(
         llm.PreTrainingDataModule,
         paths=paths,
         split=split,
+        **extra,
         seq_length=train.seq_length,
         global_batch_size=train.global_batch_size,
         micro_batch_size=plan.layout.micro_batch_size,
