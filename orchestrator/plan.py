@@ -68,7 +68,10 @@ class TrainSpec(Strict):
     save_checkpoints: bool = True
     precision: Literal["bf16-mixed", "fp32"] = "bf16-mixed"
     init_from: str | None = Field(None, description="start from this checkpoint (e.g. an imported HF model)")
-    init_weights_only: bool = True
+    init_mode: Literal["weights", "full"] = Field(
+        "weights", description="weights: its weights, a fresh optimizer, step 0; full: resume it (config.sh FROM_HF=0)"
+    )
+    init_step: int = Field(0, ge=0, description="completed steps of a checkpoint resumed in full (START_STEPS)")
     hf_model_id: str | None = Field(None, description="import this Hugging Face model first (continual pretraining)")
 
 
@@ -106,7 +109,6 @@ class MlperfSpec(Strict):
     eval_every_samples: int = 18432
     eval_samples: int = 5760
     step_time_atol_s: int = 7200
-    start_steps: int = 0
     start_eval_at_samples: int | None = None
     allow_new_rcp: bool = Field(False, description="allow a GBS outside [1152, 9216] (needs new RCPs)")
     seeds: tuple[int, ...] = ()
@@ -475,6 +477,12 @@ def validate(plan: RunPlan) -> list[Problem]:
     if train.backend == "reference" and (L.tp, L.pp, L.cp, L.ep) != (1, 1, 1, 1):
         add(Problem(field="layout", message=f"the reference backend is data-parallel only (TP/PP/CP/EP = {L.tp}/{L.pp}/{L.cp}/{L.ep})",
                     fix="--set layout.tp=1 layout.pp=1 layout.cp=1 layout.ep=1, or use the nemo backend"))
+    if train.init_mode == "full" and not train.init_from:
+        add(Problem(field="train.init_mode", message="a full resume needs the checkpoint to resume (train.init_from)",
+                    fix="set MODEL_CKPT (--set train.init_from=...), or train.init_mode=weights"))
+    if train.init_step and train.init_mode != "full":
+        add(Problem(field="train.init_step", message=f"train.init_step={train.init_step}: only a full resume starts past step 0",
+                    fix="--set train.init_mode=full (FROM_HF=0), or train.init_step=0"))
     if plan.chain.jobs > 1 and not train.save_checkpoints:
         add(Problem(field="train.save_checkpoints", message=f"a chain of {plan.chain.jobs} jobs cannot resume without checkpoints",
                     fix="set SAVE_CKPT=1 (--set train.save_checkpoints=true) or NPAR=1"))

@@ -18,7 +18,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.plan import RunPlan, build_plan, default_run_id, parse_assignment
+from orchestrator.mlperf.checkpoints import StartError, start_point
+from orchestrator.plan import PlanError, Problem, RunPlan, build_plan, default_run_id, parse_assignment
 from orchestrator.profiles import get_model
 
 #: MLPerf SIZE -> our model profile. MLPerf's 70b uses Llama 3.1 70B, architecturally Llama 3 70B.
@@ -111,9 +112,15 @@ class RunSettings(BaseSettings):
         if self.MBS:
             o["layout.micro_batch_size"] = self.MBS
         o["train.save_checkpoints"] = bool(self.SAVE_CKPT)
-        if self.USE_CKPT and self.MODEL_CKPT:
-            o["train.init_from"] = self.MODEL_CKPT
-            o["train.init_weights_only"] = bool(self.FROM_HF)
+        try:
+            start = start_point(use_ckpt=bool(self.USE_CKPT), from_hf=bool(self.FROM_HF), model_ckpt=self.MODEL_CKPT,
+                                start_steps=self.START_STEPS)  # fmt: skip
+        except StartError as exc:
+            raise PlanError([Problem(field="config.sh", message=exc.message, fix=exc.fix)]) from None
+        if start.path:
+            o["train.init_from"] = start.path
+            o["train.init_mode"] = start.mode
+            o["train.init_step"] = start.step
         if self.TOKENIZER_PATH:
             o["model.tokenizer.library"] = "huggingface"
             o["model.tokenizer.model"] = self.TOKENIZER_PATH
@@ -127,7 +134,6 @@ class RunSettings(BaseSettings):
             "target_log_ppl": self.TARGET,
             "eval_every_samples": self.EVAL_EVERY,
             "step_time_atol_s": self.STEP_TIME_ATOL,
-            "start_steps": self.START_STEPS,
             "seeds": self.seeds(),
         }
         if self.START_EVAL_AT is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ def small_405b(tmp_path: Path, lab_data: dict[str, Any], cluster: Path, **overri
     overrides = {"data.index_cache_dir": str(tmp_path / "index"), **overrides}
     plan = build_plan("llama31_405b", cluster, {**lab_data, **SMALL_405B, **overrides}, run_id="mlperf-cpu",
                       run_dir=tmp_path / "run")  # fmt: skip
+    Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
     Path(plan.run_dir).mkdir(parents=True)
     atomic_write_text(Path(plan.run_dir) / "plan.json", plan.to_json())
     return plan
@@ -134,3 +136,32 @@ def test_a_step_slower_than_the_limit_fails_the_job_inside_nemos_trainer(
     (path,) = Path(plan.run_dir, "mlperf").glob("*.log")
     run = read_mllog(path)
     assert run.complete and run.status == "aborted" and not Path(plan.run_dir, "DONE").exists()
+
+
+def test_from_hf_0_resumes_another_runs_checkpoint_in_full_at_start_steps(
+    tmp_path: Path, lab_data: dict[str, Any], cpu_gpu_cluster: Path
+) -> None:
+    """config.sh's USE_CKPT=1 FROM_HF=0 MODEL_CKPT=<a checkpoint of step 6> START_STEPS=6 continues that run: step,
+    schedule and optimizer come back, evaluations follow the rules from there, and the log says it started at 6. A
+    START_STEPS that the checkpoint does not hold (its name does not say, so only the job can tell) fails the job
+    before its first step."""
+    earlier = small_405b(tmp_path / "a", lab_data, cpu_gpu_cluster, **{"chain.steps_per_job": 6})
+    build_index(earlier)
+    assert job(earlier, "601").returncode == 0 and latest_step(earlier.train.ckpt_dir) == 6
+    (ckpt,) = [p for p in Path(earlier.train.ckpt_dir).iterdir() if p.name.endswith("-last")]
+
+    later = small_405b(tmp_path / "b", lab_data, cpu_gpu_cluster, **{"train.init_from": str(ckpt), "train.init_mode": "full",
+                       "train.init_step": 6, "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip
+    build_index(later)  # the same data, seed and counts: complete already, nothing rebuilt
+    done = job(later, "602")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "global_step: 6 " in done.stdout and "global_step: 0 " not in done.stdout
+    assert evaluated(done) == [8, 10, 12]
+    (log,) = Path(later.run_dir, "mlperf").glob("*.log")
+    assert read_mllog(log).params["init_checkpoint_step"] == 6
+
+    shutil.copytree(ckpt, tmp_path / "renamed-checkpoint")  # a name that says nothing of its step
+    wrong = small_405b(tmp_path / "c", lab_data, cpu_gpu_cluster, **{"train.init_from": str(tmp_path / "renamed-checkpoint"),
+                       "train.init_mode": "full", "train.init_step": 4, "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip
+    failed = job(wrong, "603")
+    assert failed.returncode != 0 and "starts at step 6, the plan at step 4" in failed.stdout + failed.stderr

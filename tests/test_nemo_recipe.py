@@ -200,7 +200,7 @@ def test_separate_validation_prefixes_replace_the_split(tmp_path: Path) -> None:
     assert d["split"] is None
 
 
-def test_init_from_restores_weights_only_unless_asked(tmp_path: Path) -> None:
+def test_init_from_restores_weights_only_or_resumes_in_full(tmp_path: Path) -> None:
     r = summarize(build_recipe(plan_for("llama31_8b", tmp_path, {"train.init_from": "/ckpt/Llama-3.1-8B"})))["resume"]
     assert r["restore"] == {
         "path": "/ckpt/Llama-3.1-8B",
@@ -209,10 +209,11 @@ def test_init_from_restores_weights_only_unless_asked(tmp_path: Path) -> None:
         "load_artifacts": False,
     }
     assert r["resume_if_exists"] and r["directory"].endswith("checkpoints")  # this run's own checkpoints come first
-    r = summarize(
-        build_recipe(plan_for("llama31_8b", tmp_path, {"train.init_from": "/c", "train.init_weights_only": False}))
-    )["resume"]
-    assert r["restore"]["load_optim_state"] is True
+    full = {"train.init_from": "/c/checkpoint-seed-1-par-0-300-steps/checkpoint", "train.init_mode": "full",
+            "train.init_step": 300}  # fmt: skip
+    r = summarize(build_recipe(plan_for("llama31_8b", tmp_path, full)))["resume"]
+    # config.sh's FROM_HF=0: NeMo resumes that checkpoint as its own (weights, optimizer, step, schedule, data)
+    assert r["restore"] is None and r["path"] == full["train.init_from"]
 
 
 def test_continual_pretraining_preset(tmp_path: Path) -> None:

@@ -204,6 +204,21 @@ def test_init_from_loads_weights_and_starts_at_step_0(workdir: Path, baseline: t
     assert float(result.losses[0]) < float(baseline[1].losses[0]) - 0.5  # trained weights, not a fresh model
 
 
+def test_a_full_init_continues_that_run_at_its_step(workdir: Path, baseline: tuple[Path, Result]) -> None:
+    """config.sh's FROM_HF=0: another run's checkpoint resumed in full (step, optimizer, data position)."""
+    run_dir = workdir / "continued"
+    start = {"train.init_from": str(baseline[0] / "checkpoints"), "train.init_mode": "full", "train.init_step": 12,
+             "train.max_steps": 14}  # fmt: skip
+    make_plan(run_dir, workdir / "data", **start)
+    result = train(run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "resumed in full from" in result.stdout and sorted(result.losses) == [12, 13]
+    wrong = workdir / "continued-wrong"
+    make_plan(wrong, workdir / "data", **{**start, "train.init_step": 10})
+    result = train(wrong)
+    assert result.returncode not in (0, EXIT_STOPPED) and "starts at step 12, the plan at step 10" in result.stderr
+
+
 def test_resuming_with_another_model_is_refused(workdir: Path, baseline: tuple[Path, Result]) -> None:
     run_dir = workdir / "other-model"
     other = {"model.arch.num_layers": 3, "train.ckpt_dir": str(baseline[0] / "checkpoints"), "train.max_steps": 20}

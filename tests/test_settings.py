@@ -42,7 +42,7 @@ def test_mlperf_config_maps_onto_the_plan(monkeypatch, tmp_path):
     assert plan.data.train_prefixes == ("/data/preproc/c4-train.en_6_text_document", "/data/preproc/c4-train.en_7_text_document")
     assert plan.data.validation_prefixes == ("/data/preproc/c4-validation-91205-samples.en_text_document",)
     assert plan.data.index_cache_dir == "/data/npy"
-    assert (plan.train.init_from, plan.train.init_weights_only) == ("/ckpt/405b", True)
+    assert (plan.train.init_from, plan.train.init_mode, plan.train.init_step) == ("/ckpt/405b", "weights", 0)
     assert plan.train.ckpt_dir == f"/ckpt/continual/{plan.run_id}"
     assert plan.model.tokenizer.model == "/data/tokenizer"
 

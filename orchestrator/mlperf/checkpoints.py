@@ -1,122 +1,108 @@
-"""One seed's chain of training jobs: which steps each trains, what it restores, where it saves.
+"""Where an MLPerf run starts: config.sh's checkpoint variables, exactly as the reference means them.
 
-As the reference (``pretrain_llama31.py``): job (partition) ``j`` trains steps ``[START + j*MAX, START + (j+1)*MAX)``
-and saves ``<CONTINUAL_CKPT>/checkpoint-seed-<S>-par-<j>-<end>-steps/checkpoint``; partition 0 restores
-``MODEL_CKPT`` (weights only when ``FROM_HF=1``: NeMo's ``RestoreConfig``, no optimizer, step 0; in full when
-``FROM_HF=0``: ``AutoResume``, a checkpoint of an earlier chain); partition ``j>0`` resumes in full from
-``j-1``'s checkpoint. Steps are optimizer steps done (``trainer.global_step``); the LR horizon does not change.
+``pretrain_llama31.py`` reads ``USE_CKPT``, ``FROM_HF``, ``MODEL_CKPT``, ``START_STEPS``, ``SAVE_CKPT``, ``NPAR`` and
+``CONTINUAL_CKPT`` (mounted as ``/checkpoint`` and ``/continual``):
+
+- ``USE_CKPT=0``: random weights, step 0.
+- ``USE_CKPT=1 FROM_HF=1``: the weights of ``MODEL_CKPT`` (NeMo's ``RestoreConfig``: no optimizer state), step 0: a
+  benchmark run from the converted Llama 3.1 405B.
+- ``USE_CKPT=1 FROM_HF=0``: a full resume from ``MODEL_CKPT`` (NeMo's ``AutoResume``: weights, optimizer, step, LR
+  schedule, data position), whose step is ``START_STEPS``: continuing an earlier chain from its
+  ``<CONTINUAL_CKPT>/checkpoint-seed-<S>-par-<j>-<end>-steps/checkpoint``.
+- ``NPAR > 1`` needs ``SAVE_CKPT=1`` (the reference asserts it): later jobs resume from the earlier ones' checkpoints.
+
+:func:`start_point` applies these rules and refuses, at plan time, each combination the reference refuses or would
+run wrongly (a ``START_STEPS`` that the restored state does not have), naming the variable and a fix. The trainers
+then check, at their first step, that they start where the plan says (:func:`check_start`).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-#: NeMo's ``ModelCheckpoint(dirpath=<partition dir>, filename="checkpoint")`` writes this directory.
-CHECKPOINT_NAME = "checkpoint"
-#: NeMo writes ``<checkpoint>-unfinished`` before saving and removes it after (ModelCheckpoint).
+#: NeMo's ``ModelCheckpoint`` writes ``<path>-unfinished`` while a save is in flight and removes it once complete.
 UNFINISHED_SUFFIX = "-unfinished"
-
-Restore = Literal["none", "weights", "full"]
-
-_DIR_PATTERN = re.compile(r"^checkpoint-seed-(?P<seed>\d+)-par-(?P<par>\d+)-(?P<end>\d+)-steps$")
+_REFERENCE_NAME = re.compile(r"checkpoint-seed-\d+-par-\d+-(?P<end>\d+)-steps$")
+_NEMO_STEP = re.compile(r"(?<![A-Za-z0-9_])step=(?P<step>\d+)(?=-|$)")
 
 
-def checkpoint_dir_name(seed: int, partition: int, end_step: int) -> str:
-    return f"checkpoint-seed-{seed}-par-{partition}-{end_step}-steps"
+class StartError(ValueError):
+    """A config.sh combination the run cannot honour: what is wrong (naming the variables) and the fix."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(f"{message}; fix: {fix}")
+        self.message, self.fix = message, fix
 
 
 @dataclass(frozen=True)
-class Partition:
-    index: int
-    start_step: int
-    end_step: int
-    restore: Restore
-    restore_from: Path | None
-    #: The partition's directory (NeMo's ``dirpath``); None when checkpoints are not saved.
-    save_dir: Path | None
+class StartPoint:
+    """What the first job of the run restores: nothing, weights only, or everything at ``step``."""
 
-    @property
-    def steps(self) -> int:
-        return self.end_step - self.start_step
-
-    @property
-    def checkpoint(self) -> Path | None:
-        """What this partition leaves for the next: ``<save_dir>/checkpoint``."""
-        return None if self.save_dir is None else self.save_dir / CHECKPOINT_NAME
+    mode: Literal["scratch", "weights", "full"]
+    path: str | None = None
+    #: Completed optimizer steps at the start (``START_STEPS``); nonzero only for a full resume.
+    step: int = 0
 
 
-def plan_partitions(
-    *,
-    seed: int,
-    num_partitions: int,
-    start_step: int,
-    steps_per_partition: int,
-    continual_dir: str | os.PathLike[str] | None,
-    model_ckpt: str | os.PathLike[str] | None = None,
-    from_hf: bool = True,
-    save: bool = True,
-) -> list[Partition]:
-    """The chain of ``NPAR`` jobs (``START_STEPS``, ``MAX_STEPS``, ``CONTINUAL_CKPT``, ``MODEL_CKPT``, ``FROM_HF``,
-    ``SAVE_CKPT`` of ``config.sh``). Without ``model_ckpt`` the first job starts from random weights (debug only)."""
-    if num_partitions < 1 or steps_per_partition < 1 or start_step < 0:
-        raise ValueError(
-            f"need NPAR >= 1 (got {num_partitions}), MAX_STEPS >= 1 (got {steps_per_partition}) and "
-            f"START_STEPS >= 0 (got {start_step})"
-        )
-    if save and continual_dir is None:
-        raise ValueError("SAVE_CKPT=1 needs CONTINUAL_CKPT, the directory the checkpoints are written to")
-    if num_partitions > 1 and not save:
-        raise ValueError(f"NPAR={num_partitions} chains jobs through checkpoints: set SAVE_CKPT=1 (and CONTINUAL_CKPT)")
-    if model_ckpt is None and start_step > 0:
-        raise ValueError(f"START_STEPS={start_step} resumes a run: set MODEL_CKPT to its checkpoint and FROM_HF=0")
-    if model_ckpt is not None and from_hf and start_step > 0:
-        raise ValueError(
-            f"FROM_HF=1 restores weights only, so training restarts at step 0, not START_STEPS={start_step}: set "
-            f"START_STEPS=0, or FROM_HF=0 with MODEL_CKPT=<CONTINUAL_CKPT>/checkpoint-seed-{seed}-par-<j>-"
-            f"{start_step}-steps/checkpoint to continue that run"
-        )
-    continual = None if continual_dir is None else Path(continual_dir)
-    previous = None if model_ckpt is None else Path(model_ckpt)
-    first_restore: Restore = "none" if model_ckpt is None else ("weights" if from_hf else "full")
-    partitions = []
-    for j in range(num_partitions):
-        start = start_step + j * steps_per_partition
-        end = start + steps_per_partition
-        save_dir = continual / checkpoint_dir_name(seed, j, end) if save and continual is not None else None
-        restore: Restore = first_restore if j == 0 else "full"
-        partitions.append(Partition(j, start, end, restore, previous, save_dir))
-        previous = partitions[-1].checkpoint
-    return partitions
-
-
-def nemo_checkpoint_problem(path: str | os.PathLike[str]) -> str | None:
-    """Why ``path`` is not a complete NeMo 2 checkpoint, or None if it is.
-
-    Complete: the directory exists, NeMo's ``<path>-unfinished`` marker is gone, and ``weights/metadata.json``
-    exists (megatron-core writes it last, after every shard, in its finalize step).
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return f"{path}: no checkpoint directory"
-    if Path(f"{path}{UNFINISHED_SUFFIX}").exists():
-        return f"{path}: unfinished (NeMo's {path.name}{UNFINISHED_SUFFIX} marker is present)"
-    if not (path / "weights" / "metadata.json").is_file():
-        return f"{path}: no weights/metadata.json (the save did not finish)"
+def checkpoint_steps(path: str) -> int | None:
+    """Completed steps of a checkpoint, as its name says: the reference's ``checkpoint-seed-S-par-j-<end>-steps``
+    (its ``/checkpoint`` inside), or NeMo's ``...-step=<index>-...`` (the index of the last step: completed - 1)."""
+    p = Path(path)
+    for name in (p.name, p.parent.name):
+        if match := _REFERENCE_NAME.search(name):
+            return int(match["end"])
+    if match := _NEMO_STEP.search(p.name):
+        return int(match["step"]) + 1
     return None
 
 
-def latest_checkpoint(continual_dir: str | os.PathLike[str], seed: int) -> tuple[int, Path] | None:
-    """``(end step, checkpoint path)`` of the furthest complete checkpoint of ``seed``, to continue a chain."""
-    root = Path(continual_dir)
-    if not root.is_dir():
-        return None
-    found = []
-    for entry in root.iterdir():
-        match = _DIR_PATTERN.match(entry.name)
-        if match and int(match["seed"]) == seed and nemo_checkpoint_problem(entry / CHECKPOINT_NAME) is None:
-            found.append((int(match["end"]), entry / CHECKPOINT_NAME))
-    return max(found, default=None)
+def nemo_checkpoint_problem(path: str) -> str | None:
+    """Why ``path`` is not a complete NeMo 2 checkpoint (None when it is): the folder exists, NeMo's unfinished
+    marker is gone, and ``weights/metadata.json`` exists (megatron-core writes it last)."""
+    p = Path(path)
+    if not p.is_dir():
+        return f"{p}: no checkpoint folder"
+    if Path(f"{p}{UNFINISHED_SUFFIX}").exists():
+        return f"{p}: unfinished (NeMo's {p.name}{UNFINISHED_SUFFIX} marker is present)"
+    if not (p / "weights" / "metadata.json").is_file():
+        return f"{p}: no weights/metadata.json (the save did not finish, or this is not a NeMo 2 checkpoint)"
+    return None
+
+
+def start_point(*, use_ckpt: bool, from_hf: bool, model_ckpt: str | None, start_steps: int) -> StartPoint:
+    """config.sh's start, or :class:`StartError` naming what to change."""
+    if start_steps < 0:
+        raise StartError(f"START_STEPS={start_steps} is negative", "the completed steps of MODEL_CKPT (0 or more)")
+    if not use_ckpt:
+        if start_steps:
+            raise StartError(f"START_STEPS={start_steps} with USE_CKPT=0: a run from random weights starts at step 0",
+                             "START_STEPS=0, or USE_CKPT=1 FROM_HF=0 MODEL_CKPT=<the checkpoint of that step>")  # fmt: skip
+        return StartPoint("scratch")
+    if not model_ckpt:
+        raise StartError("USE_CKPT=1 without MODEL_CKPT: nothing to start from", "set MODEL_CKPT, or USE_CKPT=0")
+    if from_hf:
+        if start_steps:
+            raise StartError(
+                f"START_STEPS={start_steps} with FROM_HF=1: FROM_HF=1 restores weights only, so training starts at step 0",
+                f"START_STEPS=0, or FROM_HF=0 with MODEL_CKPT=<CONTINUAL_CKPT>/checkpoint-seed-<S>-par-<j>-"
+                f"{start_steps}-steps/checkpoint to continue that run with its optimizer and schedule",
+            )
+        return StartPoint("weights", model_ckpt)
+    named = checkpoint_steps(model_ckpt)
+    if named is not None and named != start_steps:
+        raise StartError(f"START_STEPS={start_steps} but MODEL_CKPT={model_ckpt} holds {named} completed steps (its "
+                         "name says so), and FROM_HF=0 resumes that state exactly", f"START_STEPS={named}")  # fmt: skip
+    return StartPoint("full", model_ckpt, start_steps)
+
+
+def check_start(expected: int, actual: int, path: str | None) -> None:
+    """A job's first step is where its plan says (raises otherwise: the restored checkpoint is not the one meant)."""
+    if actual != expected:
+        raise RuntimeError(
+            f"the job starts at step {actual}, the plan at step {expected}"
+            + (f" (train.init_step, from {path})" if path else "")
+            + "; the checkpoint restored is not the one the plan names: fix START_STEPS / train.init_step or MODEL_CKPT"
+        )

@@ -154,8 +154,10 @@ def describe_start(plan: RunPlan) -> str:
     start = init_checkpoint(plan)
     if step is not None:
         origin = f"resuming at step {step} from {t.ckpt_dir}"
+    elif start and t.init_mode == "full":
+        origin = f"resuming {start} in full at step {t.init_step} (train.init_mode=full)"
     elif start:
-        origin = f"weights from {start}" + ("" if t.init_weights_only else " (with optimizer state)")
+        origin = f"weights from {start}, a fresh optimizer, step 0"
     else:
         origin = "from scratch"
     text = (

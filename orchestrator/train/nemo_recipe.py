@@ -40,7 +40,7 @@ from orchestrator.mlperf.schedule import Schedule
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Architecture
 from orchestrator.stages import tokenizer_model_path
-from orchestrator.train.nemo_checkpoint import init_checkpoint
+from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_data import ReferenceOrderGPTDataset
 from orchestrator.train.nemo_mlperf import MlperfControl
 from orchestrator.train import stopping
@@ -325,26 +325,36 @@ def resume_config(plan: RunPlan) -> run.Config:
     """Resume from the newest finished ``*last`` in the run's checkpoint directory; else start from ``init_from``.
 
     ``resume_ignore_no_checkpoint`` lets the first job start; NeMo still refuses to start when checkpoints exist but
-    all are unfinished. A checkpoint of this run always wins over ``init_from`` (NeMo applies ``restore_config`` only
-    when it finds none). ``load_artifacts=False``: the tokenizer comes from the plan, not from the imported context.
+    all are unfinished. A checkpoint of this run always wins over ``init_from``. Without one, ``init_mode=weights``
+    (config.sh's FROM_HF=1) restores the weights only (``RestoreConfig``: a fresh optimizer, step 0), and
+    ``init_mode=full`` (FROM_HF=0) resumes that checkpoint as NeMo resumes its own (``resume_from_path``: weights,
+    optimizer, step, LR schedule, data position). Built at each job's start, so only the chain's first job takes
+    ``init_from``. ``load_artifacts=False``: the tokenizer comes from the plan, not from the checkpoint's context.
     """
-    restore = None
+    restore, path = None, None
     start = init_checkpoint(plan)
-    if start:
-        restore = run.Config(
-            nl.RestoreConfig,
-            path=start,
-            load_model_state=True,
-            load_optim_state=not plan.train.init_weights_only,
-            load_artifacts=False,
-        )
+    if start and latest_step(plan.train.ckpt_dir) is None:
+        if plan.train.init_mode == "full":
+            path = start
+        else:
+            restore = run.Config(nl.RestoreConfig, path=start, load_model_state=True, load_optim_state=False,
+                                 load_artifacts=False)  # fmt: skip
     return run.Config(
         nl.AutoResume,
         resume_if_exists=True,
         resume_ignore_no_checkpoint=True,
         resume_from_directory=plan.train.ckpt_dir,
+        resume_from_path=path,
         restore_config=restore,
     )
+
+
+def start_step(plan: RunPlan) -> int:
+    """Where this job of the run must start: the run's own newest checkpoint, else a full resume's step, else 0."""
+    own = latest_step(plan.train.ckpt_dir)
+    if own is not None:
+        return own
+    return plan.train.init_step if plan.train.init_mode == "full" and init_checkpoint(plan) else 0
 
 
 def _apply_callbacks(recipe: run.Partial, plan: RunPlan, deadline: float | None) -> None:
@@ -373,6 +383,7 @@ def _apply_callbacks(recipe: run.Partial, plan: RunPlan, deadline: float | None)
             deadline=deadline,
             save_estimate_s=save_estimate_s(plan),
             eval_schedule=schedule,
+            start_step=start_step(plan),
         ),
     ]
 
@@ -561,6 +572,7 @@ def summarize(recipe: run.Partial) -> dict[str, Any]:
             "resume_if_exists": resume.resume_if_exists,
             "resume_ignore_no_checkpoint": resume.resume_ignore_no_checkpoint,
             "directory": resume.resume_from_directory,
+            "path": resume.resume_from_path,
             "restore": None
             if restore is None
             else {

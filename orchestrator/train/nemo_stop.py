@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from orchestrator.mlperf.checkpoints import check_start
 from orchestrator.train import stopping
 
 if TYPE_CHECKING:
@@ -42,7 +43,10 @@ class StopControl(Callback):
         deadline: float | None = None,
         save_estimate_s: float = 60.0,
         eval_schedule: Schedule | None = None,
+        start_step: int | None = None,
     ):
+        #: Where the plan says this job starts (a checkpoint of the run, a full resume's step, or 0); None: unchecked.
+        self.expected_start = start_step
         self.steps_per_job = steps_per_job
         self.deadline = deadline
         self.save_estimate_s = save_estimate_s
@@ -57,6 +61,8 @@ class StopControl(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         stopping.install()  # again: Lightning's SIGTERM handler replaced ours when fit started
         self.start_step = trainer.global_step
+        if self.expected_start is not None:
+            check_start(self.expected_start, trainer.global_step, trainer.ckpt_path)
         self._last_boundary = time.monotonic()
 
     def on_train_batch_end(

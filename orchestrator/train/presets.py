@@ -28,7 +28,7 @@ from typing import Any
 
 _CPT_COMMON: dict[str, Any] = {
     "train.hf_model_id": "meta-llama/Llama-3.1-8B",
-    "train.init_weights_only": True,
+    "train.init_mode": "weights",
     "train.optim.weight_decay": 0.1,
     "train.optim.beta1": 0.9,
     "train.optim.beta2": 0.95,

@@ -15,7 +15,7 @@
   distinct code for "stopped" would be a non-zero task exit, on which ``srun --kill-on-bad-exit`` kills the
   other ranks mid-exit.)
 - Resume: the newest complete checkpoint (model, optimizer, RNG states, consumed samples) or, if none,
-  ``train.init_from`` (weights, plus optimizer state unless ``init_weights_only``), or a seeded fresh model.
+  ``train.init_from`` (its weights, or with ``init_mode=full`` everything at ``init_step``), or a seeded fresh model.
   Runs on CPU are bitwise reproducible across a stop and resume.
 - Rank 0 prints NeMo's log line every step, plus ``[orchestrator]`` lines for the banner, checkpoints and stops.
 """
@@ -46,6 +46,7 @@ from orchestrator.profiles import Optimizer
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
 from orchestrator.train import checkpoint
 from orchestrator.contract import JobEnvironment, deadline
+from orchestrator.mlperf.checkpoints import check_start
 from orchestrator.train import stopping
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
@@ -300,11 +301,15 @@ class Trainer:
             path = checkpoint.step_dir(self.ckpt_dir, step)
             self._load(path, full=True, optimizer=True)
             return f"resumed from {path.name} (consumed_samples={self.consumed})"
+        if train.init_from and train.init_mode == "full":  # config.sh's FROM_HF=0: continue that run exactly
+            path = checkpoint.resolve(train.init_from)
+            self._load(path, full=True, optimizer=True)
+            check_start(train.init_step, self.step, str(path))
+            return f"resumed in full from {path} (train.init_from), step {self.step}"
         if train.init_from:
             path = checkpoint.resolve(train.init_from)
-            self._load(path, full=False, optimizer=not train.init_weights_only)
-            what = "weights" if train.init_weights_only else "weights and optimizer state"
-            return f"initialised {what} from {path} (train.init_from); step 0"
+            self._load(path, full=False, optimizer=False)
+            return f"initialised weights from {path} (train.init_from); step 0"
         return f"fresh start at step 0 (seed {train.seed})"
 
     # ------------------------------------------------------------------------------------------- steps
