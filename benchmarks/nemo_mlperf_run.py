@@ -1,23 +1,28 @@
-"""The MLPerf rules in the nemo trainer on one GPU: the evaluation schedule across resumes, the log, the target stop.
+"""The MLPerf rules in NeMo's own trainer on one GPU: the evaluation schedule across a stop, a crash and a resume, the
+log, the target stop; then the ``llama31_405b`` profile itself, cut to one layer, through the rendered steps.
 
-The small Llama 3.1 of ``nemo_stop_resume.py`` (its data, plan and job runner are reused) as an MLPerf plan at
-GBS 32 (``mlperf.allow_new_rcp``), evaluating after 4 steps, then every 2, on 1 batch, with checkpoints every 3
-steps. Four jobs of ``python -m orchestrator.train.nemo``:
+Part 1, ``small``: the small Llama 3.1 of ``nemo_stop_resume.py`` (its data, plan and job runner) as an MLPerf plan
+at GBS 32 (``mlperf.allow_new_rcp``: the rules' formulas at this batch), evaluating after 4 steps, then every 2, on 1
+batch, with checkpoints every 3 steps; its index stage first, then four jobs of ``python -m orchestrator.train.nemo``:
 
     a  chain.steps_per_job=6                    -> exit 0 at step 6; evaluations 4, 6 (the stop evaluates first)
     b  killed (SIGKILL) once the in-step checkpoint of step 9 is finalized: a crash
-    c  resumes from that checkpoint, max_steps 16 -> evaluations every 2 steps after the resumed one (Lightning's own
-       cadence would run them one step late from a checkpoint written inside the step); DONE "max_steps reached"
+    c  resumes from that checkpoint, max_steps 16 -> evaluations every 2 steps after the resumed one; DONE
     d  a new run, target log-perplexity 11 (above the untrained loss) -> stops after the first evaluation (step 4),
        saves, DONE with the reason, log status success
 
-Evaluations are read from each job's compliance log (``<run_dir>/mlperf/``). Prints one line per job and exits 1 if
-an expectation fails; ``--out DIR`` gets the logs (to run mlperf-logging's checker elsewhere).
+Part 2, ``405b``: ``llama31_405b`` (hidden 16384, FFN 53248, 128 heads / 8 KV groups, vocabulary 32000) at one layer,
+sequence 8192, GBS ``--gbs`` with the same small-batch schedule; the run directory's own ``scripts/index.sbatch`` and
+``scripts/train.sbatch`` (the local scheduler's launcher, one task on the GPU): job 1 stops with ``chain.steps_per_job``
+after the first evaluation and saves; job 2 resumes there and trains past the next evaluation. Its checkpoint is
+about 14 bytes a parameter (4.24e9 parameters: 59 GB); a lent machine's disk holds one, so job 2 runs with
+``train.save_checkpoints=false`` (set in plan.json between the jobs, and said so in the summary).
 
-Not run yet: written when this session's GPU time was spent; the CPU tests (tests/test_nemo_mlperf.py) cover the
-same behaviour through Lightning without Megatron.
+Evaluations are read from each job's compliance log; ``--out DIR`` gets those logs and a summary. Prints one line per
+job and an ``ok``/``FAIL`` line per expectation; exits 1 if one fails. ``--cpu`` runs everything on this machine with
+the CUDA stand-ins of ``tests/nemo_cpu_trainer.py`` (and the 405B cut to width 64), to try the script before GPU time.
 
-    python benchmarks/nemo_mlperf_run.py --work /tmp/nemo-mlperf --tokenizer tokenizer.model.v1
+    python benchmarks/nemo_mlperf_run.py --work /tmp/nemo-mlperf --tokenizer tokenizer.model.v1 [--part small|405b|all]
 """
 
 from __future__ import annotations
@@ -28,10 +33,16 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import nemo_stop_resume as base
 
+REPO = Path(__file__).resolve().parent.parent
+CPU_TRAINER = REPO / "tests" / "nemo_cpu_trainer.py"
 FINALIZED = re.compile(r"save for step (\d+).*finalized", re.IGNORECASE)
 GBS = 32
 MLPERF = {
@@ -41,16 +52,27 @@ MLPERF = {
 }  # fmt: skip
 
 
-def job(run_dir: Path, name: str, kill_after_save: int | None = None) -> tuple[int, str]:
+#: ``--cpu``: the same plans at a width and sequence a CPU trains in seconds (only the plumbing is tried there).
+CPU_SHAPE = {"model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 128, "model.arch.num_attention_heads": 4,
+             "model.arch.num_query_groups": 2, "train.seq_length": 64}  # fmt: skip
+
+
+def trainer_command(args: argparse.Namespace) -> list[str]:
+    return [sys.executable, str(CPU_TRAINER)] if args.cpu else [sys.executable, "-m", "orchestrator.train.nemo"]
+
+
+def job(args: argparse.Namespace, run_dir: Path, name: str, kill_after_save: int | None = None) -> tuple[int, str]:
     """One trainer process (its log in ``<work>/<name>.log``); SIGKILL once a checkpoint of ``kill_after_save`` or
     later is finalized."""
     kill = None if kill_after_save is None else base.at_step(
         FINALIZED, kill_after_save, lambda proc: os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its async writer
     )  # fmt: skip
-    return base.train(run_dir, name, env={"SUBMITIT_LOCAL_JOB_ID": name}, watch=kill)
+    env = {"SUBMITIT_LOCAL_JOB_ID": name, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29600 + ord(name[0]))}  # fmt: skip
+    return base.train(run_dir, name, env=env, watch=kill, command=trainer_command(args))
 
 
-def summary(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
+def summary(name: str, rc: int, text: str, run_dir: Path, gbs: int = GBS) -> dict[str, Any]:
     from orchestrator.mlperf.mllog import read_mllog
     from orchestrator.train.nemo_checkpoint import latest_step
 
@@ -58,37 +80,45 @@ def summary(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
     logs = sorted((run_dir / "mlperf").glob(f"*_{name}.log"))
     run = read_mllog(logs[0]) if logs else None
     done = run_dir / "DONE"
+    timings = [float(t) for t in re.findall(r"train_step_timing in s: ([0-9.e+-]+)", text)]
     result = {
         "rc": rc,
         "first": steps[0] if steps else None,
         "last": steps[-1] if steps else None,
-        "evaluated": [samples // GBS for samples, _ in run.evals] if run else None,
+        "evaluated": [samples // gbs for samples, _ in run.evals] if run else None,
         "eval_loss": [round(value, 3) for _, value in run.evals] if run else None,
         "status": run.status if run else None,
         "init_checkpoint_step": run.params.get("init_checkpoint_step") if run else None,
         "latest": latest_step(run_dir / "checkpoints"),
         "done": json.loads(done.read_text()).get("reason") if done.exists() else None,
+        "step_time_s": round(sorted(timings)[len(timings) // 2], 3) if timings else None,
+        "loaded_index": "Load the ReferenceOrderGPTDataset train indices" in text and "Build and save" not in text,
     }
     print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in result.items()), flush=True)
     return result
 
 
-def check(args: argparse.Namespace) -> int:
-    work = args.work
+def small(args: argparse.Namespace) -> dict[str, Any]:
+    work = args.work / "small"
+    work.mkdir(parents=True)
     base.make_data(work)
-    run_dir = base.write_plan(work, args.tokenizer, **MLPERF, **{"chain.steps_per_job": 6})
-    a = summary("a", *job(run_dir, "a"), run_dir)
-    base.write_plan(work, args.tokenizer, **MLPERF)
-    b = summary("b", *job(run_dir, "b", kill_after_save=9), run_dir)
+    shape = CPU_SHAPE if args.cpu else {}
+    run_dir = base.write_plan(work, args.tokenizer, **MLPERF, **shape, **{"chain.steps_per_job": 6})
+    rc, seconds = base.index(run_dir, work / "index.log")
+    print(f"small index stage: exit {rc} in {seconds:.0f} s", flush=True)
+    a = summary("a", *job(args, run_dir, "a"), run_dir)
+    base.write_plan(work, args.tokenizer, **MLPERF, **shape)
+    b = summary("b", *job(args, run_dir, "b", kill_after_save=9), run_dir)
     start = b["latest"] or 0
-    c = summary("c", *job(run_dir, "c"), run_dir)
-
+    c = summary("c", *job(args, run_dir, "c"), run_dir)
     target = work / "target"
     target.mkdir()
     (target / "data").symlink_to(work / "data")
-    target_dir = base.write_plan(target, args.tokenizer, **MLPERF, **{"mlperf.target_log_ppl": 11.0})
-    d = summary("d", *job(target_dir, "d"), target_dir)
+    target_dir = base.write_plan(target, args.tokenizer, **MLPERF, **shape, **{"mlperf.target_log_ppl": 11.0,
+                                 "data.index_cache_dir": str(work / "npy")})  # fmt: skip
+    d = summary("d", *job(args, target_dir, "d"), target_dir)
     expectations = {
+        "the index stage built the index; a loaded it": rc == 0 and a["loaded_index"],
         "a evaluates after 4 and 6, stops at 6": (a["rc"], a["evaluated"], a["latest"], a["done"]) == (0, [4, 6], 6, None),
         "b resumed at 6 and was killed after an in-step checkpoint": b["first"] == 6 and b["rc"] == -signal.SIGKILL
         and start >= 9,
@@ -98,21 +128,116 @@ def check(args: argparse.Namespace) -> int:
         "d stops at its first evaluation, saved, DONE with the reason": (d["rc"], d["evaluated"], d["latest"])
         == (0, [4], 4) and d["status"] == "success" and d["done"] == "MLPerf target log-perplexity 11.0 reached",
     }  # fmt: skip
-    for what, ok in expectations.items():
-        print(f"{'ok  ' if ok else 'FAIL'} {what}")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for log in [*(run_dir / "mlperf").glob("*.log"), *(target_dir / "mlperf").glob("*.log")]:
-            shutil.copy(log, args.out / log.name)
-    return 0 if all(expectations.values()) else 1
+    logs = [*(run_dir / "mlperf").glob("*.log"), *(target_dir / "mlperf").glob("*.log")]
+    return {"jobs": {"a": a, "b": b, "c": c, "d": d}, "expectations": expectations, "logs": logs}
 
 
-if __name__ == "__main__":
+def run_step(script: Path, log: Path, timeout_s: float) -> tuple[int, float]:
+    """A rendered script as the local scheduler's driver runs it (its step phase), output to ``log``."""
+    start = time.monotonic()
+    with log.open("w") as out:
+        proc = subprocess.Popen(["bash", str(script)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGTERM)
+            rc = proc.wait()
+    return rc, time.monotonic() - start
+
+
+def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
+    """The 405B profile at one layer through its rendered index and train steps: a stop after the first evaluation,
+    then a resume past the next one."""
+    from orchestrator.atomic import atomic_write_text
+    from orchestrator.plan import RunPlan, build_plan
+    from orchestrator.render import render_all, write_scripts
+    from orchestrator.rundir import RunDir
+
+    work = args.work / "405b"
+    work.mkdir(parents=True)
+    base.make_data(work)
+    cluster = work / "one-gpu.yaml"
+    cluster.write_text("scheduler: local\ngpus_per_node: 1\ngpu_memory_gb: 139\ngpu_peak_tflops: 989\n"
+                       "signal_grace_s: 60\nmax_nodes: 1\n")  # fmt: skip
+    gbs = args.gbs
+    overrides: dict[str, Any] = {
+        "model.arch.num_layers": 1, "layout.nodes": 1, "layout.tasks_per_node": 1, "layout.tp": 1, "layout.pp": 1,
+        "layout.cp": 1, "layout.vp": None, "layout.sequence_parallel": False, "layout.micro_batch_size": 1,
+        "train.global_batch_size": gbs, "train.max_steps": 12, "mlperf.allow_new_rcp": True,
+        "mlperf.eval_every_samples": 2 * gbs, "mlperf.eval_samples": gbs, "mlperf.start_eval_at_samples": 4 * gbs,
+        "chain.steps_per_job": 4, "model.tokenizer.path": str(Path(args.tokenizer).absolute()),
+        "data.source": "preprocessed", "data.train_prefixes": [str(work / "data" / "train")], "data.train_weights": [1.0],
+        "data.validation_prefixes": [str(work / "data" / "valid")], "data.index_cache_dir": str(work / "npy"),
+    }  # fmt: skip
+    if args.cpu:
+        overrides.update(CPU_SHAPE)
+    run_dir = work / "run"
+    plan = build_plan("llama31_405b", cluster, overrides, run_id="mlperf-405b-1layer", run_dir=run_dir)
+    rd = RunDir.of(run_dir)
+    rd.logs.mkdir(parents=True)
+    atomic_write_text(rd.plan, plan.to_json())
+    write_scripts(plan, render_all(plan))
+    if args.cpu:
+        script = rd.script("train")
+        script.write_text(script.read_text().replace("-m orchestrator.train.nemo ", f"{CPU_TRAINER} "))
+    free = shutil.disk_usage(work).free
+    need = 14 * plan.derived()["parameters"]
+    rc_index, index_s = run_step(rd.script("index"), rd.logs / "index.log", args.job_timeout)
+    print(f"405b index stage: exit {rc_index} in {index_s:.0f} s", flush=True)
+    rc1, s1 = run_step(rd.script("train"), rd.logs / "train-1.out", args.job_timeout)
+    one = summary("405b-1", rc1, (rd.logs / "train-1.out").read_text(), run_dir, gbs)
+    one["seconds"] = round(s1, 1)
+    note = None
+    if free < 2 * need and not args.cpu:  # the next save would not fit beside this job's checkpoint
+        body = json.loads(rd.plan.read_text())
+        body["train"]["save_checkpoints"] = False
+        atomic_write_text(rd.plan, RunPlan.from_json(json.dumps(body)).to_json())
+        note = (f"job 2 ran with train.save_checkpoints=false: {free / 2**30:.0f} GiB were free, a checkpoint is "
+                f"{need / 2**30:.0f} GiB and a save writes the new one before removing the old")
+    rc2, s2 = run_step(rd.script("train"), rd.logs / "train-2.out", args.job_timeout)
+    two = summary("405b-2", rc2, (rd.logs / "train-2.out").read_text(), run_dir, gbs)
+    two["seconds"] = round(s2, 1)
+    expectations = {
+        "405b: the index stage ran, job 1 loaded its index": rc_index == 0 and one["loaded_index"],
+        "405b: job 1 evaluates after 4 and stops there, saved": (one["rc"], one["evaluated"], one["latest"])
+        == (0, [4], 4),
+        "405b: job 2 resumes at 4, evaluates after 6 and 8": (two["rc"], two["first"], two["init_checkpoint_step"],
+                                                               two["evaluated"]) == (0, 4, 4, [6, 8]),
+    }  # fmt: skip
+    return {"jobs": {"405b-1": one, "405b-2": two}, "expectations": expectations, "note": note,
+            "parameters": plan.derived()["parameters"], "logs": list((run_dir / "mlperf").glob("*.log"))}  # fmt: skip
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nemo-mlperf"), help="scratch directory (emptied)")
-    parser.add_argument("--tokenizer", default="mistral-common:tokenizer.model.v1", help="sentencepiece, vocab 32000")
-    parser.add_argument("--out", type=Path, help="copy the compliance logs here")
+    parser.add_argument("--tokenizer", required=True, help="a SentencePiece model file, vocabulary 32000 (Mixtral's v1)")
+    parser.add_argument("--part", choices=("small", "405b", "all"), default="all")
+    parser.add_argument("--gbs", type=int, default=4, help="the 405B proxy's global batch (micro batch 1)")
+    parser.add_argument("--job-timeout", type=float, default=300, help="seconds one 405B job may take")
+    parser.add_argument("--cpu", action="store_true", help="on this machine's CPU, with the CUDA stand-ins")
+    parser.add_argument("--out", type=Path, help="copy the compliance logs and summary.json here")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    raise SystemExit(check(args))
+    results = {}
+    if args.part in ("small", "all"):
+        results["small"] = small(args)
+    if args.part in ("405b", "all"):
+        results["405b"] = proxy_405b(args)
+    ok = True
+    for part in results.values():
+        for what, passed in part["expectations"].items():
+            print(f"{'ok  ' if passed else 'FAIL'} {what}")
+            ok &= passed
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for part in results.values():
+            for log in part.pop("logs"):
+                shutil.copy(log, args.out / log.name)
+        (args.out / "summary.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

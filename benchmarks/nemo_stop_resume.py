@@ -81,10 +81,11 @@ def write_plan(work: Path, tokenizer: str, **extra: object) -> Path:
     return run_dir
 
 
-def train(run_dir: Path, name: str, env: dict[str, str] | None = None, watch: Watch | None = None) -> tuple[int, str]:
-    """One job of ``python -m orchestrator.train.nemo`` in its own session; returns its exit status and output (also
-    written to ``<work>/<name>.log``)."""
-    cmd = [sys.executable, "-m", "orchestrator.train.nemo", "--run-dir", str(run_dir)]
+def train(run_dir: Path, name: str, env: dict[str, str] | None = None, watch: Watch | None = None,
+          command: list[str] | None = None) -> tuple[int, str]:  # fmt: skip
+    """One job of ``python -m orchestrator.train.nemo`` (or ``command``) in its own session; returns its exit status
+    and output (also written to ``<work>/<name>.log``)."""
+    cmd = [*(command or [sys.executable, "-m", "orchestrator.train.nemo"]), "--run-dir", str(run_dir)]
     lines = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env={**os.environ, **(env or {})}, start_new_session=True) as proc:  # fmt: skip
@@ -96,6 +97,15 @@ def train(run_dir: Path, name: str, env: dict[str, str] | None = None, watch: Wa
     text = "".join(lines)
     (run_dir.parent / f"{name}.log").write_text(text)
     return proc.returncode, text
+
+
+def index(run_dir: Path, log: Path) -> tuple[int, float]:
+    """The run's index stage (no GPU): Megatron's sample index, before any training job."""
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "orchestrator.train.nemo_index", "--run-dir", str(run_dir)],
+                          capture_output=True, text=True)  # fmt: skip
+    log.write_text(done.stdout + done.stderr)
+    return done.returncode, time.monotonic() - start
 
 
 def at_step(pattern: re.Pattern[str], step: int, act: Callable[["subprocess.Popen[str]"], object]) -> Watch:
@@ -140,6 +150,8 @@ def report(name: str, rc: int, text: str, run_dir: Path) -> dict[str, object]:
 def check(work: Path, tokenizer: str) -> int:
     make_data(work)
     run_dir = write_plan(work, tokenizer, **{"chain.steps_per_job": 50})
+    rc, seconds = index(run_dir, work / "index.log")
+    print(f"index stage: exit {rc} in {seconds:.0f} s", flush=True)
     a = report("a", *train(run_dir, "a"), run_dir)
     write_plan(work, tokenizer)
     b = report("b", *train(run_dir, "b", watch=at_step(STEP, 80, lambda proc: proc.send_signal(signal.SIGUSR2))), run_dir)

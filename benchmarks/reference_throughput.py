@@ -24,7 +24,7 @@ import sentencepiece
 from orchestrator.data.indexed import IndexedDatasetWriter, optimal_dtype
 from orchestrator.logline import FIELD_ORDER
 from orchestrator.plan import build_plan
-from orchestrator.stages import tokenizer_model_path
+from orchestrator.data.packaged_tokenizers import materialise
 
 SKIP = 10  # the seeds' rule: leave out the first and the last 10 steps
 
@@ -85,7 +85,7 @@ def main() -> int:
     probe = build_plan(args.profile, "local", check=False)
     with tempfile.TemporaryDirectory(prefix="reference-throughput-") as tmp:
         work = Path(tmp)
-        model_file = args.tokenizer_model or tokenizer_model_path(probe)
+        model_file = args.tokenizer_model or str(materialise(probe.model.tokenizer.model, Path(probe.tokenizer_path).parent))
         tokens = build_dataset(work / "stdlib", model_file, probe.model.arch.vocab_size, args.max_tokens)
         print(f"dataset: {tokens} tokens of Python's standard library, tokenizer {probe.model.tokenizer.model}")
         for world in args.worlds:

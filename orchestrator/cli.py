@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator import __version__
@@ -103,10 +104,12 @@ def cmd_profiles(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.stages import check_inputs
+
     plans = _plans(args, check=False)
     worst = 0
     for plan in plans:
-        problems = validate(plan)
+        problems = validate(plan) + check_inputs(plan)
         if args.json:
             body = json.loads(plan.to_json())
             body["problems"] = [p.model_dump() for p in problems]
@@ -142,12 +145,47 @@ def _print_plan(plan: RunPlan) -> None:
                    f"(weights {mem['weights']}, grads {mem['gradients']}, optimizer {mem['optimizer']}, "
                    f"activations {mem['activations']})"),
     ]  # fmt: skip
+    rows += _mlperf_rows(plan)
     table = Table(show_header=False, box=None, padding=(0, 1))
     table.add_column(style="bold")
     table.add_column()
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    schedule = plan.mlperf_schedule()
+    for note in schedule.warnings if schedule else ():
+        console.print(f"[yellow]note: {escape(note)}[/]")
+
+
+def _mlperf_rows(plan: RunPlan) -> list[tuple[str, str]]:
+    """An MLPerf plan's schedule as the compliance checker will read it from the run's log."""
+    schedule = plan.mlperf_schedule()
+    if schedule is None or plan.mlperf is None:
+        return []
+    from orchestrator.mlperf.hyperparameters import run_hyperparameters
+
+    s, m, gbs = schedule, plan.mlperf, plan.train.global_batch_size
+    logged = run_hyperparameters(plan, start_step=plan.train.init_step)
+    rows = [
+        ("evaluation", f"first after {s.first_eval_step} steps ({s.samples(s.first_eval_step):,} samples), then every "
+                       f"{s.eval_interval_steps} steps ({s.samples(s.eval_interval_steps):,} samples); {s.eval_batches} "
+                       f"batches of {gbs} = {s.eval_sequences:,} sequences each (eval_samples {logged['eval_samples']}), "
+                       "the first sequences of the validation file in file order"),
+        ("LR", f"opt_base_learning_rate {logged['opt_base_learning_rate']:.10g}, warm-up "
+               f"{logged['opt_learning_rate_warmup_steps']:,} steps, decay {logged['opt_learning_rate_decay_steps']:,} "
+               f"steps to {logged['opt_end_learning_rate']:g} at step {plan.lr_horizon_steps:,} "
+               f"({logged['opt_learning_rate_decay_schedule']})"),
+        ("stop", f"at an evaluation with log-perplexity <= {s.target_log_ppl} (DONE), or after {plan.train.max_steps:,} steps "
+                 f"(train.max_steps); a step slower than {m.step_time_atol_s} s fails the job"),
+        ("start", f"init_checkpoint_step {logged['init_checkpoint_step']}"
+                  + (f", resuming {plan.train.init_from} in full" if plan.train.init_mode == "full" and plan.train.init_from
+                     else f", weights of {plan.train.init_from}" if plan.train.init_from else ", random weights")),
+    ]  # fmt: skip
+    if "index" in plan.stages:
+        rows.append(("data index", f"{plan.train.max_steps * gbs:,} training samples per seed for seed(s) "
+                                   f"{', '.join(map(str, sorted({plan.train.seed, *m.seeds})))}, built once by the index "
+                                   f"stage in {plan.data.index_cache_dir} (lower train.max_steps to shrink it)"))  # fmt: skip
+    return rows
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -170,13 +208,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from orchestrator.render import render_stage
-    from orchestrator.stages import stage_specs
+    from orchestrator.stages import check_inputs, stage_specs
     from orchestrator.submit import sbatch_command, submit_run
 
     request = _request_from_args(args)
     dry_run = args.dry_run or request.dry_run
     plans = request.build()
     shared: dict[str, str] = {}  # stages the runs of this submission share (the data index of their seeds)
+    worst = 0
     for plan in plans:
         if dry_run:
             console.print(f"[bold]# dry run: {plan.run_id} -> {plan.run_dir} (nothing written, nothing queued)[/]")
@@ -186,6 +225,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 console.print(render_stage(plan, spec).text, markup=False)
                 if plan.cluster.scheduler == "slurm":
                     console.print("# would run: " + " ".join(sbatch_command(plan, spec, "<dependency>" if i else None)), markup=False)
+            for problem in check_inputs(plan):
+                err.print(f"[red]{escape(str(problem))}[/]")
+                worst = 2 if problem.severity == "error" else worst
             continue
         sub = submit_run(plan, say=lambda m: console.print(m, markup=False), shared=shared)
         console.print(f"run directory: {sub.run_dir}")
@@ -199,7 +241,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
             rc = _collect_and_report(sub.run_dir)
             if rc:
                 return rc
-    return 0
+    return worst
 
 
 def _collect_and_report(run_dir: Path) -> int:

@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from orchestrator import chain, slurm
@@ -216,6 +217,8 @@ class StageDriver:
         job = self.ledger.job(self.ctx.job_id)
         if job is not None and job.chain_index is not None:
             env[CHAIN_INDEX_ENV] = str(job.chain_index)
+        for folder in self.spec.paths.writes:  # on the host: a container mounts only what exists
+            Path(folder).mkdir(parents=True, exist_ok=True)
         script = self.rd.script(self.stage)
         self._say(f"step: bash {script}" + (f" (deadline {_stamp(deadline)})" if deadline else ""))
         self._proc = subprocess.Popen(["bash", str(script)], env=env, start_new_session=True)

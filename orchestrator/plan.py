@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError
 
 from orchestrator import memory
 from orchestrator.data.consolidate import train_file, validation_file
+from orchestrator.data.packaged_tokenizers import is_packaged, location
 from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.profiles import (
     Architecture,
@@ -144,6 +145,11 @@ class RunPlan(Strict):
     @property
     def grad_accumulation(self) -> int:
         return max(self.train.global_batch_size // (self.layout.micro_batch_size * self.data_parallel), 1)
+
+    @property
+    def tokenizer_path(self) -> str:
+        """The tokenizer jobs read: a packaged tokenizer's file in the site's data, else ``model.tokenizer.model``."""
+        return self.model.tokenizer.path or self.model.tokenizer.model
 
     @property
     def lr_horizon_steps(self) -> int:
@@ -281,6 +287,7 @@ def build_plan(
     if tree.get("mlperf") is not None:
         _apply_mlperf_schedule(tree, overrides or {})
     _fill_data(tree, run_dir)
+    _place_tokenizer(tree, run_dir)
     if not tree["stages"]:
         tree["stages"] = _stages(tree)
     try:
@@ -352,6 +359,17 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     if data.get("train_prefixes") and not data.get("train_weights"):
         n = len(data["train_prefixes"])
         data["train_weights"] = [round(100.0 / n, 6)] * n
+
+
+def _place_tokenizer(tree: dict[str, Any], run_dir: Path) -> None:
+    """A packaged tokenizer is read from the site's data (the run's, for the sample corpus), not from the login
+    node's Python packages, which no container has: the plan names that file, submission writes it there."""
+    tok = tree["model"]["tokenizer"]
+    if tok.get("path") or not is_packaged(str(tok.get("model", ""))):
+        return
+    site_data = Path(os.path.expanduser(tree["cluster"].get("data_root") or "data")).absolute()
+    root = run_dir / "data" if tree["data"].get("source") == "sample" else site_data
+    tok["path"] = str(location(tok["model"], root / "tokenizers"))
 
 
 def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -> None:

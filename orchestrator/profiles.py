@@ -123,11 +123,14 @@ class Benchmark(Strict):
 
 
 class Tokenizer(Strict):
-    """What turns text into ids; ``model`` is a path, a Hugging Face id, or ``mistral-common:<file>``."""
+    """What turns text into ids; ``model`` is a path, a Hugging Face id, or a packaged tokenizer
+    (``mistral-common:<file>``, ``llama-models:llama3``: see :mod:`orchestrator.data.packaged_tokenizers`)."""
 
     library: Literal["sentencepiece", "huggingface"]
     model: str
     vocab_size: int = Field(gt=0)
+    #: Where jobs read a packaged tokenizer: a file or folder of the site's data, written at submission.
+    path: str | None = None
 
 
 MIXTRAL_V1 = Tokenizer(library="sentencepiece", model="mistral-common:tokenizer.model.v1", vocab_size=32000)
@@ -312,18 +315,21 @@ def get_model(name: str) -> ModelProfile:
 
 
 class Container(Strict):
-    """How tasks run: directly on the node, or in a pyxis/enroot container."""
+    """How a job's steps run: on the node, or in a container (pyxis/enroot on GPU sites; bubblewrap in the Slurm lab).
 
-    runtime: Literal["none", "pyxis"] = "none"
-    image: str | None = None
+    Every path a step needs is mounted at its own path (orchestrator/container.py); ``mounts`` are a site's extras
+    (``SRC[:DST[:ro]]``), tried first. ``workdir`` defaults to the run directory."""
+
+    runtime: Literal["none", "pyxis", "bubblewrap"] = "none"
+    image: str | None = Field(None, description="pyxis: an image URI or squashfs file; bubblewrap: a folder with rootfs/")
     mounts: tuple[str, ...] = ()
     workdir: str | None = None
     extra_srun_args: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _image_for_pyxis(self) -> "Container":
-        if self.runtime == "pyxis" and not self.image:
-            raise ValueError("container.runtime is 'pyxis' but container.image is empty; set the image (IMAGE=)")
+    def _image_for_runtime(self) -> "Container":
+        if self.runtime != "none" and not self.image:
+            raise ValueError(f"container.runtime is {self.runtime!r} but container.image is empty; set the image (IMAGE=)")
         return self
 
 

@@ -21,13 +21,11 @@ from typing import Any, Iterable, Sequence
 import jinja2
 
 import orchestrator
-from orchestrator import contract
+from orchestrator import container, contract
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
 from orchestrator.stages import StageSpec, stage_specs
 
-#: Where the orchestrator package is mounted inside a container, so a step can import it.
-CONTAINER_PACKAGE_ROOT = "/opt/orchestrator"
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_@%:/.,=+\-\[\]]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.IGNORECASE)
@@ -134,26 +132,70 @@ def python_for_driver(plan: RunPlan) -> str:
     return plan.cluster.python or sys.executable
 
 
-def step_launcher(plan: RunPlan, spec: StageSpec) -> list[Any]:
-    """``srun`` (with the container flags on pyxis clusters), or the local multi-process launcher."""
+def package_root() -> Path:
+    """The folder that holds the ``orchestrator`` package a step imports (mounted at its own path in a container)."""
+    return Path(orchestrator.__file__).resolve().parent.parent
+
+
+def step_mounts(plan: RunPlan, spec: StageSpec) -> list[container.Mount]:
+    """What the step's container mounts: the site's, then every path the stage touches, the run directory and the
+    package, each at its own path. Raises :class:`~orchestrator.container.MountError` naming a path no mount can serve."""
+    package = str(Path(orchestrator.__file__).resolve().parent)
+    reads = [*spec.paths.reads, package]
+    writes = [*spec.paths.writes, plan.run_dir]
+    return container.mounts(plan.cluster.container.mounts, reads, writes)
+
+
+def step_env_names(plan: RunPlan) -> list[str]:
+    """Every variable the batch script and the driver set for the step (pyxis passes only these over the image's)."""
+    contract_names = [contract.RUN_DIR_ENV, contract.PHASE_ENV, contract.TASK_INDEX_ENV, contract.DEADLINE_ENV,
+                      contract.CHAIN_INDEX_ENV]  # fmt: skip
+    return sorted({*plan.cluster.env, *plan.env, *contract_names, "PYTHONUNBUFFERED", "PYTHONPATH", "MASTER_ADDR",
+                   "MASTER_PORT", "WORLD_SIZE"})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the step starts: the launcher (``srun`` with its flags, or the local one) and what precedes the program
+    inside it (a container runtime's command), and what the log's first lines say about it."""
+
+    launcher: list[Any]
+    prefix: list[Any]
+    describe: list[str]
+
+
+def step_launch(plan: RunPlan, spec: StageSpec) -> Launch:
+    """``srun`` over the stage's nodes, inside the cluster's container runtime if it has one; the local launcher."""
     site = plan.cluster
     if site.scheduler == "local":
-        return [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", spec.tasks_per_node, "--"]
+        return Launch([sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", spec.tasks_per_node, "--"], [],
+                      [f"echo {quote('[orchestrator] step on this machine, interpreter ' + python_for_driver(plan))}"])  # fmt: skip
     args: list[Any] = [f"--nodes={spec.nodes}", f"--ntasks-per-node={spec.tasks_per_node}", "--kill-on-bad-exit=1", "--unbuffered"]
     if spec.cpus_per_task or site.cpus_per_task:
         args.append(f"--cpus-per-task={spec.cpus_per_task or site.cpus_per_task}")
-    if site.container.runtime == "pyxis":
-        package = Path(orchestrator.__file__).parent
-        mounts = [*site.container.mounts, f"{plan.run_dir}:{plan.run_dir}", f"{package}:{CONTAINER_PACKAGE_ROOT}/orchestrator:ro"]
-        args += [f"--container-image={site.container.image}", f"--container-mounts={','.join(mounts)}"]
-        if site.container.workdir:
-            args.append(f"--container-workdir={site.container.workdir}")
-        args += list(site.container.extra_srun_args)
-    return ["srun", *args]
+    runtime = container.RUNTIMES.get(site.container.runtime)
+    if runtime is None:
+        describe = [f"echo {quote('[orchestrator] step on the nodes (no container), interpreter ' + python_for_driver(plan))}"]
+        return Launch(["srun", *args], [], describe)
+    image = site.container.image or ""
+    mounts = step_mounts(plan, spec)
+    names = step_env_names(plan)
+    workdir = site.container.workdir or plan.run_dir
+    args += runtime.srun_args(image, mounts, names, workdir)
+    args += list(site.container.extra_srun_args)
+    shown = " ".join(f"{m.source}{'' if m.target == m.source else ':' + m.target}{':ro' if m.read_only else ''}" for m in mounts)
+    describe = [
+        f"echo {quote(f'[orchestrator] step in a container: runtime {runtime.name}, image {image}')}",
+        f"echo \"[orchestrator] image id: $( ({runtime.image_id(image)}) | tr '\\n' ' ')\"",
+        f"echo {quote(f'[orchestrator] mounts (same path inside): {shown}')}",
+        f"echo {quote('[orchestrator] interpreter: the image' + chr(39) + 's python3, workdir ' + workdir)}",
+    ]
+    return Launch(["srun", *args], runtime.prefix(image, mounts, names, workdir), describe)
 
 
 def step_python(plan: RunPlan) -> str:
-    return "python3" if plan.cluster.container.runtime == "pyxis" else python_for_driver(plan)
+    """A container runs its own Python; elsewhere the step runs the driver's interpreter."""
+    return "python3" if plan.cluster.container.runtime != "none" else python_for_driver(plan)
 
 
 @dataclass(frozen=True)
@@ -177,9 +219,9 @@ def render_stage(plan: RunPlan, spec: StageSpec) -> StageScript:
         version=orchestrator.__version__,
         sbatch=sbatch_options(plan, spec) if site.scheduler == "slurm" else [],
         driver=[python_for_driver(plan), "-u", "-m", "submitit.core._submit", str(RunDir.of(plan.run_dir).submitit)],
-        launcher=step_launcher(plan, spec),
-        container=site.container.runtime == "pyxis",
-        container_package_root=CONTAINER_PACKAGE_ROOT,
+        launch=step_launch(plan, spec),
+        container=site.container.runtime != "none",
+        package_root=str(package_root()),
         program=[step_python(plan), "-u", *spec.command],
         names={"phase": contract.PHASE_ENV, "step": contract.STEP_PHASE, "task": contract.TASK_INDEX_ENV,
                "run_dir": contract.RUN_DIR_ENV},

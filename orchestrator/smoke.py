@@ -59,6 +59,10 @@ def report(report_dir: Path) -> dict[str, Any]:
         "master_port": env.get("MASTER_PORT"),
         "visible_gpus": visible_gpus(),
         "slurm_job_id": job.job_id if job.scheduler == "slurm" else None,
+        # what the step runs in: a container's own interpreter, the package from its mount, the working directory
+        "python": f"{sys.executable} {sys.version.split()[0]}",
+        "package": str(Path(__file__).resolve().parent),
+        "cwd": os.getcwd(),
     }
     record.update(all_reduce_check(rank, world))
     atomic_write_json(report_dir / f"rank-{rank}.json", record)
@@ -129,7 +133,8 @@ def run_smoke(cluster: str, nodes: int, console: Any, runs_root: Path | None = N
     for path in sorted(report_dir.glob("rank-*.json")):
         r = json.loads(path.read_text())
         console.print(f"rank {r['rank']}/{r['world_size']} on {r['host']}: MASTER_ADDR={r['master_addr']}:{r['master_port']} "
-                      f"GPUs={','.join(r['visible_gpus']) or '-'} all-reduce={r.get('all_reduce')}", markup=False)  # fmt: skip
+                      f"GPUs={','.join(r['visible_gpus']) or '-'} all-reduce={r.get('all_reduce')} python={r.get('python')} "
+                      f"cwd={r.get('cwd')}", markup=False)  # fmt: skip
     if problems:
         for problem in problems:
             console.print(f"[red]FAIL: {problem}[/]")

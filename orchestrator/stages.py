@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from orchestrator.data import consolidate, preprocess_job
 from orchestrator.data.tokenizer import TokenizerSpec
-from orchestrator.plan import RunPlan
+from orchestrator.mlperf.checkpoints import nemo_checkpoint_problem
+from orchestrator.plan import Problem, RunPlan
 from orchestrator.rundir import RunDir
 from orchestrator.train import nemo_index
 from orchestrator.train.nemo_checkpoint import init_checkpoint, is_local_model
@@ -35,6 +36,8 @@ class StagePaths:
     writes: tuple[str, ...] = ()
     #: Inputs that must exist before the job is queued (not only after the queue wait).
     required: tuple[str, ...] = ()
+    #: Megatron datasets (prefixes of a ``.bin`` and an ``.idx``) that must exist before the job is queued.
+    datasets: tuple[str, ...] = ()
 
 
 def _never_complete() -> str | None:
@@ -80,6 +83,50 @@ class StageSpec:
         return "afterany" if self.chain else "afterok"
 
 
+def check_inputs(plan: RunPlan) -> list[Problem]:
+    """What would fail only after the queue wait: an input that must exist and does not, and a path the cluster's
+    container cannot show its step. Looks at the file system, so ``plan``, ``submit`` and the dry run ask it, not
+    :func:`~orchestrator.plan.build_plan`."""
+    from orchestrator import container
+    from orchestrator.render import step_mounts
+
+    problems: list[Problem] = []
+    missing: dict[str, list[str]] = {}  # path -> the stages that need it
+    for spec in stage_specs(plan):
+        for path in spec.paths.required:
+            if not Path(path).exists():
+                missing.setdefault(path, []).append(spec.name)
+        for prefix in spec.paths.datasets:
+            if not (Path(f"{prefix}.bin").is_file() and Path(f"{prefix}.idx").is_file()):
+                missing.setdefault(prefix, []).append(spec.name)
+        if plan.cluster.container.runtime != "none":
+            try:
+                step_mounts(plan, spec)
+            except container.MountError as exc:
+                problems.append(Problem(field="cluster.container", message=f"{spec.name} stage: {exc}".split("; fix: ")[0],
+                                        fix=str(exc).split("fix: ")[-1]))  # fmt: skip
+    for path, stages in missing.items():
+        what = "dataset (.bin/.idx)" if any(path in s.paths.datasets for s in stage_specs(plan)) else "path"
+        problems.append(Problem(field=f"{' and '.join(stages)} stage{'s' if len(stages) > 1 else ''}",
+                                message=f"{what} {path} does not exist; the job would fail after its queue wait",
+                                fix=_required_fix(plan, path)))  # fmt: skip
+    start = init_checkpoint(plan)
+    if start and plan.train.backend == "nemo" and "import" not in plan.stages and Path(start).exists():
+        if problem := nemo_checkpoint_problem(start):
+            problems.append(Problem(field="train.init_from", message=problem, fix="MODEL_CKPT: a complete NeMo 2 checkpoint (context/, weights/)"))
+    return problems
+
+
+def _required_fix(plan: RunPlan, path: str) -> str:
+    if path == plan.train.init_from:
+        return "MODEL_CKPT / --set train.init_from=: an existing checkpoint folder"
+    if path == plan.tokenizer_path:
+        return "TOKENIZER_PATH / --set model.tokenizer.model=: the tokenizer file or Hugging Face folder"
+    if path in (*plan.data.train_prefixes, *plan.data.validation_prefixes):
+        return "PREPROCESSED_PATH / data.train_prefixes: the tokenized datasets (or a plan with the preprocess stage)"
+    return "create it, or point the plan elsewhere (--set ...)"
+
+
 def stage_specs(plan: RunPlan) -> list[StageSpec]:
     """The plan's stages, in the order they run."""
     return [_BUILDERS[name](plan) for name in plan.stages]
@@ -121,23 +168,10 @@ def _consolidate(plan: RunPlan) -> StageSpec:
         time_limit=plan.cluster.time_limit,
         cpus_per_task=plan.cluster.cpus_per_task,
         tasks=tuple((unit, ("--task-index", unit)) for unit in units),
-        paths=StagePaths(reads=(str(config.c4_path),), writes=(str(config.merged_path),)),
+        paths=StagePaths(reads=(str(config.c4_path),), writes=(str(config.merged_path),),
+                         required=(str(config.c4_path),) if plan.data.source == "c4" else ()),  # fmt: skip
         complete=complete,
     )
-
-
-def tokenizer_model_path(plan: RunPlan) -> str:
-    """``mistral-common:<file>`` resolves to the file the mistral-common package ships; anything else is a path."""
-    model = plan.model.tokenizer.model
-    if model.startswith("mistral-common:"):
-        try:
-            import mistral_common
-        except ImportError:
-            raise ValueError(f"model.tokenizer.model={model!r} needs the mistral-common package (it ships the file): "
-                             "pip install mistral-common, or set a path to tokenizer.model") from None
-
-        return str(Path(mistral_common.__file__).parent / "data" / model.split(":", 1)[1])
-    return model
 
 
 def preprocess_configs(plan: RunPlan) -> list[preprocess_job.PreprocessConfig]:
@@ -146,7 +180,7 @@ def preprocess_configs(plan: RunPlan) -> list[preprocess_job.PreprocessConfig]:
     tok = plan.model.tokenizer
     spec = TokenizerSpec(
         tokenizer_type="SentencePieceTokenizer" if tok.library == "sentencepiece" else "HuggingFaceTokenizer",
-        tokenizer_model=tokenizer_model_path(plan),
+        tokenizer_model=plan.tokenizer_path,
         hf_use_fast=tok.library == "sentencepiece",
         hf_include_special_tokens=tok.library == "sentencepiece",
     )
@@ -176,8 +210,8 @@ def _preprocess(plan: RunPlan) -> StageSpec:
         time_limit=plan.cluster.time_limit,
         cpus_per_task=plan.cluster.cpus_per_task,
         tasks=tuple((i, tuple(config.to_argv())) for i, config in enumerate(configs)),
-        paths=StagePaths(reads=(plan.data.merged_path or "", configs[0].tokenizer.tokenizer_model),
-                         writes=(plan.data.preprocessed_path,)),  # fmt: skip
+        paths=StagePaths(reads=(plan.data.merged_path or "", *_tokenizer_reads(plan)), writes=(plan.data.preprocessed_path,),
+                         required=_tokenizer_required(plan)),  # fmt: skip
         complete=complete,
     )
 
@@ -192,7 +226,8 @@ def _index(plan: RunPlan) -> StageSpec:
         command=("-m", nemo_index.MODULE, "--run-dir", plan.run_dir),
         time_limit=plan.cluster.time_limit,
         cpus_per_task=plan.cluster.cpus_per_task,
-        paths=StagePaths(reads=_data_reads(plan), writes=(cache,)),
+        paths=StagePaths(reads=_data_reads(plan), writes=(cache,), required=_tokenizer_required(plan),
+                         datasets=_datasets_required(plan)),  # fmt: skip
         complete=lambda: nemo_index.complete_reason(plan),
         shared=f"index:{cache}:{','.join(map(str, seeds))}:{plan.data.train_prefixes}",
     )
@@ -217,12 +252,28 @@ def _import(plan: RunPlan) -> StageSpec:
     )
 
 
+def _tokenizer_required(plan: RunPlan) -> tuple[str, ...]:
+    """The tokenizer, when it is a file or folder the user gave (a packaged one is written at submission; a hub id is
+    looked up in the cluster's Hugging Face cache)."""
+    tok = plan.model.tokenizer
+    return () if tok.path or not tok.model.startswith("/") else (tok.model,)
+
+
+def _datasets_required(plan: RunPlan) -> tuple[str, ...]:
+    """The datasets a trainer reads, when no stage of the run makes them."""
+    return () if "preprocess" in plan.stages else (*plan.data.train_prefixes, *plan.data.validation_prefixes)
+
+
 def _data_reads(plan: RunPlan) -> tuple[str, ...]:
     """The folders of the datasets a NeMo or reference trainer reads, and its tokenizer."""
     prefixes = [*plan.data.train_prefixes, *plan.data.validation_prefixes]
     folders = dict.fromkeys(str(Path(p).parent) for p in prefixes)
-    tokenizer = tokenizer_model_path(plan) if plan.model.tokenizer.library == "sentencepiece" else plan.model.tokenizer.model
-    return (*folders, tokenizer)
+    return (*folders, *_tokenizer_reads(plan))
+
+
+def _tokenizer_reads(plan: RunPlan) -> tuple[str, ...]:
+    """The tokenizer's file or folder; a Hugging Face hub id is found in the cluster's HF cache (a site mount)."""
+    return (plan.tokenizer_path,) if plan.tokenizer_path.startswith("/") else ()
 
 
 def _train_reads(plan: RunPlan) -> tuple[str, ...]:
@@ -253,7 +304,9 @@ def _train(plan: RunPlan) -> StageSpec:
         requeue=True,
         chain=True,
         jobs=plan.chain.jobs,
-        paths=StagePaths(reads=_train_reads(plan), writes=(plan.train.ckpt_dir,)),
+        paths=StagePaths(reads=_train_reads(plan), writes=(plan.train.ckpt_dir,), datasets=_datasets_required(plan),
+                         required=(*_tokenizer_required(plan), *([plan.train.init_from] if plan.train.init_from and
+                                                                 not plan.train.hf_model_id else []))),  # fmt: skip
         complete=complete,
     )
 

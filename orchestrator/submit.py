@@ -20,11 +20,11 @@ from orchestrator import executor as executors
 from orchestrator.atomic import atomic_write_text
 from orchestrator.driver import StageDriver
 from orchestrator.ledger import Ledger
-from orchestrator.plan import RunPlan
+from orchestrator.plan import PlanError, RunPlan
 from orchestrator.profiles import parse_time_limit
 from orchestrator.render import StageScript, job_name, render_all, write_scripts
 from orchestrator.rundir import RunDir
-from orchestrator.stages import StageSpec, stage_specs
+from orchestrator.stages import StageSpec, check_inputs, stage_specs
 
 
 class SubmitError(RuntimeError):
@@ -66,6 +66,9 @@ def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print, shared: dic
     ``shared`` maps the :attr:`StageSpec.shared` keys of jobs already queued by runs submitted together (the seeds of
     one MLPerf submission) to their job ids: such a stage is not queued again, the run's next stage waits for that job.
     """
+    errors = [p for p in check_inputs(plan) if p.severity == "error"]
+    if errors:
+        raise PlanError(errors)  # before anything is written or queued
     specs = stage_specs(plan)
     rd = create_run(plan, render_all(plan, specs))
     prepare_inputs(plan, say)
@@ -152,7 +155,17 @@ def _run_local(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[
 
 
 def prepare_inputs(plan: RunPlan, say: Callable[[str], None]) -> None:
-    """Build the sample corpus of a ``data.source=sample`` plan (small, deterministic, on the login node)."""
+    """What the login node puts in place before jobs start: a packaged tokenizer written where jobs read it (no
+    container has the package), and the sample corpus of a ``data.source=sample`` plan (small, deterministic)."""
+    tok = plan.model.tokenizer
+    if tok.path and not Path(tok.path).exists():
+        from orchestrator.data.packaged_tokenizers import PackagedTokenizerError, materialise
+
+        try:
+            materialise(tok.model, Path(tok.path).parent)
+        except PackagedTokenizerError as exc:
+            raise SubmitError(f"{exc}; or put the tokenizer at {tok.path} yourself") from None
+        say(f"wrote the tokenizer {tok.model} to {tok.path}")
     if plan.data.source != "sample" or plan.data.c4_path is None:
         return
     from orchestrator.data import sample

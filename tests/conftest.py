@@ -85,7 +85,8 @@ def lab_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     plan overrides point a tiny-profile run at them."""
     from orchestrator.data import consolidate, preprocess, sample
     from orchestrator.plan import build_plan
-    from orchestrator.stages import preprocess_configs, tokenizer_model_path
+    from orchestrator.stages import preprocess_configs
+    from orchestrator.submit import prepare_inputs
 
     root = tmp_path_factory.mktemp("lab-data")
     sample.build_corpus(root / "c4", 4, 1, 400, 1234)
@@ -93,7 +94,8 @@ def lab_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                              "--train-outputs", "2", "--n-validation-samples", "0"]) == 0  # fmt: skip
     plan = build_plan("tiny", "local", {"data.merged_path": str(root / "merged"), "data.preprocessed_path": str(root / "pre")},
                       run_dir=root / "plan")  # fmt: skip
-    assert tokenizer_model_path(plan).endswith("tokenizer.model.v1")
+    prepare_inputs(plan, print)  # the Mixtral tokenizer, written where the plan says jobs read it
+    assert plan.tokenizer_path.endswith("tokenizer.model.v1")
     for config in preprocess_configs(plan):  # the preprocess stage's own jobs
         assert preprocess.main(config.to_argv()) == 0
     pre = root / "pre"
@@ -103,4 +105,5 @@ def lab_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         "data.train_prefixes": [str(pre / "c4-train.en_0_text_document"), str(pre / "c4-train.en_1_text_document")],
         "data.train_weights": [50, 50],
         "data.validation_prefixes": [str(pre / "c4-validation.en_text_document")],
+        "model.tokenizer.path": plan.tokenizer_path,
     }

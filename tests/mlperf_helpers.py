@@ -27,3 +27,21 @@ SMALL_405B = {
     "mlperf.allow_new_rcp": True, "mlperf.eval_every_samples": 16, "mlperf.eval_samples": 16,
     "mlperf.start_eval_at_samples": 32,
 }
+
+
+def mlperf_site(root: "Path") -> dict[str, str]:
+    """config.sh's paths as a site has them, under ``root``: the three tokenized datasets (empty files), a tokenizer
+    folder, a finished NeMo checkpoint to start from, and empty folders for checkpoints and the index."""
+    from pathlib import Path
+
+    paths = {name: Path(root) / sub for name, sub in (("PREPROCESSED_PATH", "d/pre"), ("TOKENIZER_PATH", "t/tok"),
+             ("MODEL_CKPT", "m/ckpt"), ("CONTINUAL_CKPT", "c/ck"), ("TMP_NPY_INDEX", "n/idx"))}  # fmt: skip
+    for path in paths.values():
+        path.mkdir(parents=True)
+    (paths["MODEL_CKPT"] / "weights").mkdir()
+    (paths["MODEL_CKPT"] / "weights" / "metadata.json").write_text("{}")
+    (paths["TOKENIZER_PATH"] / "tokenizer.json").write_text("{}")
+    for name in ("c4-train.en_6", "c4-train.en_7", "c4-validation-91205-samples.en"):
+        for ext in ("bin", "idx"):
+            (paths["PREPROCESSED_PATH"] / f"{name}_text_document.{ext}").write_bytes(b"")
+    return {name: str(path) for name, path in paths.items()}

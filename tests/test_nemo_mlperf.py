@@ -139,6 +139,8 @@ class Job:
 
     def fit(self, module: Toy | None = None, *, max_steps: int, resume: Path | None = None) -> Job:
         self.trainer.fit_loop.epoch_loop.max_steps = max_steps
+        if resume is not None:  # the stand-in saves Lightning's last.ckpt, which the recipe's start_step cannot see
+            self.stop.expected_start = saved_step(resume)
         self.trainer.fit(module or Toy(), ckpt_path=resume)
         return self
 

@@ -13,6 +13,7 @@ import pytest
 from nemo_stack import fdl, llm, serialization  # noqa: F401 - one import of the stack (~20 s)
 
 from orchestrator.plan import build_plan, parse_assignment
+from orchestrator.submit import prepare_inputs
 from orchestrator.train import nemo as entry
 from orchestrator.train import presets
 from orchestrator.train.nemo_recipe import ARCH_FIELDS, MOE_FIELDS, build_recipe, perf_env, save_estimate_s, summarize
@@ -145,7 +146,8 @@ def test_set_overrides_flow_into_the_recipe(tmp_path: Path) -> None:
 
 
 def test_405b_takes_the_mlperf_reference_settings(tmp_path: Path) -> None:
-    plan = plan_for("llama31_405b", tmp_path)
+    plan = plan_for("llama31_405b", tmp_path, {"cluster.data_root": str(tmp_path / "site")})
+    prepare_inputs(plan, say=lambda line: None)  # the packaged Mixtral tokenizer, written where jobs read it
     recipe = build_recipe(plan)
     s = summarize(recipe)
     assert (s["parallel"]["tp"], s["parallel"]["pp"], s["parallel"]["vp"], s["parallel"]["cp"]) == (8, 9, 7, 4)

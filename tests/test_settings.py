@@ -7,6 +7,7 @@ import subprocess
 
 from orchestrator.settings import RunSettings
 
+from mlperf_helpers import mlperf_site
 from conftest import REPO
 
 MLPERF_ENV = {
@@ -74,12 +75,23 @@ def test_run_llama31_dry_run_with_a_bad_layout_fails_and_writes_nothing(tmp_path
 def test_run_llama31_dry_run_prints_scripts_and_writes_nothing(tmp_path):
     job_dir = tmp_path / "jobs"
     job_dir.mkdir()
-    env = {**os.environ, **MLPERF_ENV, "JOB_DIR": str(job_dir), "DRY_RUN": "1", "NEXP": "1", "SEEDS": ""}
+    env = {**os.environ, **MLPERF_ENV, **mlperf_site(tmp_path), "JOB_DIR": str(job_dir), "DRY_RUN": "1", "NEXP": "1",
+           "SEEDS": ""}  # fmt: skip
     env["PYTHON"] = __import__("sys").executable
     done = subprocess.run(["bash", str(REPO / "run_llama31.sh")], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "#SBATCH --nodes=36" in done.stdout and "would run: sbatch" in done.stdout
     assert list(job_dir.iterdir()) == []
+
+
+def test_a_dry_run_names_the_inputs_that_do_not_exist_and_exits_2(tmp_path):
+    """config.sh paths that are not there are said before anything is queued, not after the queue wait."""
+    env = {**os.environ, **MLPERF_ENV, "JOB_DIR": str(tmp_path), "DRY_RUN": "1", "NEXP": "1", "SEEDS": "",
+           "PREPROCESSED_PATH": str(tmp_path / "nowhere"), "PYTHON": __import__("sys").executable}  # fmt: skip
+    done = subprocess.run(["bash", str(REPO / "run_llama31.sh")], capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert f"dataset (.bin/.idx) {tmp_path / 'nowhere'}/c4-train.en_6_text_document does not exist" in done.stderr
+    assert "MODEL_CKPT" in done.stderr and "/ckpt/405b does not exist" in done.stderr
 
 
 def test_config_sh_example_is_valid_bash_and_sources_cleanly():

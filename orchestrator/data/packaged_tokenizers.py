@@ -83,6 +83,11 @@ def is_packaged(reference: str) -> bool:
     return True
 
 
+def location(reference: str, dest_dir: Path) -> Path:
+    """Where :func:`materialise` puts ``reference`` in ``dest_dir`` (no package needed to know it)."""
+    return Path(dest_dir) / _parse(reference).target
+
+
 def materialise(reference: str, dest_dir: Path) -> Path:
     """Write the tokenizer ``reference`` names into ``dest_dir`` and return its path (a SentencePiece ``.model`` file,
     or a Hugging Face tokenizer folder), unless it is there already with matching checksums."""

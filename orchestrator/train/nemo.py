@@ -30,6 +30,7 @@ if __name__ == "__main__":
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -163,7 +164,7 @@ def describe_start(plan: RunPlan) -> str:
     text = (
         f"nemo: {plan.model.recipe} on {L.nodes} x {L.tasks_per_node} GPUs, TP{L.tp} PP{L.pp} CP{L.cp} "
         f"VP{L.vp or '-'} EP{L.ep}, global batch {t.global_batch_size}, micro batch {L.micro_batch_size}, "
-        f"sequence {t.seq_length}, steps {t.max_steps}, {origin}"
+        f"sequence {t.seq_length}, steps {t.max_steps}, {origin}; python {sys.version.split()[0]} at {sys.executable}"
     )
     schedule = plan.mlperf_schedule()
     if schedule is not None:

@@ -39,7 +39,6 @@ from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.schedule import Schedule
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Architecture
-from orchestrator.stages import tokenizer_model_path
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_data import ReferenceOrderGPTDataset
 from orchestrator.train.nemo_mlperf import MlperfControl
@@ -294,8 +293,8 @@ def tokenizer_config(plan: RunPlan) -> run.Config:
     the mistral-common package ships, as the preprocess stage reads it: the Mixtral-8x22B tokenizer of the MLPerf
     405B benchmark, vocabulary 32000)."""
     if plan.model.tokenizer.library == "huggingface":
-        return run.Config(AutoTokenizer, pretrained_model_name=plan.model.tokenizer.model)
-    return run.Config(SentencePieceTokenizer, model_path=tokenizer_model_path(plan))
+        return run.Config(AutoTokenizer, pretrained_model_name=plan.tokenizer_path)
+    return run.Config(SentencePieceTokenizer, model_path=plan.tokenizer_path)
 
 
 def _apply_checkpointing(recipe: run.Partial, plan: RunPlan) -> None:

@@ -434,7 +434,7 @@ class Trainer:
         self.say(
             f"reference trainer: run {plan.run_id}, model {plan.model.name} ({arch.num_layers} layers, hidden "
             f"{arch.hidden_size}, {arch.num_params() / 1e6:.2f}M parameters), {self.ranks.world_size} rank(s) via "
-            f"{self.ranks.launcher} on {self.device.type}"
+            f"{self.ranks.launcher} on {self.device.type}, python {sys.version.split()[0]} at {sys.executable}"
             + (f" ({torch.get_num_threads()} thread(s) per rank)" if self.device.type == "cpu" else "")
         )
         self.say(
