@@ -7,8 +7,8 @@
 #
 # prepare makes, with this project's own steps: 5,000 sample-corpus documents tokenized with Mixtral's v1
 # SentencePiece (what every seed proxy reads, as gpu_proxy.py) and with Llama 3's tokenizer (llama-models:llama3.1,
-# for continual pretraining from a Llama 3.1), the two tokenizers, all gzipped (about 8 MB). run installs .whl/
-# into /tmp/site once, unpacks the data into /tmp/seeds-data, runs seed_models.py and writes $OUT/NAME/ (driver.log,
+# for continual pretraining from a Llama 3.1), the two tokenizers, all gzipped (about 8 MB). run sets up the machine
+# (gpu_env.sh: wheels into /tmp/site, data into /tmp/seeds-data, once), runs seed_models.py and writes $OUT/NAME/ (driver.log,
 # summary.json, table.md, runs.tgz with every job's log, plan.json and rendered scripts). BUDGET caps it in seconds.
 set -uo pipefail
 root=$(pwd)
@@ -43,15 +43,8 @@ run)
     shift 3
     out=${OUT:?set OUT to a results folder}/$name
     mkdir -p "$out"
-    if [[ ! -d /tmp/site/nemo ]]; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            "$root"/.whl/*.whl >"$out/pip.txt" 2>&1 || { tail -20 "$out/pip.txt"; exit 3; }
-        rm -f "$out/pip.txt"
-        nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-    fi
-    data=/tmp/seeds-data
-    [[ -d $data/llama3.1 ]] || { mkdir -p "$data" && tar xzf "$root/.gpu/seeds/data.tgz" -C "$data"; } || exit 3
-    export PYTHONPATH=$root:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    source "$root/benchmarks/gpu_env.sh"
+    gpu_env "$root" || exit 3
     work=/tmp/seeds-work/$name
     rm -rf "$work" && mkdir -p "$work"
     args=(--work "$work" --out "$out")

@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     _mount(sub, "consolidate", "orchestrator.data.consolidate", "merge C4 shards into MLPerf's files (resumable)")
     _mount(sub, "preprocess", "orchestrator.data.preprocess", "tokenize JSONL into a Megatron .bin/.idx (Megatron's flags)")
     _mount(sub, "mlperf-fixup", "orchestrator.mlperf.layout", "repair the layout of MLPerf's downloaded preprocessed data")
+    _mount(sub, "mlperf-check", "orchestrator.mlperf.compliance", "MLPerf logs: each run's evaluations, and mlperf-logging's verdict")
     return parser
 
 

@@ -511,6 +511,12 @@ def validate(plan: RunPlan) -> list[Problem]:
     if plan.mlperf and plan.layout.pp > 1 and train.global_batch_size % plan.layout.pp:
         add(Problem(field="train.global_batch_size", message=f"MLPerf's reference needs GBS % PP == 0 ({train.global_batch_size} % {L.pp})",
                     fix=f"a global batch that is a multiple of {L.pp}"))
+    schedule = plan.mlperf_schedule()
+    if schedule is not None and train.max_steps < schedule.first_eval_step:
+        add(Problem(field="train.max_steps", message=f"{train.max_steps} steps end before the rules' first evaluation "
+                    f"(after {schedule.first_eval_step} steps): the run can never reach its target",
+                    fix=f"--set train.max_steps={schedule.first_eval_step} or more, or an earlier "
+                    "mlperf.start_eval_at_samples", severity="warning"))  # fmt: skip
     problems.extend(_memory_problems(plan))
     return sorted(problems, key=lambda p: p.severity != "error")
 

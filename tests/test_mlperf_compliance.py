@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 import pytest
 
-from orchestrator.mlperf import compliance
+from orchestrator import cli
 from orchestrator.mlperf.compliance import LATEST_RULESET, RULESETS, check_compliance, rules_file
 from orchestrator.mlperf.hyperparameters import reference_hyperparameters
 from orchestrator.mlperf.mllog import MlperfLogger, Submission
@@ -126,11 +125,9 @@ def test_missing_log_and_unknown_ruleset(tmp_path: Path) -> None:
 def test_cli_summarises_and_checks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     good = realistic_log(tmp_path / "good.log")
     bad = realistic_log(tmp_path / "bad.log", losses=(5.9, 5.8))
-    parser = argparse.ArgumentParser()
-    compliance.add_arguments(parser)
-    assert compliance.run(parser.parse_args([str(good)])) == 0
+    assert cli.main(["mlperf-check", str(good)]) == 0
     out = capsys.readouterr().out
     assert "status success" in out and "276480: 5.7580" in out and "compliance 6.0.0 PASSED" in out
-    assert compliance.run(parser.parse_args([str(good), str(bad)])) == 1
+    assert cli.main(["mlperf-check", str(good), str(bad), "--ruleset", "5.1.0"]) == 1
     out = capsys.readouterr().out
-    assert "bad.log: compliance 6.0.0 FAILED" in out and "Failed checks for eval_accuracy" in out
+    assert "bad.log: compliance 5.1.0 FAILED" in out and "Failed checks for eval_accuracy" in out

@@ -160,6 +160,15 @@ def test_from_hf_0_resumes_another_runs_checkpoint_in_full_at_start_steps(
     (log,) = Path(later.run_dir, "mlperf").glob("*.log")
     assert read_mllog(log).params["init_checkpoint_step"] == 6
 
+    # the same start in a plan that saves nothing (on the GPU, the 405B proxy's job past a full disk): NeMo's
+    # AutoResume restores it, the job trains on the schedule and leaves no checkpoint
+    quiet = small_405b(tmp_path / "d", lab_data, cpu_gpu_cluster, **{"train.init_from": str(ckpt), "train.init_mode": "full",
+                       "train.init_step": 6, "train.save_checkpoints": False, "chain.jobs": 1,
+                       "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip
+    done = job(quiet, "604")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert evaluated(done) == [8, 10, 12] and not any(Path(quiet.train.ckpt_dir).glob("*"))
+
     shutil.copytree(ckpt, tmp_path / "renamed-checkpoint")  # a name that says nothing of its step
     wrong = small_405b(tmp_path / "c", lab_data, cpu_gpu_cluster, **{"train.init_from": str(tmp_path / "renamed-checkpoint"),
                        "train.init_mode": "full", "train.init_step": 4, "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip

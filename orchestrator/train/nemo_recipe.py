@@ -188,8 +188,10 @@ def _apply_trainer(recipe: run.Partial, plan: RunPlan) -> None:
     schedule = plan.mlperf_schedule()
     if schedule is not None:
         _check_mlperf_validation(plan, schedule)
-        # the cadence; MlperfControl's loop holds back the evaluations before first_eval_step
-        trainer.val_check_interval = schedule.eval_interval_steps
+        # the cadence; MlperfControl's loop holds back the evaluations before first_eval_step. Lightning refuses an
+        # interval longer than the epoch (max_steps batches), so a run shorter than one interval takes max_steps:
+        # the scheduled loop evaluates by the rules either way
+        trainer.val_check_interval = min(schedule.eval_interval_steps, train.max_steps)
         trainer.limit_val_batches = schedule.eval_batches
     elif train.val_interval and train.val_batches:
         trainer.val_check_interval = train.val_interval
@@ -306,12 +308,20 @@ def _apply_checkpointing(recipe: run.Partial, plan: RunPlan) -> None:
     (as the MLPerf reference sets it): otherwise Lightning also saves ``*last`` after every validation, every 16
     steps on the 405B profile.
     """
-    if not plan.train.save_checkpoints:
-        recipe.log.ckpt = None
-        recipe.trainer.enable_checkpointing = False
-        return
     ckpt = recipe.log.ckpt
     ckpt.dirpath = plan.train.ckpt_dir
+    if not plan.train.save_checkpoints:
+        # a callback that saves nothing: NeMo's AutoResume needs one to restore a checkpoint (its setup sets
+        # ``last_model_path`` on it), and StopControl saves only through a callback that keeps ``*last``
+        ckpt.every_n_train_steps = None
+        ckpt.train_time_interval = None
+        ckpt.save_last = False
+        ckpt.save_top_k = 0
+        ckpt.save_on_train_epoch_end = False
+        ckpt.always_save_context = False
+        ckpt.save_context_on_train_end = False
+        ckpt.save_optim_on_train_end = False
+        return
     ckpt.every_n_train_steps = plan.train.ckpt_interval
     ckpt.train_time_interval = None
     ckpt.save_last = True

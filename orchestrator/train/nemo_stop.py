@@ -118,9 +118,10 @@ class StopControl(Callback):
         return isinstance(interval, int) and interval > 0 and steps_done % interval == 0
 
     def save(self, trainer: Trainer) -> None:
-        """Save ``*last`` for the current step unless it is saved already, and wait until it is complete."""
+        """Save ``*last`` for the current step unless it is saved already, and wait until it is complete (nothing
+        where the plan saves no checkpoints: its callback keeps no ``*last``)."""
         ckpt = trainer.checkpoint_callback
-        if ckpt is None:
+        if ckpt is None or not ckpt.save_last:
             return
         start = time.monotonic()
         if getattr(ckpt, "_last_global_step_saved", None) != trainer.global_step:
