@@ -78,25 +78,32 @@ def crash_loop(plan: RunPlan, attempts: list[Attempt]) -> StopReason | None:
 
 
 def reconcile(ledger: Ledger, current_job: str | None, current_restart: int, progress: int | None) -> None:
-    """Close attempts whose driver died (killed by Slurm, node lost) using sacct and today's progress, and
-    name the cause of a requeue of this job that its driver could only see as a SIGTERM."""
+    """Close attempts whose driver died (killed by Slurm, node lost) once Slurm says their job ended, using sacct
+    and today's progress, and name the cause of a requeue of this job that its driver could only see as a SIGTERM.
+    An attempt stays open while its job is alive, or while Slurm cannot be asked."""
     if current_job and current_restart > 0 and slurm.available():
         _label_requeues(ledger, current_job)
     dangling = [
         a for a in ledger.attempts()
         if a.outcome == "running" and not (a.job_id == current_job and a.restart == current_restart)
-    ]  # fmt: skip
+    ]
     if not dangling:
         return
+    others = sorted({a.job_id for a in dangling if a.job_id != current_job})
     try:
-        records = slurm.sacct([a.job_id for a in dangling]) if slurm.available() else {}
+        live: slurm.Liveness | None = slurm.liveness(others) if others and slurm.available() else slurm.Liveness({})
     except slurm.SlurmError:
-        records = {}
+        live = None
     for attempt in dangling:
         if attempt.job_id == current_job:
             outcome = "preempted"  # the same job runs again: it was requeued
+        elif live is None:
+            continue
         else:
-            record = records.get(attempt.job_id)
+            state = live.jobs.get(attempt.job_id)
+            if state is not None and state.alive:
+                continue
+            record = state.records[-1] if state is not None and state.records else None
             outcome = SACCT_OUTCOMES.get(record.base_state, "failed") if record else "failed"
         ledger.end_attempt(attempt.id, outcome, end_step=progress, note="end reconciled from sacct")
 
@@ -117,24 +124,29 @@ def _label_requeues(ledger: Ledger, job_id: str) -> None:
 
 
 def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
-    """Training jobs queued after this one that may still run."""
+    """Training jobs queued after this one that Slurm still holds; SlurmError when Slurm cannot say."""
     jobs = [j for j in ledger.jobs("train") if j.cancelled_at is None and j.job_id != current_job]
     current = ledger.job(current_job) if current_job else None
     if current is not None and current.chain_index is not None:
         jobs = [j for j in jobs if (j.chain_index or 0) > current.chain_index]
     if not jobs or not slurm.available():
         return []
-    records = slurm.sacct([j.job_id for j in jobs])
-    return [j for j in jobs if j.job_id not in records or records[j.job_id].active]
+    alive = set(slurm.liveness(j.job_id for j in jobs).alive())
+    return [j for j in jobs if j.job_id in alive]
 
 
 def cancel_successors(ledger: Ledger, current_job: str | None, why: str) -> list[str]:
-    """Cancel the queued rest of the chain (by job id from the ledger, never by name)."""
-    queued = pending_successors(ledger, current_job)
-    ids = [j.job_id for j in queued]
+    """Cancel the queued rest of the chain (by job id from the ledger, never by name). When Slurm cannot be
+    asked, each of them ends by itself at its start, finding the run done or stopped; the ledger says so."""
+    try:
+        ids = [j.job_id for j in pending_successors(ledger, current_job)]
+        if ids:
+            slurm.cancel(ids)
+    except slurm.SlurmError as exc:
+        ledger.event("cancel", f"could not cancel the queued rest of the chain ({why}): {exc}; "
+                     "each of its jobs ends at its start")
+        return []
     if ids:
-        slurm.cancel(ids)
         ledger.mark_cancelled(ids)
         ledger.event("cancel", f"cancelled {', '.join(ids)}: {why}")
     return ids
-

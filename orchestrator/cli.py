@@ -262,9 +262,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.slurm import SlurmError
     from orchestrator.status import cancel_run
 
-    ids = cancel_run(args.run)
+    try:
+        ids = cancel_run(args.run)
+    except SlurmError as exc:
+        err.print(f"cancel: nothing cancelled: Slurm cannot say which jobs of the run are queued or running ({exc}); "
+                  "try again once it answers", markup=False)
+        return 1
     console.print(f"cancelled: {', '.join(ids) if ids else 'nothing was queued or running'}")
     return 0
 

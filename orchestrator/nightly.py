@@ -27,7 +27,7 @@ from orchestrator.rundir import RunDir
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "none" | "continue" | "fresh"
+    action: str  # "none" | "continue" | "fresh" | "refuse" (Slurm could not rule out a queued or running job)
     why: str
     run_dir: Path | None = None
     jobs: tuple[str, ...] = ()
@@ -77,9 +77,13 @@ def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
         if status["stopped"]:
             return Decision("none", f"chain stopped: {status['stopped'].get('reason')} "
                             f"(fix the cause, then delete {rd.stopped_marker} to allow continuing)", rd.path)  # fmt: skip
-        busy = [f"{j['stage']} {j['job_id']} {j['ended']}" for j in status["jobs"] if j["ended"] in ("running", "queued")]
+        busy = [f"{j['stage']} {j['job_id']} {j['ended']}" for j in status["jobs"] if j["alive"]]
         if busy:
             return Decision("none", f"in progress: {', '.join(busy)}", rd.path)
+        unsure = [j["job_id"] for j in status["jobs"] if j["alive"] is None]
+        if unsure:
+            return Decision("refuse", f"cannot rule out that job(s) {', '.join(unsure)} are queued or running, so "
+                            f"nothing was queued ({status['warning']}); run nightly again once Slurm answers", rd.path)
         if plan.cluster.scheduler != "slurm":
             return Decision("none", "nightly continues Slurm runs; run local runs again with submit", rd.path)
         trained = Ledger(rd.ledger).jobs(TRAIN)
@@ -193,7 +197,7 @@ def main(args: argparse.Namespace, console: Any) -> int:
                                        "jobs": list(decision.jobs)}))  # fmt: skip
     else:
         console.print(f"nightly: {decision.action}: {decision.why}", markup=False)
-    return 0
+    return 1 if decision.action == "refuse" else 0
 
 
 def _model_name(profile: str) -> str:
