@@ -4,6 +4,11 @@ Under a lock on the run directory: nothing when the run is done, queued or runni
 guard (a human must look); otherwise queue a new chain of training jobs, which resumes from the latest complete
 checkpoint. ``--fresh`` starts a new dated run from the latest one's plan (a nightly benchmark series). It always
 prints what it decided and why.
+
+It refuses (exit 1, nothing queued) whenever Slurm cannot establish that no job of the run is queued or running:
+a job it cannot rule out counts as alive. Two chains are never run at once even where that cannot be ruled out
+by the lock (two login nodes whose shared file system does not share ``flock``): every training job is queued with
+``--dependency=singleton`` (see :func:`orchestrator.submit.queue_stages`).
 """
 
 from __future__ import annotations

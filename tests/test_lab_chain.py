@@ -288,6 +288,32 @@ def test_nightly_and_cancel_refuse_while_slurmctld_is_down(slurm_lab, lab_data, 
         run_cli("cancel", str(run_dir))
 
 
+def test_two_chains_of_one_run_take_turns(slurm_lab, lab_data, step_seconds, tmp_path):
+    """Two login nodes running nightly at the same moment, where the lock on the run directory does not reach
+    across hosts: both queue a chain. Slurm's singleton dependency runs them one after the other."""
+    from orchestrator.plan import RunPlan
+    from orchestrator.rundir import RunDir
+    from orchestrator.stages import TRAIN, stage_spec
+    from orchestrator.submit import queue_stages
+
+    run_dir = tmp_path / "twohosts"
+    steps = max(20, math.ceil(20 / step_seconds))
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", str(steps))
+    first = started(run_dir)
+    plan = RunPlan.load(run_dir)
+    second = queue_stages(plan, RunDir.of(run_dir), [stage_spec(plan, TRAIN)], say=lambda m: None, chain_start=1).jobs[0][1]
+    reason = subprocess.run(["squeue", "-h", "-j", second, "-o", "%r"], capture_output=True, text=True).stdout.strip()
+    assert reason == "Dependency", reason
+    status = wait_idle(run_dir, timeout=6 * 60)
+    assert status["done"] and status["done"]["final_step"] == steps
+    attempts = {a.job_id: a for a in Ledger(run_dir / "ledger.sqlite").attempts("train")}
+    assert attempts[first].outcome == "done"
+    # The second chain never trained: the first cancelled it when the run was done, or it started after and stopped.
+    if second in attempts:
+        assert attempts[first].ended_at <= attempts[second].started_at and attempts[second].outcome == "stopped"
+    assert [j["ended"] for j in status["jobs"]][1] in ("cancelled", "stopped"), status["jobs"]
+
+
 def test_a_requeued_job_held_by_slurm_is_seen_and_cancelled(slurm_lab, lab_data, tmp_path):
     """Requeued in a held state, the job shows in sacct as PENDING and in squeue as SPECIAL_EXIT: it may run again
     once released, so status shows it held, nightly leaves it alone and cancel cancels it."""
