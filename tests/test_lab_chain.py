@@ -95,6 +95,10 @@ def test_one_minute_jobs_chain_to_the_last_step(slurm_lab, lab_data, step_second
     trained = [j for j in status["jobs"] if (j["steps_end"] or 0) > (j["steps_start"] or 0)]
     assert len(trained) >= 2, status["jobs"]
     assert all(j["ended"] in ("time limit", "done", "cancelled", "stopped") for j in status["jobs"]), status["jobs"]
+    # A stop that saved cleanly looks clean: exit 0, and no task killed by the driver's USR2 as it exited (140).
+    assert all(j["exit_code"] in (0, None) for j in status["jobs"]), status["jobs"]
+    logs = "".join(p.read_text() for p in (run_dir / "logs").glob("train-*.out"))
+    assert "User defined signal 2" not in logs
     per_log = logged_steps(run_dir)
     assert sum(1 for log in per_log if log) >= 2, per_log
     for log in per_log:
