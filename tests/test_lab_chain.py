@@ -318,6 +318,37 @@ def test_two_chains_of_one_run_take_turns(slurm_lab, lab_data, step_seconds, tmp
     assert [j["ended"] for j in status["jobs"]][1] in ("cancelled", "stopped"), status["jobs"]
 
 
+def test_a_save_that_fails_on_a_full_disk_is_a_failure_named_as_such(slurm_lab, lab_data, tmp_path):
+    """A one-minute job whose only save, at its time limit, meets a full disk: once recorded as a clean time-limit
+    stop (Slurm's USR2 comes first, and the driver took the step's exit 1 for a saved stop), with torch's
+    "unexpected pos" and no path in the log."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        run_dir = tmp_path / "diskfull"
+        submit(run_dir, lab_data, "--time", "1", "--max-steps", "5000", "--set", f"train.ckpt_dir={mount / 'ckpt'}")
+        job_id = Ledger(run_dir / "ledger.sqlite").jobs("train")[0].job_id
+        status = wait_idle(run_dir, timeout=3 * 60)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    (job,) = status["jobs"]
+    assert job["ended"] == "failed" and job["exit_code"] not in (0, None), job
+    log = (run_dir / "logs" / f"train-{job_id}.out").read_text()
+    assert f"disk full: no space left on device writing {mount / 'ckpt'}/.tmp-step-" in log and " free of " in log
+    assert "the next job of the chain continues" not in log
+
+
+def test_a_job_cancelled_by_the_user_is_recorded_as_cancelled(slurm_lab, lab_data, tmp_path):
+    run_dir = tmp_path / "usercancel"
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "5000")
+    job_id = started(run_dir)
+    subprocess.run(["scancel", job_id], check=True)
+    status = wait_idle(run_dir, timeout=2 * 60)
+    (attempt,) = Ledger(run_dir / "ledger.sqlite").attempts("train")
+    assert attempt.outcome == "cancelled" and status["jobs"][0]["ended"] == "cancelled", attempt
+
+
 def test_a_requeued_job_held_by_slurm_is_seen_and_cancelled(slurm_lab, lab_data, tmp_path):
     """Requeued in a held state, the job shows in sacct as PENDING and in squeue as SPECIAL_EXIT: it may run again
     once released, so status shows it held, nightly leaves it alone and cancel cancels it."""
