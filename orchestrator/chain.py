@@ -7,6 +7,8 @@ Pure functions over the ledger and the checkpoint directory, so that the in-job 
 - A strike is a training attempt that ended ``failed`` or at its time limit without a newer checkpoint than it
   started from. Preemption, node failure and cancellation are not the job's fault and do not count. Any attempt
   that made progress resets the count. ``max_strikes`` consecutive strikes stop the chain.
+- A person continues a stopped chain by removing ``STOPPED`` (what the stop message says): the next ``nightly`` or
+  job then records a strike reset in the ledger, and strikes count only the attempts after it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from orchestrator import slurm
 from orchestrator.ledger import Attempt, Job, Ledger
 from orchestrator.plan import RunPlan
+from orchestrator.rundir import RunDir
 
 STRIKE_OUTCOMES = ("failed", "time_limit")
 
@@ -54,6 +57,27 @@ def strikes(attempts: list[Attempt]) -> int:
         if attempt.outcome in STRIKE_OUTCOMES:
             count += 1
     return count
+
+
+def counted(ledger: Ledger) -> list[Attempt]:
+    """The attempts strikes are counted over: every one after the ledger's last strike reset."""
+    resets = ledger.strike_resets()
+    after = resets[-1].after_attempt if resets else 0
+    return [a for a in ledger.attempts() if a.id > after]
+
+
+def continue_after_stop(rd: RunDir, ledger: Ledger) -> str | None:
+    """Once a person has removed ``STOPPED`` after the chain stopped, count strikes afresh: recorded once in the
+    ledger (a strike reset with its event); returns its reason, or None when there is nothing to continue."""
+    if rd.stopped() is not None:
+        return None
+    stops = [e for e in ledger.events() if e.kind == "stop"]
+    resets = ledger.strike_resets()
+    if not stops or (resets and resets[-1].event > stops[-1].id):
+        return None
+    reason = f"{rd.stopped_marker} was removed after the chain stopped ({stops[-1].message}): strikes count afresh"
+    ledger.reset_strikes(reason)
+    return reason
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,8 @@ class StageDriver:
     def _train(self) -> dict[str, Any]:
         progress = chain.progress_step(self.plan)
         chain.reconcile(self.ledger, self.ctx.job_id, self.ctx.restart, progress)
+        if continued := chain.continue_after_stop(self.rd, self.ledger):
+            self._say(continued)
         self.start_step = progress
         self.end_at_start = self._end_time()
         self.attempt = self.ledger.start_attempt(
@@ -196,7 +198,7 @@ class StageDriver:
             return self._finish_early("stopped", f"run already done at step {done.get('final_step')}")
         if stopped := self.rd.stopped():
             return self._finish_early("stopped", f"chain stopped earlier: {stopped.get('reason')}")
-        if reason := chain.crash_loop(self.plan, self.ledger.attempts()):
+        if reason := chain.crash_loop(self.plan, chain.counted(self.ledger)):
             return self._stop_chain(reason)
 
         self._start_step(deadline=self._deadline())
@@ -208,7 +210,7 @@ class StageDriver:
         if result == "done":
             chain.cancel_successors(self.ledger, self.ctx.job_id, "run done")
         elif result == "failed":
-            if reason := chain.crash_loop(self.plan, self.ledger.attempts()):
+            if reason := chain.crash_loop(self.plan, chain.counted(self.ledger)):
                 return self._stop_chain(reason, ended=True)
             if self.ctx.scheduler == "slurm" and self.ctx.restart < self.plan.chain.max_retries:
                 say(f"requeueing after failure (retry {self.ctx.restart + 1} of {self.plan.chain.max_retries})")
@@ -282,7 +284,7 @@ class StageDriver:
             raise SystemExit(0)
         if result == "failed":
             # No time is left to retry; afterany successors (or nightly) continue from the latest checkpoint.
-            if reason_to_stop := chain.crash_loop(self.plan, self.ledger.attempts()):
+            if reason_to_stop := chain.crash_loop(self.plan, chain.counted(self.ledger)):
                 self._stop_chain(reason_to_stop, ended=True)
             raise SystemExit(rc or 1)
         try:

@@ -64,6 +64,7 @@ def latest_run(runs_root: Path, model: str) -> Path | None:
 
 
 def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
+    from orchestrator.chain import continue_after_stop
     from orchestrator.stages import TRAIN, stage_spec
     from orchestrator.status import run_status
     from orchestrator.submit import queue_stages, submit_run
@@ -91,6 +92,8 @@ def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
                             f"nothing was queued ({status['warning']}); run nightly again once Slurm answers", rd.path)
         if plan.cluster.scheduler != "slurm":
             return Decision("none", "nightly continues Slurm runs; run local runs again with submit", rd.path)
+        if continued := continue_after_stop(rd, Ledger(rd.ledger)):
+            _say(continued)
         trained = Ledger(rd.ledger).jobs(TRAIN)
         chain_start = 1 + max((j.chain_index or 0) for j in trained) if trained else 0
         sub = queue_stages(plan, rd, [stage_spec(plan, TRAIN)], _say, chain_start=chain_start)

@@ -75,7 +75,7 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "latest_checkpoint_step": progress,
         "done": rd.done(),
         "stopped": rd.stopped(),
-        "strikes": chain.strikes(attempts),
+        "strikes": chain.strikes(chain.counted(ledger)),
         "max_strikes": plan.chain.max_strikes,
         "active": any(j["alive"] is not False for j in rows),
         "jobs": rows,

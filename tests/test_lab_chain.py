@@ -10,6 +10,7 @@ import json
 import math
 import re
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -316,6 +317,32 @@ def test_two_chains_of_one_run_take_turns(slurm_lab, lab_data, step_seconds, tmp
     if second in attempts:
         assert attempts[first].ended_at <= attempts[second].started_at and attempts[second].outcome == "stopped"
     assert [j["ended"] for j in status["jobs"]][1] in ("cancelled", "stopped"), status["jobs"]
+
+
+def test_a_stopped_chain_continues_as_the_message_says(slurm_lab, lab_data, tmp_path):
+    """After the crash-loop stop, fix the cause and delete STOPPED as nightly's message says: the next job trains
+    on a fresh strike count (recorded in the ledger), where it once stopped at once with the old reason."""
+    run_dir = tmp_path / "continue"
+    unreadable = tmp_path / "dataset-fixed-later"
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"{unreadable.name}{suffix}").touch()
+    broken = dict(lab_data, **{"data.train_prefixes": [str(unreadable)], "data.train_weights": [100]})
+    submit(run_dir, broken, "--chain", "2", "--time", "2", "--max-steps", "4")
+    status = wait_idle(run_dir, timeout=4 * 60)
+    assert status["stopped"] and [j["ended"] for j in status["jobs"]] == ["failed", "failed"]
+    for suffix in (".bin", ".idx"):  # fix the cause: the dataset the plan names is a real one now
+        shutil.copy(lab_data["data.train_prefixes"][0] + suffix, str(unreadable) + suffix)
+    told = json.loads(run_cli("nightly", "--run", str(run_dir), "--json").stdout)
+    marker = re.search(r"then delete (\S+) to allow continuing", told["why"]).group(1)
+    Path(marker).unlink()
+    done = run_cli("nightly", "--run", str(run_dir), "--json")
+    assert json.loads(done.stdout)["action"] == "continue", done.stdout + done.stderr
+    status = wait_idle(run_dir, timeout=4 * 60)
+    assert status["done"] and status["done"]["final_step"] == 4, status
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    (reset,) = ledger.strike_resets()
+    assert "was removed after the chain stopped" in reset.reason and status["strikes"] == 0
+    assert [a.outcome for a in ledger.attempts("train")] == ["failed", "failed", "done"]
 
 
 def test_a_save_that_fails_on_a_full_disk_is_a_failure_named_as_such(slurm_lab, lab_data, tmp_path):
