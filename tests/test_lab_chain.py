@@ -148,6 +148,8 @@ def test_node_down_mid_run_resumes_and_finishes(slurm_lab, lab_data, step_second
 
 def test_a_trainer_that_always_fails_stops_after_two_strikes(slurm_lab, lab_data, tmp_path):
     run_dir = tmp_path / "crashloop"
+    for suffix in (".bin", ".idx"):  # there, as submit checks, but no dataset: every job fails reading it
+        (tmp_path / f"no-such-dataset{suffix}").touch()
     broken = dict(lab_data, **{"data.train_prefixes": [str(tmp_path / "no-such-dataset")]})
     submit(run_dir, broken, "--chain", "4", "--time", "2", "--max-steps", "20")
     status = wait_idle(run_dir, timeout=4 * 60)
