@@ -7,6 +7,8 @@ Pure functions over the ledger and the checkpoint directory, so that the in-job 
 - A strike is a training attempt that ended ``failed`` or at its time limit without a newer checkpoint than it
   started from. Preemption, node failure and cancellation are not the job's fault and do not count. Any attempt
   that made progress resets the count. ``max_strikes`` consecutive strikes stop the chain.
+- A person continues a stopped chain by removing ``STOPPED`` (what the stop message says): the next ``nightly`` or
+  job then records a strike reset in the ledger, and strikes count only the attempts after it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from orchestrator import slurm
 from orchestrator.ledger import Attempt, Job, Ledger
 from orchestrator.plan import RunPlan
+from orchestrator.rundir import RunDir
 
 STRIKE_OUTCOMES = ("failed", "time_limit")
 
@@ -56,6 +59,27 @@ def strikes(attempts: list[Attempt]) -> int:
     return count
 
 
+def counted(ledger: Ledger) -> list[Attempt]:
+    """The attempts strikes are counted over: every one after the ledger's last strike reset."""
+    resets = ledger.strike_resets()
+    after = resets[-1].after_attempt if resets else 0
+    return [a for a in ledger.attempts() if a.id > after]
+
+
+def continue_after_stop(rd: RunDir, ledger: Ledger) -> str | None:
+    """Once a person has removed ``STOPPED`` after the chain stopped, count strikes afresh: recorded once in the
+    ledger (a strike reset with its event); returns its reason, or None when there is nothing to continue."""
+    if rd.stopped() is not None:
+        return None
+    stops = [e for e in ledger.events() if e.kind == "stop"]
+    resets = ledger.strike_resets()
+    if not stops or (resets and resets[-1].event > stops[-1].id):
+        return None
+    reason = f"{rd.stopped_marker} was removed after the chain stopped ({stops[-1].message}): strikes count afresh"
+    ledger.reset_strikes(reason)
+    return reason
+
+
 @dataclass(frozen=True)
 class StopReason:
     reason: str
@@ -78,25 +102,32 @@ def crash_loop(plan: RunPlan, attempts: list[Attempt]) -> StopReason | None:
 
 
 def reconcile(ledger: Ledger, current_job: str | None, current_restart: int, progress: int | None) -> None:
-    """Close attempts whose driver died (killed by Slurm, node lost) using sacct and today's progress, and
-    name the cause of a requeue of this job that its driver could only see as a SIGTERM."""
+    """Close attempts whose driver died (killed by Slurm, node lost) once Slurm says their job ended, using sacct
+    and today's progress, and name the cause of a requeue of this job that its driver could only see as a SIGTERM.
+    An attempt stays open while its job is alive, or while Slurm cannot be asked."""
     if current_job and current_restart > 0 and slurm.available():
         _label_requeues(ledger, current_job)
     dangling = [
         a for a in ledger.attempts()
         if a.outcome == "running" and not (a.job_id == current_job and a.restart == current_restart)
-    ]  # fmt: skip
+    ]
     if not dangling:
         return
+    others = sorted({a.job_id for a in dangling if a.job_id != current_job})
     try:
-        records = slurm.sacct([a.job_id for a in dangling]) if slurm.available() else {}
+        live: slurm.Liveness | None = slurm.liveness(others) if others and slurm.available() else slurm.Liveness({})
     except slurm.SlurmError:
-        records = {}
+        live = None
     for attempt in dangling:
         if attempt.job_id == current_job:
             outcome = "preempted"  # the same job runs again: it was requeued
+        elif live is None:
+            continue
         else:
-            record = records.get(attempt.job_id)
+            state = live.jobs.get(attempt.job_id)
+            if state is not None and state.alive:
+                continue
+            record = state.records[-1] if state is not None and state.records else None
             outcome = SACCT_OUTCOMES.get(record.base_state, "failed") if record else "failed"
         ledger.end_attempt(attempt.id, outcome, end_step=progress, note="end reconciled from sacct")
 
@@ -117,24 +148,29 @@ def _label_requeues(ledger: Ledger, job_id: str) -> None:
 
 
 def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
-    """Training jobs queued after this one that may still run."""
+    """Training jobs queued after this one that Slurm still holds; SlurmError when Slurm cannot say."""
     jobs = [j for j in ledger.jobs("train") if j.cancelled_at is None and j.job_id != current_job]
     current = ledger.job(current_job) if current_job else None
     if current is not None and current.chain_index is not None:
         jobs = [j for j in jobs if (j.chain_index or 0) > current.chain_index]
     if not jobs or not slurm.available():
         return []
-    records = slurm.sacct([j.job_id for j in jobs])
-    return [j for j in jobs if j.job_id not in records or records[j.job_id].active]
+    alive = set(slurm.liveness(j.job_id for j in jobs).alive())
+    return [j for j in jobs if j.job_id in alive]
 
 
 def cancel_successors(ledger: Ledger, current_job: str | None, why: str) -> list[str]:
-    """Cancel the queued rest of the chain (by job id from the ledger, never by name)."""
-    queued = pending_successors(ledger, current_job)
-    ids = [j.job_id for j in queued]
+    """Cancel the queued rest of the chain (by job id from the ledger, never by name). When Slurm cannot be
+    asked, each of them ends by itself at its start, finding the run done or stopped; the ledger says so."""
+    try:
+        ids = [j.job_id for j in pending_successors(ledger, current_job)]
+        if ids:
+            slurm.cancel(ids)
+    except slurm.SlurmError as exc:
+        ledger.event("cancel", f"could not cancel the queued rest of the chain ({why}): {exc}; "
+                     "each of its jobs ends at its start")
+        return []
     if ids:
-        slurm.cancel(ids)
         ledger.mark_cancelled(ids)
         ledger.event("cancel", f"cancelled {', '.join(ids)}: {why}")
     return ids
-

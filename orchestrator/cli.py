@@ -209,7 +209,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from orchestrator.render import render_stage
     from orchestrator.stages import check_inputs, stage_specs
-    from orchestrator.submit import sbatch_command, submit_run
+    from orchestrator.submit import SubmitError, sbatch_command, submit_run
 
     request = _request_from_args(args)
     dry_run = args.dry_run or request.dry_run
@@ -229,7 +229,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 err.print(f"[red]{escape(str(problem))}[/]")
                 worst = 2 if problem.severity == "error" else worst
             continue
-        sub = submit_run(plan, say=lambda m: console.print(m, markup=False), shared=shared)
+        try:
+            sub = submit_run(plan, say=lambda m: console.print(m, markup=False), shared=shared)
+        except SubmitError as exc:  # an existing run, a failed sbatch: nothing (more) was queued
+            err.print(f"error: {exc}", markup=False)
+            return 2
         console.print(f"run directory: {sub.run_dir}")
         if args.wait and plan.cluster.scheduler == "slurm":
             from orchestrator.status import wait_for_run
@@ -262,9 +266,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from orchestrator.slurm import SlurmError
     from orchestrator.status import cancel_run
 
-    ids = cancel_run(args.run)
+    try:
+        ids = cancel_run(args.run)
+    except SlurmError as exc:
+        err.print(f"cancel: nothing cancelled: Slurm cannot say which jobs of the run are queued or running ({exc}); "
+                  "try again once it answers", markup=False)
+        return 1
     console.print(f"cancelled: {', '.join(ids) if ids else 'nothing was queued or running'}")
     return 0
 

@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     message TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS strike_resets (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    after_attempt INTEGER NOT NULL,
+    event INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -112,6 +119,18 @@ class Event:
     at: str
     kind: str
     message: str
+
+
+@dataclass
+class StrikeReset:
+    """A fresh strike count: strikes count only attempts after ``after_attempt`` (a person continued a stopped chain)."""
+
+    id: int
+    at: str
+    after_attempt: int
+    #: The ``reset`` event recorded with it; a ``stop`` event newer than this is a stop it does not answer.
+    event: int
+    reason: str
 
 
 class Ledger:
@@ -189,6 +208,14 @@ class Ledger:
         with self._connect() as db:
             db.execute("INSERT INTO events (at, kind, message) VALUES (?, ?, ?)", (now(), kind, message))
 
+    def reset_strikes(self, reason: str) -> None:
+        """Count strikes afresh from the next attempt on, recorded with a ``reset`` event (one transaction)."""
+        with self._connect() as db:
+            (after,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
+            event = db.execute("INSERT INTO events (at, kind, message) VALUES (?, 'reset', ?)", (now(), reason)).lastrowid
+            db.execute("INSERT INTO strike_resets (at, after_attempt, event, reason) VALUES (?, ?, ?, ?)",
+                       (now(), after, event, reason))
+
     # --------------------------------------------------------------------------------------------- reads
 
     def jobs(self, stage: str | None = None) -> list[Job]:
@@ -206,6 +233,9 @@ class Ledger:
 
     def events(self) -> list[Event]:
         return self._select(Event, "events", None, "id")
+
+    def strike_resets(self) -> list[StrikeReset]:
+        return self._select(StrikeReset, "strike_resets", None, "id")
 
     def _select(self, cls: type, table: str, stage: str | None, order: str) -> list:
         names = ", ".join(f.name for f in fields(cls))

@@ -4,6 +4,11 @@ Under a lock on the run directory: nothing when the run is done, queued or runni
 guard (a human must look); otherwise queue a new chain of training jobs, which resumes from the latest complete
 checkpoint. ``--fresh`` starts a new dated run from the latest one's plan (a nightly benchmark series). It always
 prints what it decided and why.
+
+It refuses (exit 1, nothing queued) whenever Slurm cannot establish that no job of the run is queued or running:
+a job it cannot rule out counts as alive. Two chains are never run at once even where that cannot be ruled out
+by the lock (two login nodes whose shared file system does not share ``flock``): every training job is queued with
+``--dependency=singleton`` (see :func:`orchestrator.submit.queue_stages`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from orchestrator.rundir import RunDir
 
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "none" | "continue" | "fresh"
+    action: str  # "none" | "continue" | "fresh" | "refuse" (Slurm could not rule out a queued or running job)
     why: str
     run_dir: Path | None = None
     jobs: tuple[str, ...] = ()
@@ -59,6 +64,7 @@ def latest_run(runs_root: Path, model: str) -> Path | None:
 
 
 def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
+    from orchestrator.chain import continue_after_stop
     from orchestrator.stages import TRAIN, stage_spec
     from orchestrator.status import run_status
     from orchestrator.submit import queue_stages, submit_run
@@ -77,11 +83,17 @@ def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
         if status["stopped"]:
             return Decision("none", f"chain stopped: {status['stopped'].get('reason')} "
                             f"(fix the cause, then delete {rd.stopped_marker} to allow continuing)", rd.path)  # fmt: skip
-        busy = [f"{j['stage']} {j['job_id']} {j['ended']}" for j in status["jobs"] if j["ended"] in ("running", "queued")]
+        busy = [f"{j['stage']} {j['job_id']} {j['ended']}" for j in status["jobs"] if j["alive"]]
         if busy:
             return Decision("none", f"in progress: {', '.join(busy)}", rd.path)
+        unsure = [j["job_id"] for j in status["jobs"] if j["alive"] is None]
+        if unsure:
+            return Decision("refuse", f"cannot rule out that job(s) {', '.join(unsure)} are queued or running, so "
+                            f"nothing was queued ({status['warning']}); run nightly again once Slurm answers", rd.path)
         if plan.cluster.scheduler != "slurm":
             return Decision("none", "nightly continues Slurm runs; run local runs again with submit", rd.path)
+        if continued := continue_after_stop(rd, Ledger(rd.ledger)):
+            _say(continued)
         trained = Ledger(rd.ledger).jobs(TRAIN)
         chain_start = 1 + max((j.chain_index or 0) for j in trained) if trained else 0
         sub = queue_stages(plan, rd, [stage_spec(plan, TRAIN)], _say, chain_start=chain_start)
@@ -193,7 +205,7 @@ def main(args: argparse.Namespace, console: Any) -> int:
                                        "jobs": list(decision.jobs)}))  # fmt: skip
     else:
         console.print(f"nightly: {decision.action}: {decision.why}", markup=False)
-    return 0
+    return 1 if decision.action == "refuse" else 0
 
 
 def _model_name(profile: str) -> str:

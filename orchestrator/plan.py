@@ -329,6 +329,8 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = raw
     if isinstance(value, str) and not raw.strip().startswith(("'", '"')):
         value = raw  # keep strings exactly as typed (no YAML date/time coercions of e.g. 04:00:00)
+    if "env" in key.strip().split(".")[:-1] and not isinstance(value, str):
+        value = raw  # an environment variable's value is text as typed: env.OMP_NUM_THREADS=15, env.UMASK=0022
     return key.strip(), value
 
 

@@ -116,8 +116,9 @@ def run_smoke(cluster: str, nodes: int, console: Any, runs_root: Path | None = N
         job_id = sub.jobs[0][1]
         deadline = time.time() + timeout_s
         while True:
-            record = slurm.sacct([job_id]).get(job_id)
-            if record and not record.active:
+            state = slurm.liveness([job_id]).jobs[job_id]
+            if not state.alive and state.records:
+                record = state.records[-1]
                 break
             if time.time() > deadline:
                 console.print(f"[red]smoke job {job_id} did not finish within {timeout_s:.0f}s; cancelling[/]")

@@ -11,62 +11,61 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator import chain, slurm
-from orchestrator.ledger import Ledger
+from orchestrator.ledger import Job, Ledger
 from orchestrator.plan import RunPlan
-from orchestrator.render import job_name
 from orchestrator.rundir import RunDir
 
 
 def run_status(run_dir: str | Path) -> dict[str, Any]:
-    """Everything ``status`` shows; ``jobs`` is one entry per submitted job, in submission order."""
+    """Everything ``status`` shows; ``jobs`` is one entry per submitted job, in submission order.
+
+    Each job's ``alive`` is Slurm's answer (:func:`orchestrator.slurm.liveness`): True while Slurm holds it,
+    False once it left the queue, None when Slurm could not be asked; then ``active`` is True, because a job that
+    cannot be ruled out counts as alive."""
     rd = RunDir.of(run_dir)
     plan = RunPlan.load(rd.path)
     ledger = Ledger(rd.ledger)
     jobs = ledger.jobs()
     attempts = ledger.attempts()
-    records: dict[str, slurm.JobRecord] = {}
-    held: dict[str, str] = {}
-    sacct_error = None
-    if plan.cluster.scheduler == "slurm" and jobs:
+    live: slurm.Liveness | None = None
+    warning = None
+    on_slurm = plan.cluster.scheduler == "slurm"
+    if on_slurm and jobs:
         try:
-            held = slurm.queued(job_name(plan, j.stage) for j in jobs)
-            records = slurm.sacct([j.job_id for j in jobs])
+            live = slurm.liveness(j.job_id for j in jobs)
+            warning = live.accounting_error
         except slurm.SlurmError as exc:
-            sacct_error = str(exc)
+            warning = f"Slurm did not answer, so queued or running jobs cannot be ruled out: {exc}"
     rows = []
-    recent = time.time() - 300
     for job in jobs:
         mine = [a for a in attempts if a.job_id == job.job_id or a.job_id.startswith(f"{job.job_id}_")]
-        tasks = {k: v for k, v in records.items() if k == job.job_id or k.startswith(f"{job.job_id}_")}
-        states = sorted({r.base_state for r in tasks.values()})
-        starts = [r.start for r in tasks.values() if r.start not in ("", "Unknown", "None")]
-        ends = [r.end for r in tasks.values() if r.end not in ("", "Unknown", "None")]
         last = mine[-1] if mine else None
-        if job.job_id in held:
-            states = [held[job.job_id]]  # squeue knows best while Slurm holds the job (a requeue included)
-        elif not tasks and plan.cluster.scheduler == "slurm" and job.cancelled_at is None and _epoch(job.submitted_at) > recent:
-            states = ["SUBMITTED"]  # accounting has not seen it yet; it is queued
-        ended = _how(last.outcome if last else None, states, job.cancelled_at is not None)
+        state = live.jobs[job.job_id] if live else None
+        alive = _alive(state, job, on_slurm)
+        records = state.records if state else ()
+        starts = [r.start for r in records if r.start not in ("", "Unknown", "None")]
+        ends = [r.end for r in records if r.end not in ("", "Unknown", "None")]
         rows.append({
             "job_id": job.job_id,
             "stage": job.stage,
             "chain_index": job.chain_index,
-            "state": ",".join(states) or ("LOCAL" if plan.cluster.scheduler == "local" else "UNKNOWN"),
+            "state": _state_text(state, alive, on_slurm),
+            "alive": alive,
             "start": min(starts) if starts else (mine[0].started_at if mine else None),
-            "end": max(ends) if ends and not any(r.active for r in tasks.values()) else (last.ended_at if last else None),
+            "end": max(ends) if ends and alive is False else (last.ended_at if last else None),
             "steps_start": mine[0].start_step if mine else None,
             "steps_end": last.end_step if last else None,
             "attempts": len(mine),
-            "ended": ended,
+            "ended": _how(last.outcome if last else None, state, alive, job.cancelled_at is not None),
             "exit_code": last.exit_code if last else None,
             "log": last.log_path if last else None,
             "dependency": job.dependency,
-        })  # fmt: skip
+        })
     try:
         progress = chain.progress_step(plan)
     except Exception as exc:  # a broken checkpoint dir must not hide the rest of the status
         progress = None
-        sacct_error = sacct_error or f"checkpoint scan failed: {exc}"
+        warning = warning or f"checkpoint scan failed: {exc}"
     return {
         "run_id": plan.run_id,
         "run_dir": str(rd.path),
@@ -76,27 +75,49 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "latest_checkpoint_step": progress,
         "done": rd.done(),
         "stopped": rd.stopped(),
-        "strikes": chain.strikes(attempts),
+        "strikes": chain.strikes(chain.counted(ledger)),
         "max_strikes": plan.chain.max_strikes,
-        "active": any(j["ended"] in ("running", "queued") for j in rows),
+        "active": any(j["alive"] is not False for j in rows),
         "jobs": rows,
         "events": [e.__dict__ for e in ledger.events()[-10:]],
-        "warning": sacct_error,
+        "warning": warning,
     }
 
 
-def _how(outcome: str | None, states: list[str], cancelled: bool) -> str:
-    """How a job ended, in the vocabulary people use: done, time limit, preempted, node failure, failed, ..."""
-    active = [s for s in states if s in slurm.ACTIVE_STATES or s == "SUBMITTED"]
-    if active:
-        return "queued" if set(active) <= {"PENDING", "SUBMITTED"} else "running"
+def _alive(state: slurm.JobState | None, job: Job, on_slurm: bool) -> bool | None:
+    """Slurm's word, else (Slurm not answering) False only for a job this run cancelled itself."""
+    if not on_slurm:
+        return False
+    if state is not None:
+        return state.alive
+    return False if job.cancelled_at is not None else None
+
+
+def _state_text(state: slurm.JobState | None, alive: bool | None, on_slurm: bool) -> str:
+    if not on_slurm:
+        return "LOCAL"
+    if state is None:
+        return "CANCELLED" if alive is False else "UNKNOWN"
+    return ",".join(state.states) or "UNKNOWN"
+
+
+def _how(outcome: str | None, state: slurm.JobState | None, alive: bool | None, cancelled: bool) -> str:
+    """How a job ended, in the vocabulary people use: done, time limit, preempted, node failure, failed, ...;
+    or, while Slurm holds it, queued, running or held; or, when Slurm could not be asked, running or unknown."""
+    if alive and state is not None:
+        if set(state.held) & slurm.RUNNING_STATES:
+            return "running"
+        return "queued" if set(state.held) <= slurm.QUEUED_STATES else "held"
+    if alive is None:
+        return "running" if outcome == "running" else "unknown"  # the open attempt counts as alive
     if outcome and outcome != "running":
         return outcome.replace("_", " ")
+    states = state.states if state else []
     if cancelled or "CANCELLED" in states:
         return "cancelled"
-    for state in states:
-        if state in chain.SACCT_OUTCOMES:
-            return chain.SACCT_OUTCOMES[state].replace("_", " ")
+    for name in states:
+        if name in chain.SACCT_OUTCOMES:
+            return chain.SACCT_OUTCOMES[name].replace("_", " ")
     return "unknown"
 
 
@@ -107,6 +128,8 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         head += f" - [green]DONE[/] at step {status['done'].get('final_step')}"
     elif status["stopped"]:
         head += f" - [red]STOPPED[/]: {status['stopped'].get('reason')}"
+    elif any(j["alive"] is None for j in status["jobs"]):
+        head += " - [yellow]unknown[/]: Slurm did not answer (see the warning)"
     elif status["active"]:
         head += " - in progress"
     else:
@@ -130,12 +153,6 @@ def print_status(status: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]warning: {status['warning']}[/]")
 
 
-def _epoch(iso: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(iso).timestamp()
-
-
 def _short(ts: str | None) -> str:
     return (ts or "").replace("T", " ")[:19]
 
@@ -154,7 +171,7 @@ def wait_for_run(run_dir: str | Path, console: Console, poll_s: float = 5.0) -> 
 
 
 def _status_line(status: dict[str, Any]) -> str:
-    running = [j for j in status["jobs"] if j["ended"] in ("running", "queued")]
+    running = [j for j in status["jobs"] if j["alive"] is not False]
     now = ", ".join(f"{j['stage']} {j['job_id']} {j['ended']}" for j in running) or "nothing queued"
     ckpt = status["latest_checkpoint_step"]
     return f"{status['run_id']}: {now}; checkpoint {ckpt if ckpt is not None else '-'}/{status['max_steps']}" + (
@@ -163,11 +180,12 @@ def _status_line(status: dict[str, Any]) -> str:
 
 
 def cancel_run(run_dir: str | Path) -> list[str]:
+    """Cancel every job of the run that Slurm still holds (requeued and held ones included); raises SlurmError,
+    cancelling nothing, when Slurm cannot say which those are."""
     rd = RunDir.of(run_dir)
     ledger = Ledger(rd.ledger)
-    jobs = [j for j in ledger.jobs() if j.cancelled_at is None]
-    records = slurm.sacct([j.job_id for j in jobs]) if jobs else {}
-    active = [j.job_id for j in jobs if (r := records.get(j.job_id)) is None or r.active]
+    jobs = [j.job_id for j in ledger.jobs() if j.cancelled_at is None]
+    active = slurm.liveness(jobs).alive() if jobs else []
     if active:
         slurm.cancel(active)
         ledger.mark_cancelled(active)

@@ -6,8 +6,10 @@ memory -> only then create the run directory, write ``plan.json``, the scripts a
 On Slurm the stages are chained in the plan's order, each stage's first job after the previous stage's last
 (``afterok``, with ``--kill-on-invalid-dep`` so a failed stage never leaves dependents pending forever); inside the
 training chain job i waits ``afterany`` on job i-1 (a job that hit its time limit or failed still lets the next
-continue from the latest checkpoint; the driver at each job's start decides whether to train). Stages whose outputs
-are already complete are skipped.
+continue from the latest checkpoint; the driver at each job's start decides whether to train). Every training job
+also waits ``singleton``: Slurm runs no two jobs of one name and user at once, so two chains of one run (queued by
+two login nodes at the same moment) take turns instead of writing one checkpoint directory together. Stages whose
+outputs are already complete are skipped.
 """
 
 from __future__ import annotations
@@ -94,7 +96,10 @@ def queue_stages(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callabl
             say(f"{spec.name}: job {previous}, queued for an earlier run of this submission, serves this one too")
             continue
         for i in range(spec.jobs):
-            dependency = f"{waits}:{previous}" if previous else None
+            conditions = [f"{waits}:{previous}"] if previous else []
+            if spec.chain:
+                conditions.append("singleton")
+            dependency = ",".join(conditions) or None
             job_id = _sbatch(plan, rd, spec, dependency)
             chain_index = chain_start + i if spec.chain else None
             ledger.add_job(job_id, spec.name, chain_index=chain_index, array_size=len(spec.tasks) or None,

@@ -1,16 +1,20 @@
 """Checkpoint-resume chains on the real Slurm lab with the reference trainer: time limits, requeue (preemption),
-a node going DOWN, a crash loop, kill -9 during a checkpoint write, and nightly's idempotence."""
+a node going DOWN, a crash loop, kill -9 during a checkpoint write, and nightly's idempotence; and what the lab
+showed under faults: slurmctld down, two chains of one run, a full disk, cancels, held jobs, array stages."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
 import re
 import os
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,7 @@ from orchestrator.collect.parse import SourceStats, iter_records, read_logs
 from orchestrator.ledger import Ledger
 from orchestrator.status import run_status
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -92,6 +96,10 @@ def test_one_minute_jobs_chain_to_the_last_step(slurm_lab, lab_data, step_second
     trained = [j for j in status["jobs"] if (j["steps_end"] or 0) > (j["steps_start"] or 0)]
     assert len(trained) >= 2, status["jobs"]
     assert all(j["ended"] in ("time limit", "done", "cancelled", "stopped") for j in status["jobs"]), status["jobs"]
+    # A stop that saved cleanly looks clean: exit 0, and no task killed by the driver's USR2 as it exited (140).
+    assert all(j["exit_code"] in (0, None) for j in status["jobs"]), status["jobs"]
+    logs = "".join(p.read_text() for p in (run_dir / "logs").glob("train-*.out"))
+    assert "User defined signal 2" not in logs
     per_log = logged_steps(run_dir)
     assert sum(1 for log in per_log if log) >= 2, per_log
     for log in per_log:
@@ -140,6 +148,8 @@ def test_node_down_mid_run_resumes_and_finishes(slurm_lab, lab_data, step_second
 
 def test_a_trainer_that_always_fails_stops_after_two_strikes(slurm_lab, lab_data, tmp_path):
     run_dir = tmp_path / "crashloop"
+    for suffix in (".bin", ".idx"):  # there, as submit checks, but no dataset: every job fails reading it
+        (tmp_path / f"no-such-dataset{suffix}").touch()
     broken = dict(lab_data, **{"data.train_prefixes": [str(tmp_path / "no-such-dataset")]})
     submit(run_dir, broken, "--chain", "4", "--time", "2", "--max-steps", "20")
     status = wait_idle(run_dir, timeout=4 * 60)
@@ -214,3 +224,189 @@ def test_nightly_schedule_runs_the_check_at_the_hour_and_requeues_itself(slurm_l
     tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).strftime("%Y-%m-%d")
     assert queued[1].startswith(tomorrow) and queued[1][11:16] == at
     subprocess.run(["scancel", queued[0]], check=True)
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+def popen_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+def controllers() -> list[str]:
+    """The slurmctld processes that run (not zombies)."""
+    pids = subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True, text=True).stdout.split()
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+                alive.append(pid)
+    return alive
+
+
+@contextlib.contextmanager
+def controller_down() -> Iterator[None]:
+    """slurmctld stopped (jobs keep running on the nodes) for the block; brought back by scripts/slurm-lab up."""
+    subprocess.run(["scontrol", "shutdown", "slurmctld"], check=True, capture_output=True)
+    try:
+        wait_until(lambda: not controllers(), 30, "slurmctld to exit", poll=0.2)
+        yield
+    finally:
+        subprocess.run([str(REPO / "scripts" / "slurm-lab"), "up"], check=True, capture_output=True)
+
+
+def started(run_dir: Path, timeout: float = 180) -> str:
+    """The run's first training job, once its trainer has logged a step."""
+    job_id = Ledger(run_dir / "ledger.sqlite").jobs("train")[0].job_id
+    log = run_dir / "logs" / f"train-{job_id}.out"
+    wait_until(lambda: log.exists() and "Training epoch" in log.read_text(), timeout, f"job {job_id} to train")
+    return job_id
+
+
+def test_nightly_and_cancel_refuse_while_slurmctld_is_down(slurm_lab, lab_data, tmp_path):
+    """The job RUNNING, slurmctld stopped, nightly started, slurmctld back 14 s later: nightly once decided "idle"
+    and queued a second chain beside the running job. Now it, and cancel, refuse; status shows the job running."""
+    run_dir = tmp_path / "ctld"
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "5000")
+    job_id = started(run_dir)
+    try:
+        for _ in range(3):
+            with controller_down():
+                calls = [popen_cli("nightly", "--run", str(run_dir), "--json"), popen_cli("cancel", str(run_dir)),
+                         popen_cli("status", str(run_dir), "--json")]
+                outputs = [call.communicate(timeout=120) for call in calls]  # each has met a failing squeue
+                undisturbed = not controllers()  # no other user of the lab started slurmctld meanwhile
+            if undisturbed:
+                break
+        else:
+            pytest.fail("another user of the lab restarted slurmctld during each of 3 tries")
+        (nightly, cancel, status) = [(call.returncode, *output) for call, output in zip(calls, outputs)]
+        assert nightly[0] == 1, nightly
+        decision = json.loads(nightly[1])
+        assert decision["action"] == "refuse" and f"cannot rule out that job(s) {job_id} are queued or running" in decision["why"]
+        assert cancel[0] == 1 and "nothing cancelled" in cancel[2], cancel
+        shown = json.loads(status[1])
+        assert shown["active"] and shown["warning"] and "Slurm did not answer" in shown["warning"]
+        assert (shown["jobs"][0]["alive"], shown["jobs"][0]["ended"]) == (None, "running")  # the open attempt
+        assert [j.job_id for j in Ledger(run_dir / "ledger.sqlite").jobs("train")] == [job_id], "no second chain"
+        assert run_status(run_dir)["jobs"][0]["ended"] == "running"
+    finally:
+        run_cli("cancel", str(run_dir))
+
+
+def test_two_chains_of_one_run_take_turns(slurm_lab, lab_data, step_seconds, tmp_path):
+    """Two login nodes running nightly at the same moment, where the lock on the run directory does not reach
+    across hosts: both queue a chain. Slurm's singleton dependency runs them one after the other."""
+    from orchestrator.plan import RunPlan
+    from orchestrator.rundir import RunDir
+    from orchestrator.stages import TRAIN, stage_spec
+    from orchestrator.submit import queue_stages
+
+    run_dir = tmp_path / "twohosts"
+    steps = max(20, math.ceil(20 / step_seconds))
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", str(steps))
+    first = started(run_dir)
+    plan = RunPlan.load(run_dir)
+    second = queue_stages(plan, RunDir.of(run_dir), [stage_spec(plan, TRAIN)], say=lambda m: None, chain_start=1).jobs[0][1]
+    reason = subprocess.run(["squeue", "-h", "-j", second, "-o", "%r"], capture_output=True, text=True).stdout.strip()
+    assert reason == "Dependency", reason
+    status = wait_idle(run_dir, timeout=6 * 60)
+    assert status["done"] and status["done"]["final_step"] == steps
+    attempts = {a.job_id: a for a in Ledger(run_dir / "ledger.sqlite").attempts("train")}
+    assert attempts[first].outcome == "done"
+    # The second chain never trained: the first cancelled it when the run was done, or it started after and stopped.
+    if second in attempts:
+        assert attempts[first].ended_at <= attempts[second].started_at and attempts[second].outcome == "stopped"
+    assert [j["ended"] for j in status["jobs"]][1] in ("cancelled", "stopped"), status["jobs"]
+
+
+def test_a_stopped_chain_continues_as_the_message_says(slurm_lab, lab_data, tmp_path):
+    """After the crash-loop stop, fix the cause and delete STOPPED as nightly's message says: the next job trains
+    on a fresh strike count (recorded in the ledger), where it once stopped at once with the old reason."""
+    run_dir = tmp_path / "continue"
+    unreadable = tmp_path / "dataset-fixed-later"
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"{unreadable.name}{suffix}").touch()
+    broken = dict(lab_data, **{"data.train_prefixes": [str(unreadable)], "data.train_weights": [100]})
+    submit(run_dir, broken, "--chain", "2", "--time", "2", "--max-steps", "4")
+    status = wait_idle(run_dir, timeout=4 * 60)
+    assert status["stopped"] and [j["ended"] for j in status["jobs"]] == ["failed", "failed"]
+    for suffix in (".bin", ".idx"):  # fix the cause: the dataset the plan names is a real one now
+        shutil.copy(lab_data["data.train_prefixes"][0] + suffix, str(unreadable) + suffix)
+    told = json.loads(run_cli("nightly", "--run", str(run_dir), "--json").stdout)
+    marker = re.search(r"then delete (\S+) to allow continuing", told["why"]).group(1)
+    Path(marker).unlink()
+    done = run_cli("nightly", "--run", str(run_dir), "--json")
+    assert json.loads(done.stdout)["action"] == "continue", done.stdout + done.stderr
+    status = wait_idle(run_dir, timeout=4 * 60)
+    assert status["done"] and status["done"]["final_step"] == 4, status
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    (reset,) = ledger.strike_resets()
+    assert "was removed after the chain stopped" in reset.reason and status["strikes"] == 0
+    assert [a.outcome for a in ledger.attempts("train")] == ["failed", "failed", "done"]
+
+
+def test_a_save_that_fails_on_a_full_disk_is_a_failure_named_as_such(slurm_lab, lab_data, tmp_path):
+    """A one-minute job whose only save, at its time limit, meets a full disk: once recorded as a clean time-limit
+    stop (Slurm's USR2 comes first, and the driver took the step's exit 1 for a saved stop), with torch's
+    "unexpected pos" and no path in the log."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        run_dir = tmp_path / "diskfull"
+        submit(run_dir, lab_data, "--time", "1", "--max-steps", "5000", "--set", f"train.ckpt_dir={mount / 'ckpt'}")
+        job_id = Ledger(run_dir / "ledger.sqlite").jobs("train")[0].job_id
+        status = wait_idle(run_dir, timeout=3 * 60)
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    (job,) = status["jobs"]
+    assert job["ended"] == "failed" and job["exit_code"] not in (0, None), job
+    log = (run_dir / "logs" / f"train-{job_id}.out").read_text()
+    assert f"disk full: no space left on device writing {mount / 'ckpt'}/.tmp-step-" in log and " free of " in log
+    assert "the next job of the chain continues" not in log
+
+
+def test_a_job_cancelled_by_the_user_is_recorded_as_cancelled(slurm_lab, lab_data, tmp_path):
+    run_dir = tmp_path / "usercancel"
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "5000")
+    job_id = started(run_dir)
+    subprocess.run(["scancel", job_id], check=True)
+    status = wait_idle(run_dir, timeout=2 * 60)
+    (attempt,) = Ledger(run_dir / "ledger.sqlite").attempts("train")
+    assert attempt.outcome == "cancelled" and status["jobs"][0]["ended"] == "cancelled", attempt
+
+
+def test_a_requeued_job_held_by_slurm_is_seen_and_cancelled(slurm_lab, lab_data, tmp_path):
+    """Requeued in a held state, the job shows in sacct as PENDING and in squeue as SPECIAL_EXIT: it may run again
+    once released, so status shows it held, nightly leaves it alone and cancel cancels it."""
+    run_dir = tmp_path / "held"
+    submit(run_dir, lab_data, "--time", "5", "--max-steps", "5000")
+    job_id = started(run_dir)
+    try:
+        subprocess.run(["scontrol", "requeuehold", "state=SpecialExit", job_id], check=True)
+        ledger = Ledger(run_dir / "ledger.sqlite")
+        wait_until(lambda: ledger.attempts("train")[0].outcome != "running", 60, "the attempt to end")
+        status = wait_until(lambda: (s := run_status(run_dir))["jobs"][0]["state"] == "SPECIAL_EXIT" and s, 60, "the hold")
+        assert status["active"] and (status["jobs"][0]["alive"], status["jobs"][0]["ended"]) == (True, "held"), status
+        done = run_cli("nightly", "--run", str(run_dir), "--json")
+        assert json.loads(done.stdout)["action"] == "none", done.stdout + done.stderr
+        assert len(ledger.jobs("train")) == 1
+        done = run_cli("cancel", str(run_dir))
+        assert done.returncode == 0 and f"cancelled: {job_id}" in done.stdout, done.stdout + done.stderr
+        assert not run_status(run_dir)["active"]
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+
+
+def test_cancel_leaves_completed_array_stages_alone(slurm_lab, tmp_path):
+    """sacct keys array tasks as 79_0, 79_1: a completed array stage was once cancelled and listed as active."""
+    run_dir = tmp_path / "array"
+    done = run_cli("submit", "--profile", "tiny", "--cluster", "slurm-lab", "--run-dir", str(run_dir),
+                   "--set", "stages=[consolidate]", "--wait")
+    assert done.returncode in (0, 1), done.stdout + done.stderr
+    status = run_status(run_dir)
+    assert [(j["stage"], j["state"]) for j in status["jobs"]] == [("consolidate", "COMPLETED")], status["jobs"]
+    done = run_cli("cancel", str(run_dir))
+    assert done.returncode == 0 and "cancelled: nothing was queued or running" in done.stdout, done.stdout

@@ -125,3 +125,13 @@ def test_a_preset_applies_before_set(tmp_path):
     assert body["train"]["optim"]["lr"] == 2.5e-5 and body["train"]["hf_model_id"] == "meta-llama/Llama-3.1-8B"
     assert body["train"]["max_steps"] == 20, "--set wins over the preset"
     assert body["stages"] == ["consolidate", "preprocess", "index", "import", "train"]
+
+
+def test_an_environment_value_is_text_as_typed(tmp_path):
+    """``--set env.X=15`` once failed ("Input should be a valid string") unless quoted twice."""
+    assert parse_assignment("env.OMP_NUM_THREADS=15") == ("env.OMP_NUM_THREADS", "15")
+    assert parse_assignment("cluster.env.UMASK=0022") == ("cluster.env.UMASK", "0022")
+    assert parse_assignment("env.X='15'") == ("env.X", "15")  # the old workaround still means the same
+    done = run_cli("plan", "--profile", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "env.OMP_NUM_THREADS=15", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["env"] == {"OMP_NUM_THREADS": "15"}

@@ -80,3 +80,13 @@ def test_stale_temporaries_are_removed_and_resolve_finds_the_newest(tmp_path: Pa
     assert ckpt.resolve(tmp_path / "step-00000003") == tmp_path / "step-00000003"
     with pytest.raises(ckpt.CheckpointError, match="neither"):
         ckpt.resolve(tmp_path / "empty")
+
+
+def test_a_full_disk_is_named_with_the_file_and_the_space_left(tmp_path: Path) -> None:
+    """torch.save given a path says only "unexpected pos 9344 vs 9236" on a full disk."""
+    full = tmp_path / "model.pt"
+    full.symlink_to("/dev/full")  # every write there fails with ENOSPC
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        ckpt.write_file(full, lambda handle: handle.write(b"weights" * 1000))
+    message = str(caught.value)
+    assert message.startswith(f"disk full: no space left on device writing {full} (") and " free of " in message

@@ -226,3 +226,34 @@ def test_resuming_with_another_model_is_refused(workdir: Path, baseline: tuple[P
     result = train(run_dir)
     assert result.returncode not in (0, EXIT_STOPPED)
     assert "saved for a different model (model.arch fields num_layers differ)" in result.stderr
+
+
+def test_a_truncated_checkpoint_file_is_named(workdir: Path) -> None:
+    run_dir = workdir / "truncated"
+    make_plan(run_dir, workdir / "data", **{"train.max_steps": 4, "train.val_interval": None})
+    assert train(run_dir).returncode == 0
+    model = checkpoint.step_dir(run_dir / "checkpoints", 4) / "model.pt"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    result = train(run_dir)
+    assert result.returncode not in (0, EXIT_STOPPED)
+    assert f"{model} cannot be read" in result.stderr and "truncated or corrupt" in result.stderr
+
+
+def test_a_stop_signal_while_the_trainer_exits_leaves_a_clean_exit(workdir: Path) -> None:
+    """A USR2 that arrives as a trainer that saved is exiting (the driver's, sent just as the trainer stopped by
+    itself) once killed it during interpreter shutdown: exit 140 under srun, "User defined signal 2"."""
+    run_dir = workdir / "late-signal"
+    make_plan(run_dir, workdir / "data", **{"train.max_steps": 2, "train.val_interval": None})
+    proc = subprocess.Popen(command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("[orchestrator] done:"):
+            break
+    while proc.poll() is None:  # from now until it is gone, a signal every millisecond
+        try:
+            proc.send_signal(signal.SIGUSR2)
+        except ProcessLookupError:
+            break
+        time.sleep(0.001)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

@@ -20,13 +20,15 @@ Pruning keeps the newest :data:`KEEP_LAST` complete checkpoints plus every check
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from orchestrator.atomic import atomic_write_text, publish_dir
 
@@ -156,6 +158,62 @@ def begin(ckpt_dir: str | os.PathLike[str], step: int) -> Path:
     return tmp
 
 
+def write_file(path: Path, write: Callable[[Any], object]) -> None:
+    """Write one file of a checkpoint through ``write(handle)`` (``torch.save(obj, handle)``). A failure names the
+    file, and a full disk says so with the space left, where torch says only "unexpected pos 9344 vs 9236"."""
+    handle: _Watched | None = None
+    try:
+        with open(path, "wb") as raw:
+            handle = _Watched(raw)
+            write(handle)
+    except (OSError, RuntimeError) as exc:
+        error = handle.error if handle is not None and handle.error is not None else exc
+        if not isinstance(error, OSError):
+            raise
+        if error.errno == errno.ENOSPC:
+            raise CheckpointError(f"disk full: no space left on device writing {path} ({_space(path.parent)}); "
+                                  "free space there or point train.ckpt_dir elsewhere") from exc
+        raise CheckpointError(f"writing {path} failed: {error.strerror or error}") from exc
+
+
+class _Watched:
+    """A file handle that remembers why a write failed: torch.save swallows the OSError and reports a position."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+
+def _space(folder: Path) -> str:
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError as exc:
+        return f"free space unknown: {exc.strerror or exc}"
+    return f"{_size(usage.free)} free of {_size(usage.total)}"
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 def fault_injection_delay() -> None:
     """Sleep ``$ORCHESTRATOR_CKPT_WRITE_DELAY_S`` seconds (tests kill the writer during this sleep)."""
     delay = float(os.environ.get(WRITE_DELAY_ENV, "0") or 0)
@@ -169,7 +227,7 @@ def publish(tmp: Path, ckpt_dir: str | os.PathLike[str], step: int, meta: dict[s
     final = step_dir(root, step)
     if final.exists():
         raise CheckpointError(f"{final} already exists; a checkpoint is never overwritten")
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_file(tmp / META_FILE, lambda handle: handle.write((json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()))
     publish_dir(tmp, final)
     atomic_write_text(root / LATEST_FILE, final.name + "\n")
     prune(root)

@@ -13,11 +13,14 @@ are never skipped); a signal or the deadline otherwise leaves no time for it (:f
 
 The recorder of stop signals (:func:`install`) imports nothing but the standard library: each trainer's entry
 point installs it first, before importing torch, so a signal in the seconds (for 405B, minutes) before training
-starts is remembered, not fatal.
+starts is remembered, not fatal. It also ignores stop signals once the interpreter exits: Python puts the default
+handlers back while it shuts down, and a USR2 then (the driver's, arriving just as the trainer stopped by itself)
+would kill a task that saved cleanly, which srun reports as exit 140, "User defined signal 2".
 """
 
 from __future__ import annotations
 
+import atexit
 import signal
 from dataclasses import dataclass
 from types import FrameType
@@ -36,12 +39,21 @@ def _remember(signum: int, frame: FrameType | None) -> None:
 
 
 def install() -> None:
-    """Turn SIGTERM and SIGUSR2 into a stop request that the next step boundary acts on (main thread only).
+    """Turn SIGTERM and SIGUSR2 into a stop request that the next step boundary acts on (main thread only), and
+    into nothing from the moment the interpreter starts to exit.
 
     Called again once a framework has put its own handlers in place (Lightning installs a SIGTERM handler when
     ``fit`` starts, which would raise at the next step without saving)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _remember)
+    atexit.unregister(_ignore)
+    atexit.register(_ignore)
+
+
+def _ignore() -> None:
+    """At exit the work is saved or lost already; a stop signal must not turn a clean exit into a death by signal."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def received() -> str | None:

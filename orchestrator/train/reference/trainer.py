@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -229,10 +230,10 @@ class Trainer:
         name = checkpoint.step_name(self.step)
         if self.is_main:
             tmp = checkpoint.begin(self.ckpt_dir, self.step)
-            torch.save(self.model.state_dict(), tmp / "model.pt")
+            checkpoint.write_file(tmp / "model.pt", lambda handle: torch.save(self.model.state_dict(), handle))
             checkpoint.fault_injection_delay()
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(states, tmp / "rng.pt")
+            checkpoint.write_file(tmp / "optimizer.pt", lambda handle: torch.save(self.optimizer.state_dict(), handle))
+            checkpoint.write_file(tmp / "rng.pt", lambda handle: torch.save(states, handle))
             meta = dict(
                 format=1,
                 step=self.step,
@@ -253,14 +254,19 @@ class Trainer:
     def _load(self, path: Path, *, full: bool, optimizer: bool) -> dict[str, Any]:
         meta = checkpoint.read_meta(path)
         self._check_fingerprint(path, meta.get("fingerprint", {}), resuming=full)
-        def read(name: str) -> Any:
-            return torch.load(path / name, map_location=self.device, weights_only=True)
+        def read(name: str, device: torch.device | None = self.device) -> Any:
+            try:
+                return torch.load(path / name, map_location=device, weights_only=True)
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # "failed reading zip archive"
+                what = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc}): truncated or corrupt"
+                raise checkpoint.CheckpointError(f"{path / name} {what}. Restore it, or move {path.name} out of "
+                                                 f"{path.parent} to resume from the checkpoint before it") from exc
 
         self.model.load_state_dict(read("model.pt"))
         if optimizer:
             self.optimizer.load_state_dict(read("optimizer.pt"))
         if full:
-            states = torch.load(path / "rng.pt", weights_only=True)
+            states = read("rng.pt", None)
             own = states[self.ranks.global_rank] if self.ranks.global_rank < len(states) else None
             if own is None:
                 self.say(f"{path.name} holds RNG states of {len(states)} ranks; ranks beyond keep their seeded state")
