@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ SPACE_SYMBOL = "\u2581"  # SentencePiece's escaped space
 DEFAULT_CACHE_ENTRIES = 1 << 20  # ~150 MB per worker at most; C4's frequent words fit many times over
 _WORD_END = re.compile(r"(?<=[^ ]) ")  # a space that follows a non-space character
 _RUN = "\x00"  # stands for a space inside a run of spaces, in cache keys only
+_BATCH_ITEMS = 64  # unseen words per SentencePiece call: ~2.3 us a word from 50 to 200 here, slower on longer texts
 
 
 class TokenizerError(ValueError):
@@ -175,6 +177,7 @@ class SentencePieceModelInfo:
     add_dummy_prefix: bool = True
     remove_extra_whitespaces: bool = True
     escape_whitespaces: bool = True
+    byte_fallback: bool = False
 
     @classmethod
     def parse(cls, model: bytes) -> "SentencePieceModelInfo":
@@ -186,6 +189,8 @@ class SentencePieceModelInfo:
                         fields["model_type"] = v
                     elif sub == 24:
                         fields["treat_whitespace_as_suffix"] = bool(v)
+                    elif sub == 35:
+                        fields["byte_fallback"] = bool(v)
             elif number == 3:  # NormalizerSpec
                 for sub, _, v in _protobuf_fields(value):
                     if sub == 2:
@@ -216,10 +221,13 @@ class SentencePieceTokenizer(Tokenizer):
         self.vocab_size = self.sp.get_piece_size()
         self.eod = self.sp.eos_id()
         self.cache_entries = cache_entries
-        self._newline: bytes | None = None
+        self._classes = np.zeros(0, dtype=np.int16)  # code point -> its class in _pairs
+        self._pairs = np.zeros((0, 0), dtype=bool)  # [class, class]: may a piece hold these two characters in a row?
+        self._lead = ""  # a character no piece holds beside another, put before a tail so that no space symbol is added
+        self._spans = np.zeros(0, dtype=np.int64)  # bytes of text each id stands for
         self.fast_path_blocker = self._fast_path_blocker()
         self._cache: dict[str, bytes] = {}  # word -> ids of (space symbol + word)
-        self._tails: dict[str, bytes] = {}  # text after a newline -> its ids (no space symbol before it)
+        self._parts: dict[str, bytes] = {}  # part of a word, its leading space included when it has one -> its ids
         self.hits = 0
         self.misses = 0
         if self.fast_path_blocker is None:
@@ -235,7 +243,7 @@ class SentencePieceTokenizer(Tokenizer):
         }
 
     def _fast_path_blocker(self) -> str | None:
-        """Why the word cache would not be exact for this model, or None when it is."""
+        """Why the word cache would not be exact for this model, or None when it is (then set up the cutting)."""
         info = self.info
         if self.cache_entries <= 0:
             return "word cache disabled"
@@ -245,112 +253,189 @@ class SentencePieceTokenizer(Tokenizer):
             return "normalizer is not the identity with escaped spaces"
         if not info.add_dummy_prefix or info.treat_whitespace_as_suffix:
             return "model does not prefix words with the space symbol"
-        space_id = self.sp.piece_to_id(SPACE_SYMBOL)
-        if space_id == self.sp.unk_id() or self.sp.is_control(space_id):
+        sp = self.sp
+        space_id = sp.piece_to_id(SPACE_SYMBOL)
+        if space_id == sp.unk_id() or sp.is_control(space_id):
             return "the space symbol is not a piece"
-        newline_alone = True
+        spans = np.full(self.vocab_size, 1 << 40, dtype=np.int64)  # unknown and control ids: never a boundary
+        pairs: set[str] = set()
+        single: set[str] = set()
         for i in range(self.vocab_size):
-            if self.sp.is_control(i) or self.sp.is_unknown(i) or self.sp.is_byte(i):
+            if sp.is_byte(i):
+                spans[i] = 1
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i):
                 continue
-            piece = self.sp.id_to_piece(i)
+            piece = sp.id_to_piece(i)
             if any(piece[k] == SPACE_SYMBOL and piece[k - 1] != SPACE_SYMBOL for k in range(1, len(piece))):
                 return f"piece {i} {piece!r} spans a word boundary"
-            newline_alone = newline_alone and ("\n" not in piece or piece == "\n")
-        # When no longer piece holds a newline, a newline is always one token and words can be cut around it too
-        # (C4 separates paragraphs with newlines, so "end.\nNext" would otherwise be a word of its own).
-        ids = self.sp.encode("\n")
-        if newline_alone and len(ids) == 2 and ids[0] == space_id:
-            self._newline = np.asarray(ids[1:], dtype=self.dtype).tobytes()
+            spans[i] = len(piece.replace(SPACE_SYMBOL, " ").encode("utf-8"))
+            text = piece.replace(SPACE_SYMBOL, " ")
+            pairs.update(map("".join, zip(text, text[1:])))
+            if len(text) == 1:
+                single.add(text)
+        self._spans = spans
+        # Two characters in a row that no piece holds are never merged: unseen words are also cut there (digits
+        # under split_digits, newlines, most punctuation after a letter), so their parts can be cached. A character
+        # no piece holds at all is a class of its own; without byte fallback such characters stay together (runs
+        # of unknown characters become one unknown id).
+        chars = sorted(set("".join(pairs)))
+        classes = np.zeros(0x110000, dtype=np.int16)  # 0: not a piece of its own, 1: a piece in no pair
+        classes[[ord(c) for c in single]] = 1
+        classes[[ord(c) for c in chars]] = np.arange(2, len(chars) + 2)
+        table = np.zeros((len(chars) + 2, len(chars) + 2), dtype=bool)
+        table[0, 0] = not info.byte_fallback
+        for pair in pairs:
+            table[classes[ord(pair[0])], classes[ord(pair[1])]] = True
+        lead = "\n" if classes[ord("\n")] < 2 and info.byte_fallback else min(single.difference(chars), default="")
+        if lead and sp.encode(lead)[0] == space_id:
+            self._classes, self._pairs, self._lead = classes, table, lead
         return None
 
     def _reset_cache(self) -> None:
         self._cache.clear()
-        self._tails.clear()
+        self._parts.clear()
         # "" stands for the lone space symbol (a trailing space); SentencePiece gives [] for an empty string.
-        self._cache[""] = np.asarray([self.sp.piece_to_id(SPACE_SYMBOL)], dtype=self.dtype).tobytes()
+        self._cache[""] = self._parts[" "] = np.asarray([self.sp.piece_to_id(SPACE_SYMBOL)], dtype=self.dtype).tobytes()
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         if self.fast_path_blocker is not None:
             return self.sp.encode(list(texts), num_threads=1)  # workers are the parallelism
-        return [np.frombuffer(self.encode_bytes(t), dtype=self.dtype).tolist() for t in texts]
+        return [np.frombuffer(ids, dtype=self.dtype).tolist() for ids in self.encode_texts(texts)]
 
     def encode_documents(self, texts: Sequence[str], append_eod: bool) -> tuple[bytes, np.ndarray]:
         if self.fast_path_blocker is not None:
             return super().encode_documents(texts, append_eod)
-        return _join_documents([self.encode_bytes(t) for t in texts], self, append_eod)
+        return _join_documents(self.encode_texts(texts), self, append_eod)
 
-    def encode_bytes(self, text: str) -> bytes:
-        """One document's ids as bytes of :attr:`dtype`, through the word cache when the model allows it."""
-        if not text:
-            return b""
-        if self.fast_path_blocker is not None:
-            return np.asarray(self.sp.encode(text), dtype=self.dtype).tobytes()
-        if SPACE_SYMBOL in text or _RUN in text:  # a literal space symbol merges like a space; _RUN is ours
-            self.misses += 1
-            return np.asarray(self.sp.encode(text, num_threads=1), dtype=self.dtype).tobytes()
-        if text[0] == " ":  # leading spaces join the first word: cut only where a word ends
-            words = _WORD_END.split(text)
-        elif "  " in text:  # the same cut at C speed: a space after a space becomes _RUN, which is no cut point
-            words = text.replace("  ", " " + _RUN).replace(_RUN + " ", _RUN + _RUN).split(" ")
-        else:
-            words = text.split(" ")
-        parts = list(map(self._cache.get, words))
-        try:
-            joined = b"".join(parts)  # type: ignore[arg-type]
-        except TypeError:  # some words are not cached yet
-            self._fill(words, parts)
-            return b"".join(parts)  # type: ignore[arg-type]
-        self.hits += len(words)
-        return joined
+    def encode_texts(self, texts: Sequence[str]) -> list[bytes]:
+        """Each text's ids as bytes of :attr:`dtype`, through the word cache when the model allows it.
 
-    def _fill(self, words: list[str], parts: list[bytes | None]) -> None:
-        """Encode the words the cache lacks and remember them.
-
-        Each word stands for the space symbol followed by the word, which is what SentencePiece encodes when it adds
-        its dummy prefix to the word alone.
+        Words are looked up document by document; the words none of ``texts`` had seen go to SentencePiece
+        together, after the lookups, in a few long calls (one call per word would cost more than the encoding).
+        The cache is emptied before a call that finds it full, so it holds at most ``cache_entries`` plus what
+        one call adds.
         """
-        missing = [i for i, p in enumerate(parts) if p is None]
-        self.hits += len(words) - len(missing)
-        self.misses += len(missing)
-        unique = list(dict.fromkeys(words[i] for i in missing))
-        if len(self._cache) + len(self._tails) + 3 * len(unique) > self.cache_entries:
-            self._reset_cache()
-        split = [w for w in unique if "\n" in w] if self._newline is not None else []
-        whole = [w for w in unique if "\n" not in w] if split else unique
-        heads: dict[str, None] = {}
-        tails: dict[str, None] = {}
-        for word in split:
-            head, *rest = word.split("\n")
-            if head not in self._cache:
-                heads[head] = None
-            tails.update((t, None) for t in rest if t and t not in self._tails)
-        if heads:
-            known = set(whole)
-            whole += [h for h in heads if h not in known]
-        # One string per call: SentencePiece's batch call costs ~1 ms of set-up, a short word ~5 us.
-        # "\n" before a text keeps SentencePiece from adding its space symbol; the ids of "▁" and "\n" are dropped.
-        encode = self.sp.encode
-        encoded = [encode(w.replace(_RUN, " ")) for w in whole] + [encode("\n" + t) for t in tails]
         dtype = self.dtype
-        for word, ids in zip(whole, encoded):
-            self._cache[word] = np.asarray(ids, dtype=dtype).tobytes()
-        for tail, ids in zip(tails, encoded[len(whole) :]):
-            self._tails[tail] = np.asarray(ids[2:], dtype=dtype).tobytes()
-        for word in split:
-            self._cache[word] = self._across_newlines(word)
-        for i in missing:
-            parts[i] = self._cache[words[i]]
+        if self.fast_path_blocker is not None:
+            return [np.asarray(ids, dtype=dtype).tobytes() for ids in self.sp.encode(list(texts), num_threads=1)]
+        if len(self._cache) + len(self._parts) > self.cache_entries:
+            self._reset_cache()
+        lookup = self._cache.get
+        out: list[bytes] = []
+        pending: list[tuple[int, list[str], list[bytes | None], list[int]]] = []  # texts with unseen words:
+        # (position in out, words, their cached ids or None, where the Nones are)
+        unseen: dict[str, None] = {}
+        for text in texts:
+            if not text:
+                out.append(b"")
+                continue
+            if SPACE_SYMBOL in text or _RUN in text:  # a literal space symbol merges like a space; _RUN is ours
+                self.misses += 1
+                out.append(np.asarray(self.sp.encode(text), dtype=dtype).tobytes())
+                continue
+            words = _words(text)
+            parts = list(map(lookup, words))
+            self.hits += len(words)
+            try:
+                out.append(b"".join(parts))  # type: ignore[arg-type]
+            except TypeError:  # some words are not cached yet
+                holes = list(itertools.compress(range(len(parts)), map(operator.not_, parts)))
+                unseen.update(zip(map(words.__getitem__, holes), itertools.repeat(None)))
+                pending.append((len(out), words, parts, holes))
+                out.append(b"")
+        if pending:
+            self.hits -= len(unseen)  # a miss is a distinct word the cache lacked, however often the texts repeat it
+            self.misses += len(unseen)
+            self._learn(list(unseen))
+            cache = self._cache
+            for position, words, parts, holes in pending:
+                for k in holes:
+                    parts[k] = cache[words[k]]
+                out[position] = b"".join(parts)  # type: ignore[arg-type]
+        return out
 
-    def _across_newlines(self, word: str) -> bytes:
-        """A word holding newlines, from cached parts: its first line as a word, then each newline and what follows."""
-        assert self._newline is not None
-        head, *tails = word.split("\n")
-        out = [self._cache[head]]
-        for tail in tails:
-            out.append(self._newline)
-            if tail:
-                out.append(self._tails[tail])
-        return b"".join(out)
+    def _learn(self, words: list[str]) -> None:
+        """Cache the ids of words not seen yet; those that can be cut are built from their parts' ids.
+
+        A word stands for the space symbol followed by the word, which is what SentencePiece encodes when it adds
+        its dummy prefix to the word alone. Where a word holds two characters in a row that no piece holds, it is
+        cut there: its first part keeps the space, the others ("tails") are encoded after ``_lead``, whose ids
+        are dropped.
+        """
+        cache, parts, lead = self._cache, self._parts, self._lead
+        texts = [" " + w for w in words]
+        joined = "".join(texts).replace(_RUN, " ")
+        starts = np.cumsum([0, *map(len, texts)])
+        whole = words  # words encoded as one piece of text
+        cut: list[int] = []  # the others, built from parts
+        if lead:
+            classes = self._classes[np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)]
+            inner = np.flatnonzero(~self._pairs[classes[:-1], classes[1:]]) + 1
+            inner = inner[np.isin(inner, starts, assume_unique=True, invert=True)]
+            if len(inner):
+                per_word = np.bincount(np.searchsorted(starts, inner, side="right") - 1, minlength=len(words))
+                cut = np.flatnonzero(per_word).tolist()
+                whole = [words[i] for i in np.flatnonzero(per_word == 0).tolist()]
+                # Per cut word: its start, its inner cuts, its end; the text between two such words is skipped.
+                spots = np.sort(np.concatenate([starts[cut], inner, starts[np.add(cut, 1)]])).tolist()
+                ends = np.cumsum(per_word[cut] + 2)
+                keep = np.ones(len(spots) - 1, dtype=bool)
+                keep[ends[:-1] - 1] = False
+                segments = list(itertools.compress(map(joined.__getitem__, map(slice, spots, spots[1:])), keep.tolist()))
+        needed = [p for p in dict.fromkeys(segments) if p not in parts] if cut else []
+        items = [w.replace(_RUN, " ") for w in whole] + [p[1:] if p[0] == " " else lead + p for p in needed]
+        encoded = self._encode_items(items)
+        cache.update(zip(whole, encoded))
+        if cut:
+            drop = len(self.sp.encode(lead)) * self.dtype.itemsize
+            parts.update((p, ids if p[0] == " " else ids[drop:]) for p, ids in zip(needed, encoded[len(whole) :]))
+            bounds = [0, *np.cumsum(per_word[cut] + 1).tolist()]
+            for i, begin, end in zip(cut, bounds, bounds[1:]):
+                cache[words[i]] = b"".join(map(parts.__getitem__, segments[begin:end]))
+
+    def _encode_items(self, items: list[str]) -> list[bytes]:
+        """The ids SentencePiece gives each of ``items`` alone (space symbol first), from few calls.
+
+        Items are joined by spaces, _BATCH_ITEMS at a time, which cuts nothing SentencePiece would merge (each
+        space follows a non-space); the ids are then cut back at the items' byte boundaries, found from the bytes
+        of text each id stands for. An item that is empty or ends in a space would merge with the next space, so
+        it is encoded alone, and so is any batch whose boundaries do not fall between ids.
+        """
+        dtype = self.dtype
+        size = dtype.itemsize
+        encode = self.sp.encode
+        out = [b""] * len(items)
+        joinable = []
+        for k, item in enumerate(items):
+            if item[-1:] in ("", " "):
+                out[k] = np.asarray(encode(item), dtype=dtype).tobytes()
+            else:
+                joinable.append(k)
+        for start in range(0, len(joinable), _BATCH_ITEMS):
+            batch = joinable[start : start + _BATCH_ITEMS]
+            texts = [items[k] for k in batch]
+            ids = np.asarray(encode(" ".join(texts)), dtype=np.int64)
+            ends = np.cumsum([1 + (len(t) if t.isascii() else len(t.encode("utf-8"))) for t in texts])
+            reached = np.cumsum(self._spans[ids])
+            cuts = np.searchsorted(reached, ends)
+            if cuts[-1] >= len(reached) or not np.array_equal(reached[cuts], ends):
+                for k, text in zip(batch, texts):
+                    out[k] = np.asarray(encode(text), dtype=dtype).tobytes()
+                continue
+            data = ids.astype(dtype).tobytes()
+            bounds = [0, *((cuts + 1) * size).tolist()]
+            for k, begin, stop in zip(batch, bounds, bounds[1:]):
+                out[k] = data[begin:stop]
+        return out
+
+
+def _words(text: str) -> list[str]:
+    """A text cut before each space that follows a non-space: the cache's words (their spaces are the cut ones)."""
+    if text[0] == " ":  # leading spaces join the first word: cut only where a word ends
+        return _WORD_END.split(text)
+    if "  " in text:  # the same cut at C speed: a space after a space becomes _RUN, which is no cut point
+        return text.replace("  ", " " + _RUN).replace(_RUN + " ", _RUN + _RUN).split(" ")
+    return text.split(" ")
 
 
 # --- Hugging Face ----------------------------------------------------------------------------------------------
@@ -438,17 +523,21 @@ class HuggingFaceTokenizer(Tokenizer):
         if self.include_special_tokens:
             return tok(list(texts)).input_ids
         if self._sentencepiece is not None:
-            return [np.frombuffer(self._route_bytes(t), dtype=self.dtype).tolist() for t in texts]
+            return [np.frombuffer(ids, dtype=self.dtype).tolist() for ids in self._route(texts)]
         return [tok.convert_tokens_to_ids(tok.tokenize(t)) for t in texts]
 
     def encode_documents(self, texts: Sequence[str], append_eod: bool) -> tuple[bytes, np.ndarray]:
         if self._sentencepiece is None:
             return super().encode_documents(texts, append_eod)
-        return _join_documents([self._route_bytes(t) for t in texts], self, append_eod)
+        return _join_documents(self._route(texts), self, append_eod)
 
-    def _route_bytes(self, text: str) -> bytes:
+    def _route(self, texts: Sequence[str]) -> list[bytes]:
+        """Texts that spell an added token through the tokenizer itself, all others through SentencePiece at once."""
         assert self._sentencepiece is not None
-        if any(token in text for token in self._added):
-            tok = self.tokenizer
-            return np.asarray(tok.convert_tokens_to_ids(tok.tokenize(text)), dtype=self.dtype).tobytes()
-        return self._sentencepiece.encode_bytes(text)
+        tok = self.tokenizer
+        spelled = [any(token in t for token in self._added) for t in texts]
+        plain = iter(self._sentencepiece.encode_texts([t for t, s in zip(texts, spelled) if not s]))
+        return [
+            np.asarray(tok.convert_tokens_to_ids(tok.tokenize(t)), dtype=self.dtype).tobytes() if s else next(plain)
+            for t, s in zip(texts, spelled)
+        ]
