@@ -117,22 +117,28 @@ def documents(dictd: Path, seed: int = 1234) -> list[dict[str, str]]:
     return records
 
 
+def build(dictd: Path, out_dir: Path, docs: int = 0, seed: int = 1234) -> Path:
+    """Write the first ``docs`` documents (0: all) as ``c4-train.00000-of-01024.json.gz`` in ``out_dir``."""
+    missing = [n for n in DICTIONARIES if not (dictd / f"{n}.index").is_file()]
+    if missing:
+        raise SystemExit(f"--dictd {dictd}: no {', '.join(missing)} dictionaries there; see benchmarks/diverse_corpus.py")
+    records = documents(dictd, seed)
+    chosen = records[:docs] if docs else records
+    path = out_dir / sample.train_shard_name(0)
+    sample.write_shard(path, chosen)
+    text = sum(len(r["text"].encode("utf-8")) for r in chosen)
+    print(f"wrote {path}: {len(chosen)} of {len(records)} documents, {text / 1e6:.1f} MB of text", file=sys.stderr)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dictd", type=Path, default=Path("/usr/share/dictd"), help="folder with the .index/.dict.dz files")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the shard into")
-    parser.add_argument("--docs", type=int, default=20000, help="documents to write (0: all, ~33,000)")
+    parser.add_argument("--docs", type=int, default=20000, help="documents to write (0: all, 26,811)")
     parser.add_argument("--seed", type=int, default=1234)
     args = parser.parse_args(argv)
-    missing = [n for n in DICTIONARIES if not (args.dictd / f"{n}.index").is_file()]
-    if missing:
-        raise SystemExit(f"--dictd {args.dictd}: no {', '.join(missing)} dictionaries there; see this script's docstring")
-    records = documents(args.dictd, args.seed)
-    chosen = records[: args.docs] if args.docs else records
-    path = args.out / sample.train_shard_name(0)
-    sample.write_shard(path, chosen)
-    text = sum(len(r["text"].encode("utf-8")) for r in chosen)
-    print(f"wrote {path}: {len(chosen)} of {len(records)} documents, {text / 1e6:.1f} MB of text", file=sys.stderr)
+    build(args.dictd, args.out, args.docs, args.seed)
     return 0
 
 

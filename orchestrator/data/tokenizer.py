@@ -257,36 +257,33 @@ class SentencePieceTokenizer(Tokenizer):
         space_id = sp.piece_to_id(SPACE_SYMBOL)
         if space_id == sp.unk_id() or sp.is_control(space_id):
             return "the space symbol is not a piece"
+        # Ordinary pieces (user-defined included: SentencePiece matches those in text too) as the text they stand for.
+        ids = [i for i in range(self.vocab_size) if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
+        texts = [piece.replace(SPACE_SYMBOL, " ") for piece in sp.id_to_piece(ids)]
+        for i, text in zip(ids, texts):
+            if _WORD_END.search(text.rstrip(" ")) or " " in text.lstrip(" "):
+                return f"piece {i} {sp.id_to_piece(i)!r} spans a word boundary"
         spans = np.full(self.vocab_size, 1 << 40, dtype=np.int64)  # unknown and control ids: never a boundary
-        pairs: set[str] = set()
-        single: set[str] = set()
-        for i in range(self.vocab_size):
-            if sp.is_byte(i):
-                spans[i] = 1
-            if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i):
-                continue
-            piece = sp.id_to_piece(i)
-            if any(piece[k] == SPACE_SYMBOL and piece[k - 1] != SPACE_SYMBOL for k in range(1, len(piece))):
-                return f"piece {i} {piece!r} spans a word boundary"
-            spans[i] = len(piece.replace(SPACE_SYMBOL, " ").encode("utf-8"))
-            text = piece.replace(SPACE_SYMBOL, " ")
-            pairs.update(map("".join, zip(text, text[1:])))
-            if len(text) == 1:
-                single.add(text)
+        spans[[i for i in range(self.vocab_size) if sp.is_byte(i)]] = 1
+        spans[ids] = [len(t.encode("utf-8")) for t in texts]
         self._spans = spans
         # Two characters in a row that no piece holds are never merged: unseen words are also cut there (digits
         # under split_digits, newlines, most punctuation after a letter), so their parts can be cached. A character
         # no piece holds at all is a class of its own; without byte fallback such characters stay together (runs
         # of unknown characters become one unknown id).
-        chars = sorted(set("".join(pairs)))
+        codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        within = np.ones(max(len(codes) - 1, 0), dtype=bool)
+        within[np.cumsum([len(t) for t in texts])[:-1] - 1] = False  # the last character of a piece and the next
+        left, right = codes[:-1][within], codes[1:][within]
+        chars = np.unique(np.concatenate([left, right]))
         classes = np.zeros(0x110000, dtype=np.int16)  # 0: not a piece of its own, 1: a piece in no pair
-        classes[[ord(c) for c in single]] = 1
-        classes[[ord(c) for c in chars]] = np.arange(2, len(chars) + 2)
+        classes[[ord(t) for t in texts if len(t) == 1]] = 1
+        classes[chars] = np.arange(2, len(chars) + 2)
         table = np.zeros((len(chars) + 2, len(chars) + 2), dtype=bool)
+        table[classes[left], classes[right]] = True
         table[0, 0] = not info.byte_fallback
-        for pair in pairs:
-            table[classes[ord(pair[0])], classes[ord(pair[1])]] = True
-        lead = "\n" if classes[ord("\n")] < 2 and info.byte_fallback else min(single.difference(chars), default="")
+        lone = sorted(chr(c) for c in np.flatnonzero(classes == 1).tolist())
+        lead = "\n" if classes[ord("\n")] < 2 and info.byte_fallback else (lone[0] if lone else "")
         if lead and sp.encode(lead)[0] == space_id:
             self._classes, self._pairs, self._lead = classes, table, lead
         return None
@@ -320,38 +317,31 @@ class SentencePieceTokenizer(Tokenizer):
             return [np.asarray(ids, dtype=dtype).tobytes() for ids in self.sp.encode(list(texts), num_threads=1)]
         if len(self._cache) + len(self._parts) > self.cache_entries:
             self._reset_cache()
-        lookup = self._cache.get
-        out: list[bytes] = []
-        pending: list[tuple[int, list[str], list[bytes | None], list[int]]] = []  # texts with unseen words:
-        # (position in out, words, their cached ids or None, where the Nones are)
-        unseen: dict[str, None] = {}
-        for text in texts:
+        out = [b""] * len(texts)
+        cached: list[int] = []  # the texts that go through the cache
+        words: list[str] = []  # their words, one text after the other
+        bounds = [0]  # where each of those texts' words end
+        for k, text in enumerate(texts):
             if not text:
-                out.append(b"")
                 continue
             if SPACE_SYMBOL in text or _RUN in text:  # a literal space symbol merges like a space; _RUN is ours
                 self.misses += 1
-                out.append(np.asarray(self.sp.encode(text), dtype=dtype).tobytes())
+                out[k] = np.asarray(self.sp.encode(text), dtype=dtype).tobytes()
                 continue
-            words = _words(text)
-            parts = list(map(lookup, words))
-            self.hits += len(words)
-            try:
-                out.append(b"".join(parts))  # type: ignore[arg-type]
-            except TypeError:  # some words are not cached yet
-                holes = list(itertools.compress(range(len(parts)), map(operator.not_, parts)))
-                unseen.update(zip(map(words.__getitem__, holes), itertools.repeat(None)))
-                pending.append((len(out), words, parts, holes))
-                out.append(b"")
-        if pending:
-            self.hits -= len(unseen)  # a miss is a distinct word the cache lacked, however often the texts repeat it
-            self.misses += len(unseen)
-            self._learn(list(unseen))
-            cache = self._cache
-            for position, words, parts, holes in pending:
-                for k in holes:
-                    parts[k] = cache[words[k]]
-                out[position] = b"".join(parts)  # type: ignore[arg-type]
+            words += _words(text)
+            bounds.append(len(words))
+            cached.append(k)
+        ids = list(map(self._cache.get, words))
+        holes = list(itertools.compress(range(len(ids)), map(operator.not_, ids)))
+        unseen = list(dict.fromkeys(map(words.__getitem__, holes)))
+        self.hits += len(words) - len(unseen)  # a miss is a distinct word the cache lacked, however often it occurs
+        self.misses += len(unseen)
+        if unseen:
+            self._learn(unseen)
+            for k, learned in zip(holes, map(self._cache.__getitem__, map(words.__getitem__, holes))):
+                ids[k] = learned
+        for k, text_ids in zip(cached, map(b"".join, map(ids.__getitem__, map(slice, bounds, bounds[1:])))):
+            out[k] = text_ids
         return out
 
     def _learn(self, words: list[str]) -> None:
@@ -360,38 +350,41 @@ class SentencePieceTokenizer(Tokenizer):
         A word stands for the space symbol followed by the word, which is what SentencePiece encodes when it adds
         its dummy prefix to the word alone. Where a word holds two characters in a row that no piece holds, it is
         cut there: its first part keeps the space, the others ("tails") are encoded after ``_lead``, whose ids
-        are dropped.
+        are dropped. The work is done on all the words at once (one string, numpy, iterators), since a Python
+        step per word would cost about as much as SentencePiece's encoding of it.
         """
         cache, parts, lead = self._cache, self._parts, self._lead
-        texts = [" " + w for w in words]
-        joined = "".join(texts).replace(_RUN, " ")
-        starts = np.cumsum([0, *map(len, texts)])
-        whole = words  # words encoded as one piece of text
-        cut: list[int] = []  # the others, built from parts
+        joined = (" " + " ".join(words)).replace(_RUN, " ")
+        starts = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)) + 1, out=starts[1:])
+        inner = np.zeros(0, dtype=np.int64)
         if lead:
             classes = self._classes[np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)]
             inner = np.flatnonzero(~self._pairs[classes[:-1], classes[1:]]) + 1
             inner = inner[np.isin(inner, starts, assume_unique=True, invert=True)]
-            if len(inner):
-                per_word = np.bincount(np.searchsorted(starts, inner, side="right") - 1, minlength=len(words))
-                cut = np.flatnonzero(per_word).tolist()
-                whole = [words[i] for i in np.flatnonzero(per_word == 0).tolist()]
-                # Per cut word: its start, its inner cuts, its end; the text between two such words is skipped.
-                spots = np.sort(np.concatenate([starts[cut], inner, starts[np.add(cut, 1)]])).tolist()
-                ends = np.cumsum(per_word[cut] + 2)
-                keep = np.ones(len(spots) - 1, dtype=bool)
-                keep[ends[:-1] - 1] = False
-                segments = list(itertools.compress(map(joined.__getitem__, map(slice, spots, spots[1:])), keep.tolist()))
-        needed = [p for p in dict.fromkeys(segments) if p not in parts] if cut else []
-        items = [w.replace(_RUN, " ") for w in whole] + [p[1:] if p[0] == " " else lead + p for p in needed]
+        per_word = np.bincount(np.searchsorted(starts, inner, side="right") - 1, minlength=len(words))
+        whole = np.flatnonzero(per_word == 0)
+        items = list(map(joined.__getitem__, map(slice, (starts[whole] + 1).tolist(), starts[whole + 1].tolist())))
+        cut = np.flatnonzero(per_word)
+        if len(cut):
+            # Per cut word: its start, its inner cuts, its end; the text between two such words is skipped.
+            spots = np.sort(np.concatenate([starts[cut], inner, starts[cut + 1]])).tolist()
+            keep = np.ones(len(spots) - 1, dtype=bool)
+            keep[np.cumsum(per_word[cut] + 2)[:-1] - 1] = False
+            segments = list(itertools.compress(map(joined.__getitem__, map(slice, spots, spots[1:])), keep.tolist()))
+            needed = list(itertools.filterfalse(parts.__contains__, dict.fromkeys(segments)))
+            items += [p[1:] if p[0] == " " else lead + p for p in needed]
         encoded = self._encode_items(items)
-        cache.update(zip(whole, encoded))
-        if cut:
+        cache.update(zip(map(words.__getitem__, whole.tolist()), encoded))
+        if len(cut):
             drop = len(self.sp.encode(lead)) * self.dtype.itemsize
             parts.update((p, ids if p[0] == " " else ids[drop:]) for p, ids in zip(needed, encoded[len(whole) :]))
-            bounds = [0, *np.cumsum(per_word[cut] + 1).tolist()]
-            for i, begin, end in zip(cut, bounds, bounds[1:]):
-                cache[words[i]] = b"".join(map(parts.__getitem__, segments[begin:end]))
+            # Each cut word's ids: its parts' ids back to back, cut out of one join of all of them.
+            ids = list(map(parts.__getitem__, segments))
+            flat = b"".join(ids)
+            ends = np.cumsum(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))[np.cumsum(per_word[cut] + 1) - 1]
+            begins = [0, *ends[:-1].tolist()]
+            cache.update(zip(map(words.__getitem__, cut.tolist()), map(flat.__getitem__, map(slice, begins, ends.tolist()))))
 
     def _encode_items(self, items: list[str]) -> list[bytes]:
         """The ids SentencePiece gives each of ``items`` alone (space symbol first), from few calls.
@@ -405,17 +398,15 @@ class SentencePieceTokenizer(Tokenizer):
         size = dtype.itemsize
         encode = self.sp.encode
         out = [b""] * len(items)
-        joinable = []
-        for k, item in enumerate(items):
-            if item[-1:] in ("", " "):
-                out[k] = np.asarray(encode(item), dtype=dtype).tobytes()
-            else:
-                joinable.append(k)
+        alone = [k for k, item in enumerate(items) if item[-1:] in ("", " ")]
+        for k in alone:
+            out[k] = np.asarray(encode(items[k]), dtype=dtype).tobytes()
+        joinable = list(itertools.filterfalse(set(alone).__contains__, range(len(items)))) if alone else range(len(items))
         for start in range(0, len(joinable), _BATCH_ITEMS):
             batch = joinable[start : start + _BATCH_ITEMS]
-            texts = [items[k] for k in batch]
+            texts = list(map(items.__getitem__, batch))
             ids = np.asarray(encode(" ".join(texts)), dtype=np.int64)
-            ends = np.cumsum([1 + (len(t) if t.isascii() else len(t.encode("utf-8"))) for t in texts])
+            ends = np.cumsum(np.fromiter(map(len, map(str.encode, texts)), dtype=np.int64, count=len(texts)) + 1)
             reached = np.cumsum(self._spans[ids])
             cuts = np.searchsorted(reached, ends)
             if cuts[-1] >= len(reached) or not np.array_equal(reached[cuts], ends):
@@ -423,9 +414,13 @@ class SentencePieceTokenizer(Tokenizer):
                     out[k] = np.asarray(encode(text), dtype=dtype).tobytes()
                 continue
             data = ids.astype(dtype).tobytes()
-            bounds = [0, *((cuts + 1) * size).tolist()]
-            for k, begin, stop in zip(batch, bounds, bounds[1:]):
-                out[k] = data[begin:stop]
+            bounds = ((cuts + 1) * size).tolist()
+            pieces = map(data.__getitem__, map(slice, [0, *bounds[:-1]], bounds))
+            if alone:
+                for k, piece in zip(batch, pieces):
+                    out[k] = piece
+            else:
+                out[start : start + len(batch)] = pieces
         return out
 
 
