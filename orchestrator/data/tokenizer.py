@@ -317,31 +317,38 @@ class SentencePieceTokenizer(Tokenizer):
             return [np.asarray(ids, dtype=dtype).tobytes() for ids in self.sp.encode(list(texts), num_threads=1)]
         if len(self._cache) + len(self._parts) > self.cache_entries:
             self._reset_cache()
-        out = [b""] * len(texts)
-        cached: list[int] = []  # the texts that go through the cache
-        words: list[str] = []  # their words, one text after the other
-        bounds = [0]  # where each of those texts' words end
-        for k, text in enumerate(texts):
+        lookup = self._cache.get
+        out: list[bytes] = []
+        pending: list[tuple[int, list[str], list[bytes | None], list[int]]] = []  # texts with unseen words:
+        # (position in out, words, their cached ids or None, where the Nones are)
+        unseen: dict[str, None] = {}
+        for text in texts:
             if not text:
+                out.append(b"")
                 continue
             if SPACE_SYMBOL in text or _RUN in text:  # a literal space symbol merges like a space; _RUN is ours
                 self.misses += 1
-                out[k] = np.asarray(self.sp.encode(text), dtype=dtype).tobytes()
+                out.append(np.asarray(self.sp.encode(text), dtype=dtype).tobytes())
                 continue
-            words += _words(text)
-            bounds.append(len(words))
-            cached.append(k)
-        ids = list(map(self._cache.get, words))
-        holes = list(itertools.compress(range(len(ids)), map(operator.not_, ids)))
-        unseen = list(dict.fromkeys(map(words.__getitem__, holes)))
-        self.hits += len(words) - len(unseen)  # a miss is a distinct word the cache lacked, however often it occurs
-        self.misses += len(unseen)
-        if unseen:
-            self._learn(unseen)
-            for k, learned in zip(holes, map(self._cache.__getitem__, map(words.__getitem__, holes))):
-                ids[k] = learned
-        for k, text_ids in zip(cached, map(b"".join, map(ids.__getitem__, map(slice, bounds, bounds[1:])))):
-            out[k] = text_ids
+            words = _words(text)
+            parts = list(map(lookup, words))
+            self.hits += len(words)
+            try:
+                out.append(b"".join(parts))  # type: ignore[arg-type]
+            except TypeError:  # some words are not cached yet
+                holes = list(itertools.compress(range(len(parts)), map(operator.not_, parts)))
+                unseen.update(zip(map(words.__getitem__, holes), itertools.repeat(None)))
+                pending.append((len(out), words, parts, holes))
+                out.append(b"")
+        if pending:
+            self.hits -= len(unseen)  # a miss is a distinct word the cache lacked, however often the texts repeat it
+            self.misses += len(unseen)
+            self._learn(list(unseen))
+            cache = self._cache
+            for position, words, parts, holes in pending:
+                for k in holes:
+                    parts[k] = cache[words[k]]
+                out[position] = b"".join(parts)  # type: ignore[arg-type]
         return out
 
     def _learn(self, words: list[str]) -> None:
