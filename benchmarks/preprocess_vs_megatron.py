@@ -21,8 +21,8 @@ change of the machine's load hits them alike (interpreter start-up included; Meg
 speed-up over Megatron's median; the tokenizing phase alone (Megatron's from its own final docs/s, ours from the
 manifest); whether every ``.bin`` and ``.idx`` is byte-identical; the word-cache hit rate; the load average before
 and after. Then a profile of one worker's share of the work (every other block) run in this process: CPU seconds in
-JSON parsing, word lookups, learning unseen words, batching for SentencePiece, SentencePiece itself (and how much of
-it is the fixed cost per call) and writing.
+JSON parsing, word split/lookups/joins, caching unseen words, batching for SentencePiece, SentencePiece itself (and
+how much of it is the fixed cost per call) and writing.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def profile_worker(plain: Path, model: str, append_eod: bool) -> dict[str, Any]:
         "total_s": total,
         "json_parsing_s": seconds["_parse_line"],
         "word_split_lookup_join_s": seconds["encode_texts"] - seconds["_learn"],
-        "unseen_words_cut_and_cached_s": seconds["_learn"] - seconds["_encode_items"],
+        "unseen_words_cached_s": seconds["_learn"] - seconds["_encode_items"],
         "batching_for_sentencepiece_s": seconds["_encode_items"] - seconds["encode"],
         "sentencepiece_s": seconds["encode"],
         "sentencepiece_calls": calls["encode"],
@@ -184,7 +184,7 @@ def profile_worker(plain: Path, model: str, append_eod: bool) -> dict[str, Any]:
 PHASES = [
     ("JSON parsing", "json_parsing_s"),
     ("split, cache lookups, joins", "word_split_lookup_join_s"),
-    ("unseen words: cut, cache (Python)", "unseen_words_cut_and_cached_s"),
+    ("unseen words into the cache (Python)", "unseen_words_cached_s"),
     ("batching for SentencePiece (Python)", "batching_for_sentencepiece_s"),
     ("SentencePiece calls", "sentencepiece_s"),
     ("  of which fixed cost per call", "sentencepiece_per_call_overhead_s"),
