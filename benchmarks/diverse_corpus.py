@@ -76,7 +76,8 @@ def _reflow(entry: str) -> str:
 
 def entries(dictd: Path, name: str) -> list[tuple[str, str]]:
     """(headword, reflowed text) of every entry of one dictionary, in file order, the database's own notes left out."""
-    data = gzip.open(dictd / f"{name}.dict.dz").read()
+    with gzip.open(dictd / f"{name}.dict.dz") as handle:
+        data = handle.read()
     spans: dict[tuple[int, int], str] = {}
     for line in (dictd / f"{name}.index").read_text(encoding="utf-8", errors="replace").splitlines():
         headword, offset, length = line.split("\t")[:3]

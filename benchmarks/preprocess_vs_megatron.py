@@ -195,6 +195,22 @@ PHASES = [
 # --- one corpus ----------------------------------------------------------------------------------------------
 
 
+def corpus_stats(plain: Path) -> dict[str, Any]:
+    """How open a corpus's vocabulary is: words (split at whitespace), distinct words, share holding a digit."""
+    import orjson
+
+    words = digits = 0
+    distinct: set[str] = set()
+    with open(plain, "rb") as handle:
+        for line in handle:
+            split = orjson.loads(line)["text"].split()
+            words += len(split)
+            distinct.update(split)
+            digits += sum(1 for w in split if not w.isalpha() and any(c.isdigit() for c in w))
+    return {"words": words, "distinct_words": len(distinct), "words_with_a_digit": digits}
+
+
+
 def bench_corpus(name: str, shard: Path, args: argparse.Namespace, model: str, work: Path) -> dict[str, Any]:
     plain = work / "input.json"
     with gzip.open(shard, "rb") as src, open(plain, "wb") as dst:
@@ -203,8 +219,11 @@ def bench_corpus(name: str, shard: Path, args: argparse.Namespace, model: str, w
     env = dict(os.environ, PYTHONPATH=str(REPO))
     megatron_env = dict(os.environ, PYTHONPATH=str(args.megatron_lm.resolve()))
     common = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model, "--workers", str(args.workers)]
+    stats = corpus_stats(plain)
     print(f"\n=== {name}: {shard} ({plain.stat().st_size / 1e6:.1f} MB of JSON), {args.workers} workers, median of {args.repeat}")
-    out: dict[str, Any] = {"corpus": name, "input": str(shard), "variants": []}
+    print(f"  {stats['distinct_words']:,} distinct words in {stats['words']:,} ({100 * stats['distinct_words'] / stats['words']:.1f}%), "
+          f"{100 * stats['words_with_a_digit'] / stats['words']:.1f}% of words hold a digit")
+    out: dict[str, Any] = {"corpus": name, "input": str(shard), "stats": stats, "variants": []}
     for variant in args.variants:
         extra = ["--append-eod"] if variant == "eod" else []
         mega_prefix = work / f"megatron-{variant}"
