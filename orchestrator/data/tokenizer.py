@@ -236,7 +236,7 @@ class SentencePieceTokenizer(Tokenizer):
         }
 
     def _fast_path_blocker(self) -> str | None:
-        """Why the word cache would not be exact for this model, or None when it is (then set up the cutting)."""
+        """Why the word cache would not be exact for this model, or None when it is (then note what each id spans)."""
         info = self.info
         if self.cache_entries <= 0:
             return "word cache disabled"
@@ -281,7 +281,7 @@ class SentencePieceTokenizer(Tokenizer):
         """Each text's ids as bytes of :attr:`dtype`, through the word cache when the model allows it.
 
         Words are looked up document by document; the words none of ``texts`` had seen go to SentencePiece
-        together, after the lookups, in a few long calls (one call per word would cost more than the encoding).
+        together, after the lookups, in a few long calls (a call per word nearly doubles the cost of encoding it).
         The cache is emptied before a call that finds it full, so it holds at most ``cache_entries`` plus what
         one call adds.
         """
