@@ -89,9 +89,67 @@ def test_ids_equal_sentencepiece_on_random_strings_of_the_characters_that_matter
     """Spaces, newlines, the space symbol, NUL, digits, accents, emoji, in every order: the cache must not care."""
     tokenizer = SentencePieceTokenizer(mixtral_v1())
     reference = sentencepiece.SentencePieceProcessor(model_file=mixtral_v1())
-    alphabet = [" ", " ", " ", "\n", "a", "b", "the", "ing", "\u2581", "\x00", "é", "1", "\t", "🙂", ".", "\r"]
+    alphabet = [" ", " ", " ", "\n", "a", "b", "the", "ing", "\u2581", "\x00", "é", "1", "\t", "🙂", ".", "\r", "(", "日", "\x01"]
     rng = random.Random(7)
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(4000)]
+    assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
+
+
+DIVERSE_TEXTS = [
+    "Lincoln, Abraham (1809-1865), 16th President; see https://en.wikipedia.org/wiki/Abraham_Lincoln.",
+    "Call +1 (555) 010-2030 or mail info@example.com before 2019-04-25T12:57:54Z: $1,299.99 (-15%)!",
+    "Zo[\"o]l.), esp. Helix pomatia -- Bacon. [1913 Webster]\n\n   2. To renounce;\tto forswear...",
+    "naïve café Ærø Øresund Straße İstanbul ıi ǅ Ω≈ç√ ∫˜µ≤≥÷ ½ ¼ ¾ № ™ © ® € £ ¥",
+    "北京是中国的首都。東京は日本の首都です。서울은 한국의 수도입니다. Москва — столица России.",
+    "combining e\u0301 a\u0308 n\u0303; zero width\u200bjoiner\u200d; bidi \u202eabc\u202c; bom \ufeff.",
+    "control \x01\x02\x07\x08\x0b\x0c\x1b[31mred\x1b[0m \x7f end",
+    "spaces:  two   three    four\u00a0nbsp\u3000ideographic \u2009thin\t\ttabs \r\n crlf  ",
+    "12345678901234567890 3.14159265358979 0x1F600 1e-10 1,000,000 ½x² 2nd 3rd 4th 21st",
+    "x" * 3000 + "1" + "y" * 3000 + " " + "ab12" * 700 + " " + "🙂" * 300 + " " + "-" * 2000,
+    "",
+    "a",
+    "trailing run   ",
+    "\n\n\n",
+]
+
+
+def test_ids_equal_sentencepiece_on_diverse_text_in_one_block() -> None:
+    """Names, dates, URLs, digits, scripts, control characters, whitespace runs, very long words: all unseen at
+    once (their SentencePiece calls are batched and cut back), then cached."""
+    tokenizer = SentencePieceTokenizer(mixtral_v1())
+    reference = sentencepiece.SentencePieceProcessor(model_file=mixtral_v1())
+    texts = DIVERSE_TEXTS + EDGE_TEXTS + [t.upper() for t in DIVERSE_TEXTS]
+    expected = [reference.encode_as_ids(t) for t in texts]
+    assert tokenizer.encode(texts) == expected  # cold: one block of unseen words
+    assert tokenizer.encode(texts[::-1]) == expected[::-1]  # warm
+    assert [tokenizer.encode([t])[0] for t in texts] == expected  # one text at a time
+
+
+def test_ids_equal_sentencepiece_when_the_cache_keeps_filling_up(real_texts: list[str]) -> None:
+    """A cache too small for one block is emptied between blocks and the ids stay SentencePiece's."""
+    tokenizer = SentencePieceTokenizer(mixtral_v1(), cache_entries=200)
+    reference = sentencepiece.SentencePieceProcessor(model_file=mixtral_v1())
+    texts = real_texts[:200] + DIVERSE_TEXTS
+    for start in range(0, len(texts), 25):
+        block = texts[start : start + 25]
+        assert tokenizer.encode(block) == [reference.encode_as_ids(t) for t in block]
+
+
+def test_ids_equal_sentencepiece_for_a_bpe_model_without_byte_fallback(tmp_path: Path, real_texts: list[str]) -> None:
+    """Without byte fallback, a run of unknown characters is one unknown id, whose text is not known from the id:
+    batches of unseen words that hold one are encoded word by word, and the ids stay SentencePiece's."""
+    prefix = tmp_path / "m"
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(real_texts[:300]), model_prefix=str(prefix), vocab_size=400, minloglevel=2,
+        model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=False,
+    )
+    tokenizer = SentencePieceTokenizer(f"{prefix}.model")
+    assert tokenizer.fast_path_blocker is None
+    reference = sentencepiece.SentencePieceProcessor(model_file=f"{prefix}.model")
+    rng = random.Random(11)
+    alphabet = [" ", "  ", "\n", "the", "e", "1", "7", "日本", "🙂", "é", "\x01", "Ω", ".", ",", "(", ")"]
+    texts = DIVERSE_TEXTS + EDGE_TEXTS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
+    assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
     assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
 
 

@@ -84,6 +84,11 @@ def paragraphs() -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+def c4_timestamp(rng: random.Random) -> str:
+    """A time stamp in C4's format and range (its crawl of April 2019)."""
+    return f"2019-04-{rng.randint(18, 26):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"
+
+
 def documents(rng: random.Random, count: int) -> list[dict[str, str]]:
     """``count`` C4-style records: runs of consecutive paragraphs joined by newlines, as web pages are in C4."""
     pool = paragraphs()
@@ -95,11 +100,10 @@ def documents(rng: random.Random, count: int) -> list[dict[str, str]]:
         start = rng.randrange(len(pool))
         chosen = pool[start : start + n] or pool[start:]
         source = chosen[0][0]
-        stamp = f"2019-04-{rng.randint(18, 26):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"
         records.append(
             {
                 "text": "\n".join(p for _, p in chosen),
-                "timestamp": stamp,
+                "timestamp": c4_timestamp(rng),
                 "url": f"https://docs.python.org/3/{source}.html#p{start}",
             }
         )
