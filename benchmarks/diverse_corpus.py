@@ -107,13 +107,23 @@ def documents(dictd: Path, seed: int = 1234) -> list[dict[str, str]]:
             pending.append(text)
             size += len(text) + 1
             if size >= target:
-                records.append({"text": "\n".join(pending), "timestamp": sample.c4_timestamp(rng),
-                                "url": f"dict://localhost/d:{first}:{name}"})
+                records.append(
+                    {
+                        "text": "\n".join(pending),
+                        "timestamp": sample.c4_timestamp(rng),
+                        "url": f"dict://localhost/d:{first}:{name}",
+                    }
+                )
                 pending, first, size = [], "", 0
                 target = rng.lognormvariate(mu, sample.LENGTH_SIGMA)
         if pending:
-            records.append({"text": "\n".join(pending), "timestamp": sample.c4_timestamp(rng),
-                            "url": f"dict://localhost/d:{first}:{name}"})
+            records.append(
+                {
+                    "text": "\n".join(pending),
+                    "timestamp": sample.c4_timestamp(rng),
+                    "url": f"dict://localhost/d:{first}:{name}",
+                }
+            )
     rng.shuffle(records)
     return records
 
@@ -122,7 +132,9 @@ def build(dictd: Path, out_dir: Path, docs: int = 0, seed: int = 1234) -> Path:
     """Write the first ``docs`` documents (0: all) as ``c4-train.00000-of-01024.json.gz`` in ``out_dir``."""
     missing = [n for n in DICTIONARIES if not (dictd / f"{n}.index").is_file()]
     if missing:
-        raise SystemExit(f"--dictd {dictd}: no {', '.join(missing)} dictionaries there; see benchmarks/diverse_corpus.py")
+        raise SystemExit(
+            f"--dictd {dictd}: no {', '.join(missing)} dictionaries there; see benchmarks/diverse_corpus.py"
+        )
     records = documents(dictd, seed)
     chosen = records[:docs] if docs else records
     path = out_dir / sample.train_shard_name(0)
@@ -134,7 +146,9 @@ def build(dictd: Path, out_dir: Path, docs: int = 0, seed: int = 1234) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dictd", type=Path, default=Path("/usr/share/dictd"), help="folder with the .index/.dict.dz files")
+    parser.add_argument(
+        "--dictd", type=Path, default=Path("/usr/share/dictd"), help="folder with the .index/.dict.dz files"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to write the shard into")
     parser.add_argument("--docs", type=int, default=20000, help="documents to write (0: all, 26,811)")
     parser.add_argument("--seed", type=int, default=1234)

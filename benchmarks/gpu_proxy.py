@@ -59,18 +59,26 @@ def cluster_profile(path: Path, gpus: int, runs_root: Path) -> Path:
     profile: dict[str, Any] = {"scheduler": "local"}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        profile.update(description=f"this machine: {gpus} x {props.name}, no scheduler", gpus_per_node=gpus,
-                       gpu_name=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
-                       gpu_peak_tflops=PEAK_TFLOPS)  # fmt: skip
+        profile.update(
+            description=f"this machine: {gpus} x {props.name}, no scheduler",
+            gpus_per_node=gpus,
+            gpu_name=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            gpu_peak_tflops=PEAK_TFLOPS,
+        )
     else:
-        profile.update(description=f"this machine: {gpus} CPU tasks (no CUDA)", gpus_per_node=0, cpu_tasks_per_node=gpus)
-    profile.update({
-        "max_nodes": 1,
-        "time_limit": "01:00:00",
-        "signal_grace_s": 60,
-        "runs_root": str(runs_root),
-        "env": CLUSTER_ENV,
-    })
+        profile.update(
+            description=f"this machine: {gpus} CPU tasks (no CUDA)", gpus_per_node=0, cpu_tasks_per_node=gpus
+        )
+    profile.update(
+        {
+            "max_nodes": 1,
+            "time_limit": "01:00:00",
+            "signal_grace_s": 60,
+            "runs_root": str(runs_root),
+            "env": CLUSTER_ENV,
+        }
+    )
     atomic_write_text(path, yaml.safe_dump(profile, sort_keys=False))
     return path
 
@@ -107,8 +115,11 @@ def proxy_overrides(args: argparse.Namespace, backend: str) -> dict[str, Any]:
 
 def prepare(args: argparse.Namespace, backend: str, cluster: Path) -> RunPlan:
     """Plan, render and write the run directory (plan.json, scripts/train.sbatch, logs/)."""
-    run_id = (f"proxy-{backend}-{args.gpus}gpu" + (f"-vocab{args.vocab}" if args.vocab != 32000 else "")
-              + (f"-mbs{args.micro_batch}" if args.micro_batch != 1 else ""))
+    run_id = (
+        f"proxy-{backend}-{args.gpus}gpu"
+        + (f"-vocab{args.vocab}" if args.vocab != 32000 else "")
+        + (f"-mbs{args.micro_batch}" if args.micro_batch != 1 else "")
+    )
     run_dir = Path(args.work).absolute() / "runs" / run_id
     if run_dir.exists():
         shutil.rmtree(run_dir)
@@ -154,9 +165,14 @@ def job_record(log: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     steps = metrics.get("steps") or []
     if not steps:
         return {"steps": 0, "resume_lines": resumed}
-    return {"steps": metrics["num_steps"], "first_step": metrics["first_step"],
-            "first_loss": steps[0].get("reduced_train_loss"), "last_step": metrics["final_step"],
-            "last_loss": metrics["final_loss"], "resume_lines": resumed}  # fmt: skip
+    return {
+        "steps": metrics["num_steps"],
+        "first_step": metrics["first_step"],
+        "first_loss": steps[0].get("reduced_train_loss"),
+        "last_step": metrics["final_step"],
+        "last_loss": metrics["final_loss"],
+        "resume_lines": resumed,
+    }
 
 
 def collect(plan: RunPlan, log: Path | None = None) -> dict[str, Any]:
@@ -167,8 +183,16 @@ def collect(plan: RunPlan, log: Path | None = None) -> dict[str, Any]:
         command.append(plan.run_dir)
     else:
         flops = architecture_flops_per_token(plan.model.arch, plan.train.seq_length)
-        command += ["--log", str(log), "--model", plan.model.name, "--flops-per-token", str(flops),
-                    "--peak-tflops", str(plan.cluster.gpu_peak_tflops or PEAK_TFLOPS)]  # fmt: skip
+        command += [
+            "--log",
+            str(log),
+            "--model",
+            plan.model.name,
+            "--flops-per-token",
+            str(flops),
+            "--peak-tflops",
+            str(plan.cluster.gpu_peak_tflops or PEAK_TFLOPS),
+        ]
     proc = subprocess.run(command, capture_output=True, text=True)
     try:
         body = json.loads(proc.stdout)
@@ -184,23 +208,50 @@ def train(args: argparse.Namespace, backend: str, cluster: Path) -> dict[str, An
     for n in range(1, args.max_jobs + 1):
         log = rd.logs / f"train-{n}.out"
         rc, seconds = run_job(rd.script("train"), log, args.job_timeout)
-        ckpts = sorted(p.name for p in Path(plan.train.ckpt_dir).glob("*")) if Path(plan.train.ckpt_dir).is_dir() else []
+        ckpts = (
+            sorted(p.name for p in Path(plan.train.ckpt_dir).glob("*")) if Path(plan.train.ckpt_dir).is_dir() else []
+        )
         metrics = collect(plan, log)
-        jobs.append({"job": n, "exit": rc, "seconds": round(seconds, 1), **job_record(log, metrics), "checkpoints": ckpts,
-                     "metrics": _headline(metrics)})  # fmt: skip
+        jobs.append(
+            {
+                "job": n,
+                "exit": rc,
+                "seconds": round(seconds, 1),
+                **job_record(log, metrics),
+                "checkpoints": ckpts,
+                "metrics": _headline(metrics),
+            }
+        )
         print(f"{plan.run_id} job {n}: exit {rc} after {seconds:.0f} s, {jobs[-1]['steps']} steps", flush=True)
         if rc != 0 or rd.done() is not None:
             break
-    result = {"run": plan.run_id, "backend": backend, "gpus": args.gpus, "derived": plan.derived(), "jobs": jobs,
-              "done": rd.done(), "metrics": {k: v for k, v in collect(plan).items() if k != "steps"}}  # fmt: skip
-    if not args.keep_checkpoints:  # ~14 bytes a parameter: four or five runs filled a lent machine's disk (seen: a failed save)
+    result = {
+        "run": plan.run_id,
+        "backend": backend,
+        "gpus": args.gpus,
+        "derived": plan.derived(),
+        "jobs": jobs,
+        "done": rd.done(),
+        "metrics": {k: v for k, v in collect(plan).items() if k != "steps"},
+    }
+    if (
+        not args.keep_checkpoints
+    ):  # ~14 bytes a parameter: four or five runs filled a lent machine's disk (seen: a failed save)
         shutil.rmtree(plan.train.ckpt_dir, ignore_errors=True)
     return result
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("throughput_tokens_per_sec_per_gpu", "throughput_window", "mean_step_time_s", "model_tflops_per_gpu", "mfu",
-            "final_loss", "notes", "error")  # fmt: skip
+    keys = (
+        "throughput_tokens_per_sec_per_gpu",
+        "throughput_window",
+        "mean_step_time_s",
+        "model_tflops_per_gpu",
+        "mfu",
+        "final_loss",
+        "notes",
+        "error",
+    )
     return {k: metrics[k] for k in keys if k in metrics}
 
 
@@ -210,10 +261,22 @@ def software() -> dict[str, Any]:
 
     import torch
 
-    versions: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
-                                "cudnn": torch.backends.cudnn.version(), "gpus": [torch.cuda.get_device_name(i)
-                                for i in range(torch.cuda.device_count())]}  # fmt: skip
-    for name in ("nemo_toolkit", "megatron_core", "nemo_run", "lightning", "transformers", "numpy", "transformer_engine"):
+    versions: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    for name in (
+        "nemo_toolkit",
+        "megatron_core",
+        "nemo_run",
+        "lightning",
+        "transformers",
+        "numpy",
+        "transformer_engine",
+    ):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -221,8 +284,11 @@ def software() -> dict[str, Any]:
     smi = shutil.which("nvidia-smi")
     if smi:
         query = "--query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit"
-        versions["nvidia_smi"] = subprocess.run([smi, query, "--format=csv,noheader"], capture_output=True,
-                                                text=True).stdout.strip().splitlines()  # fmt: skip
+        versions["nvidia_smi"] = (
+            subprocess.run([smi, query, "--format=csv,noheader"], capture_output=True, text=True)
+            .stdout.strip()
+            .splitlines()
+        )
     return versions
 
 
@@ -231,16 +297,22 @@ def summary_line(result: dict[str, Any]) -> str:
     if "error" in m:
         return f"{result['run']}: no metrics ({m['error'][:200]})"
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    return (f"{result['run']}: tokens/s/GPU {fmt(m.get('throughput_tokens_per_sec_per_gpu'), ',.0f')}, step {fmt(m.get('mean_step_time_s'), '.3f')} s, "
-            f"MFU {fmt(m.get('mfu'), '.3f')}, TFLOP/s/GPU {fmt(m.get('model_tflops_per_gpu'), '.0f')}, "
-            f"steps {m.get('first_step')}..{m.get('final_step')}, final loss {m.get('final_loss')}, jobs "
-            + ", ".join(f"{j['exit']}:{j.get('first_step', '-')}-{j.get('last_step', '-')}" for j in result["jobs"]))  # fmt: skip
+    return (
+        f"{result['run']}: tokens/s/GPU {fmt(m.get('throughput_tokens_per_sec_per_gpu'), ',.0f')}, step {fmt(m.get('mean_step_time_s'), '.3f')} s, "
+        f"MFU {fmt(m.get('mfu'), '.3f')}, TFLOP/s/GPU {fmt(m.get('model_tflops_per_gpu'), '.0f')}, "
+        f"steps {m.get('first_step')}..{m.get('final_step')}, final loss {m.get('final_loss')}, jobs "
+        + ", ".join(f"{j['exit']}:{j.get('first_step', '-')}-{j.get('last_step', '-')}" for j in result["jobs"])
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="Megatron prefix (without .bin/.idx) made by `orchestrator preprocess`")
-    parser.add_argument("--tokenizer", required=True, help="the SentencePiece model that made --data (tokenizer.model.v1)")
+    parser.add_argument(
+        "--data", required=True, help="Megatron prefix (without .bin/.idx) made by `orchestrator preprocess`"
+    )
+    parser.add_argument(
+        "--tokenizer", required=True, help="the SentencePiece model that made --data (tokenizer.model.v1)"
+    )
     parser.add_argument("--work", type=Path, required=True, help="runs, cluster profile and index cache go here")
     parser.add_argument("--out", type=Path, help="also copy summary.json here")
     parser.add_argument("--backend", action="append", choices=["nemo", "reference"], help="repeat for several")
@@ -252,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=1, help="sequences per forward pass")
     parser.add_argument("--steps", type=int, default=70, help="nemo: max_steps of the run")
     parser.add_argument("--reference-steps", type=int, default=40, help="reference: max_steps of its one job")
-    parser.add_argument("--steps-per-job", type=int, default=40, help="nemo: stop and resume after this many steps (0: never)")
+    parser.add_argument(
+        "--steps-per-job", type=int, default=40, help="nemo: stop and resume after this many steps (0: never)"
+    )
     parser.add_argument("--max-jobs", type=int, default=3)
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints once collected")
     parser.add_argument("--job-timeout", type=float, default=420.0, help="seconds before a job is stopped")

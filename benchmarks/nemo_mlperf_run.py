@@ -46,18 +46,29 @@ CPU_TRAINER = REPO / "tests" / "nemo_cpu_trainer.py"
 FINALIZED = re.compile(r"save for step (\d+).*finalized", re.IGNORECASE)
 GBS = 32
 MLPERF = {
-    "train.global_batch_size": GBS, "mlperf.allow_new_rcp": True, "mlperf.eval_every_samples": 2 * GBS,
-    "mlperf.eval_samples": GBS, "mlperf.start_eval_at_samples": 4 * GBS, "train.val_interval": 2,
-    "train.val_batches": 1, "train.ckpt_interval": 3, "train.max_steps": 16,
+    "train.global_batch_size": GBS,
+    "mlperf.allow_new_rcp": True,
+    "mlperf.eval_every_samples": 2 * GBS,
+    "mlperf.eval_samples": GBS,
+    "mlperf.start_eval_at_samples": 4 * GBS,
+    "train.val_interval": 2,
+    "train.val_batches": 1,
+    "train.ckpt_interval": 3,
+    "train.max_steps": 16,
     # out of reach in 16 steps, so that a-c run to max_steps: on an H200 this model at lr 1e-3 reaches the rules'
     # 5.6 by step 10 (the first GPU run's job c stopped there, as the rules say it must); d sets its own
     "mlperf.target_log_ppl": 1.0,
-}  # fmt: skip
+}
 
 
 #: ``--cpu``: the same plans at a width and sequence a CPU trains in seconds (only the plumbing is tried there).
-CPU_SHAPE = {"model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 128, "model.arch.num_attention_heads": 4,
-             "model.arch.num_query_groups": 2, "train.seq_length": 64}  # fmt: skip
+CPU_SHAPE = {
+    "model.arch.hidden_size": 64,
+    "model.arch.ffn_hidden_size": 128,
+    "model.arch.num_attention_heads": 4,
+    "model.arch.num_query_groups": 2,
+    "train.seq_length": 64,
+}
 
 
 def trainer_command(args: argparse.Namespace) -> list[str]:
@@ -67,15 +78,29 @@ def trainer_command(args: argparse.Namespace) -> list[str]:
 def job(args: argparse.Namespace, run_dir: Path, name: str, kill_after_save: int | None = None) -> tuple[int, str]:
     """One trainer process (its log in ``<work>/<name>.log``); SIGKILL once a checkpoint of ``kill_after_save`` or
     later is finalized."""
-    kill = None if kill_after_save is None else base.at_step(
-        FINALIZED, kill_after_save, lambda proc: os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its async writer
-    )  # fmt: skip
-    env = {"SUBMITIT_LOCAL_JOB_ID": name, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(29600 + ord(name[0]))}  # fmt: skip
+    kill = (
+        None
+        if kill_after_save is None
+        else base.at_step(
+            FINALIZED,
+            kill_after_save,
+            lambda proc: os.killpg(proc.pid, signal.SIGKILL),  # the trainer and its async writer
+        )
+    )
+    env = {
+        "SUBMITIT_LOCAL_JOB_ID": name,
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(29600 + ord(name[0])),
+    }
     return base.train(run_dir, name, env=env, watch=kill, command=trainer_command(args))
 
 
-def summary(name: str, rc: int, text: str, run_dir: Path, gbs: int = GBS, before: set[Path] | None = None) -> dict[str, Any]:
+def summary(
+    name: str, rc: int, text: str, run_dir: Path, gbs: int = GBS, before: set[Path] | None = None
+) -> dict[str, Any]:
     """One job's figures; its compliance log is the one named for it, or (``before``: the logs there before it ran)
     the one it added."""
     from orchestrator.mlperf.mllog import read_mllog
@@ -126,16 +151,19 @@ def small(args: argparse.Namespace) -> dict[str, Any]:
     d = summary("d", *job(args, target_dir, "d"), target_dir)
     expectations = {
         "the index stage built the index; a loaded it": rc == 0 and a["loaded_index"],
-        "a evaluates after 4 and 6, stops at 6": (a["rc"], a["evaluated"], a["latest"], a["done"]) == (0, [4, 6], 6, None),
-        "b resumed at 6 and was killed after an in-step checkpoint": b["first"] == 6 and b["rc"] == -signal.SIGKILL
+        "a evaluates after 4 and 6, stops at 6": (a["rc"], a["evaluated"], a["latest"], a["done"])
+        == (0, [4, 6], 6, None),
+        "b resumed at 6 and was killed after an in-step checkpoint": b["first"] == 6
+        and b["rc"] == -signal.SIGKILL
         and start >= 9,
         "c resumes there and evaluates on the schedule": (c["first"], c["init_checkpoint_step"]) == (start, start)
         and c["evaluated"] == [s for s in range(start + 1, 17) if s % 2 == 0],
         "c ends at max_steps with DONE": (c["rc"], c["latest"], c["done"]) == (0, 16, "max_steps reached"),
         "d stops at its first evaluation, saved, DONE with the reason": rc_d == 0
-        and (d["rc"], d["evaluated"], d["latest"])
-        == (0, [4], 4) and d["status"] == "success" and d["done"] == "MLPerf target log-perplexity 11.0 reached",
-    }  # fmt: skip
+        and (d["rc"], d["evaluated"], d["latest"]) == (0, [4], 4)
+        and d["status"] == "success"
+        and d["done"] == "MLPerf target log-perplexity 11.0 reached",
+    }
     logs = [*(run_dir / "mlperf").glob("*.log"), *(target_dir / "mlperf").glob("*.log")]
     return {"jobs": {"a": a, "b": b, "c": c, "d": d}, "expectations": expectations, "logs": logs}
 
@@ -165,18 +193,35 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True)
     base.make_data(work)
     cluster = work / "one-gpu.yaml"
-    cluster.write_text("scheduler: local\ngpus_per_node: 1\ngpu_memory_gb: 139\ngpu_peak_tflops: 989\n"
-                       "signal_grace_s: 60\nmax_nodes: 1\n")  # fmt: skip
+    cluster.write_text(
+        "scheduler: local\ngpus_per_node: 1\ngpu_memory_gb: 139\ngpu_peak_tflops: 989\n"
+        "signal_grace_s: 60\nmax_nodes: 1\n"
+    )
     gbs = args.gbs
     overrides: dict[str, Any] = {
-        "model.arch.num_layers": 1, "layout.nodes": 1, "layout.tasks_per_node": 1, "layout.tp": 1, "layout.pp": 1,
-        "layout.cp": 1, "layout.vp": None, "layout.sequence_parallel": False, "layout.micro_batch_size": 1,
-        "train.global_batch_size": gbs, "train.max_steps": 12, "mlperf.allow_new_rcp": True,
-        "mlperf.eval_every_samples": 2 * gbs, "mlperf.eval_samples": gbs, "mlperf.start_eval_at_samples": 4 * gbs,
-        "chain.steps_per_job": 4, "model.tokenizer.path": str(Path(args.tokenizer).absolute()),
-        "data.source": "preprocessed", "data.train_prefixes": [str(work / "data" / "train")], "data.train_weights": [1.0],
-        "data.validation_prefixes": [str(work / "data" / "valid")], "data.index_cache_dir": str(work / "npy"),
-    }  # fmt: skip
+        "model.arch.num_layers": 1,
+        "layout.nodes": 1,
+        "layout.tasks_per_node": 1,
+        "layout.tp": 1,
+        "layout.pp": 1,
+        "layout.cp": 1,
+        "layout.vp": None,
+        "layout.sequence_parallel": False,
+        "layout.micro_batch_size": 1,
+        "train.global_batch_size": gbs,
+        "train.max_steps": 12,
+        "mlperf.allow_new_rcp": True,
+        "mlperf.eval_every_samples": 2 * gbs,
+        "mlperf.eval_samples": gbs,
+        "mlperf.start_eval_at_samples": 4 * gbs,
+        "chain.steps_per_job": 4,
+        "model.tokenizer.path": str(Path(args.tokenizer).absolute()),
+        "data.source": "preprocessed",
+        "data.train_prefixes": [str(work / "data" / "train")],
+        "data.train_weights": [1.0],
+        "data.validation_prefixes": [str(work / "data" / "valid")],
+        "data.index_cache_dir": str(work / "npy"),
+    }
     if args.cpu:
         overrides.update(CPU_SHAPE)
     run_dir = work / "run"
@@ -202,8 +247,10 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
         body = json.loads(rd.plan.read_text())
         body["train"]["save_checkpoints"] = False
         atomic_write_text(rd.plan, RunPlan.from_json(json.dumps(body)).to_json())
-        note = (f"job 2 ran with train.save_checkpoints=false: {free / 2**30:.0f} GiB were free, a checkpoint is "
-                f"{need / 2**30:.0f} GiB and a save writes the new one before removing the old")
+        note = (
+            f"job 2 ran with train.save_checkpoints=false: {free / 2**30:.0f} GiB were free, a checkpoint is "
+            f"{need / 2**30:.0f} GiB and a save writes the new one before removing the old"
+        )
     before = mlperf_logs()
     rc2, s2 = run_step(rd.script("train"), rd.logs / "train-2.out", args.job_timeout)
     two = summary("405b-2", rc2, (rd.logs / "train-2.out").read_text(), run_dir, gbs, before)
@@ -212,17 +259,29 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
         "405b: the index stage ran, job 1 loaded its index": rc_index == 0 and one["loaded_index"],
         "405b: job 1 evaluates after 4 and stops there, saved": (one["rc"], one["evaluated"], one["latest"])
         == (0, [4], 4),
-        "405b: job 2 resumes at 4, evaluates after 6 and 8": (two["rc"], two["first"], two["init_checkpoint_step"],
-                                                               two["evaluated"]) == (0, 4, 4, [6, 8]),
-    }  # fmt: skip
-    return {"jobs": {"405b-1": one, "405b-2": two}, "expectations": expectations, "note": note,
-            "parameters": plan.derived()["parameters"], "logs": list((run_dir / "mlperf").glob("*.log"))}  # fmt: skip
+        "405b: job 2 resumes at 4, evaluates after 6 and 8": (
+            two["rc"],
+            two["first"],
+            two["init_checkpoint_step"],
+            two["evaluated"],
+        )
+        == (0, 4, 4, [6, 8]),
+    }
+    return {
+        "jobs": {"405b-1": one, "405b-2": two},
+        "expectations": expectations,
+        "note": note,
+        "parameters": plan.derived()["parameters"],
+        "logs": list((run_dir / "mlperf").glob("*.log")),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nemo-mlperf"), help="scratch directory (emptied)")
-    parser.add_argument("--tokenizer", required=True, help="a SentencePiece model file, vocabulary 32000 (Mixtral's v1)")
+    parser.add_argument(
+        "--tokenizer", required=True, help="a SentencePiece model file, vocabulary 32000 (Mixtral's v1)"
+    )
     parser.add_argument("--part", choices=("small", "405b", "all"), default="all")
     parser.add_argument("--gbs", type=int, default=4, help="the 405B proxy's global batch (micro batch 1)")
     parser.add_argument("--job-timeout", type=float, default=300, help="seconds one 405B job may take")

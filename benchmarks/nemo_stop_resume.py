@@ -62,18 +62,36 @@ def write_plan(work: Path, tokenizer: str, **extra: object) -> Path:
     cluster = work / "one-gpu.yaml"
     cluster.write_text("scheduler: local\ngpus_per_node: 1\ngpu_memory_gb: 80\nsignal_grace_s: 60\n")
     overrides = {
-        "layout.nodes": 1, "layout.tp": 1, "layout.cp": 1, "layout.pp": 1, "layout.sequence_parallel": False,
+        "layout.nodes": 1,
+        "layout.tp": 1,
+        "layout.cp": 1,
+        "layout.pp": 1,
+        "layout.sequence_parallel": False,
         "layout.micro_batch_size": 4,
-        "model.arch.num_layers": 4, "model.arch.hidden_size": 1024, "model.arch.ffn_hidden_size": 3072,
-        "model.arch.num_attention_heads": 16, "model.arch.num_query_groups": 4, "model.arch.vocab_size": 32000,
-        "model.tokenizer.library": "sentencepiece", "model.tokenizer.model": tokenizer, "model.tokenizer.vocab_size": 32000,
-        "train.seq_length": 2048, "train.global_batch_size": 32, "train.max_steps": MAX_STEPS, "train.ckpt_interval": 100,
-        "train.val_interval": VAL_INTERVAL, "train.val_batches": 2,
-        "train.optim.lr": 1e-3, "train.optim.min_lr": 1e-4, "train.optim.warmup_steps": 20,
-        "data.source": "preprocessed", "data.train_prefixes": [str(work / "data" / "train")],
-        "data.validation_prefixes": [str(work / "data" / "valid")], "data.index_cache_dir": str(work / "npy"),
+        "model.arch.num_layers": 4,
+        "model.arch.hidden_size": 1024,
+        "model.arch.ffn_hidden_size": 3072,
+        "model.arch.num_attention_heads": 16,
+        "model.arch.num_query_groups": 4,
+        "model.arch.vocab_size": 32000,
+        "model.tokenizer.library": "sentencepiece",
+        "model.tokenizer.model": tokenizer,
+        "model.tokenizer.vocab_size": 32000,
+        "train.seq_length": 2048,
+        "train.global_batch_size": 32,
+        "train.max_steps": MAX_STEPS,
+        "train.ckpt_interval": 100,
+        "train.val_interval": VAL_INTERVAL,
+        "train.val_batches": 2,
+        "train.optim.lr": 1e-3,
+        "train.optim.min_lr": 1e-4,
+        "train.optim.warmup_steps": 20,
+        "data.source": "preprocessed",
+        "data.train_prefixes": [str(work / "data" / "train")],
+        "data.validation_prefixes": [str(work / "data" / "valid")],
+        "data.index_cache_dir": str(work / "npy"),
         **extra,
-    }  # fmt: skip
+    }
     run_dir = work / "run"
     plan = build_plan("llama31_8b", cluster, overrides, run_id="stop-resume", run_dir=run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,14 +99,25 @@ def write_plan(work: Path, tokenizer: str, **extra: object) -> Path:
     return run_dir
 
 
-def train(run_dir: Path, name: str, env: dict[str, str] | None = None, watch: Watch | None = None,
-          command: list[str] | None = None) -> tuple[int, str]:  # fmt: skip
+def train(
+    run_dir: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    watch: Watch | None = None,
+    command: list[str] | None = None,
+) -> tuple[int, str]:
     """One job of ``python -m orchestrator.train.nemo`` (or ``command``) in its own session; returns its exit status
     and output (also written to ``<work>/<name>.log``)."""
     cmd = [*(command or [sys.executable, "-m", "orchestrator.train.nemo"]), "--run-dir", str(run_dir)]
     lines = []
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, **(env or {})}, start_new_session=True) as proc:  # fmt: skip
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
@@ -102,16 +131,19 @@ def train(run_dir: Path, name: str, env: dict[str, str] | None = None, watch: Wa
 def index(run_dir: Path, log: Path) -> tuple[int, float]:
     """The run's index stage (no GPU): Megatron's sample index, before any training job."""
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "orchestrator.train.nemo_index", "--run-dir", str(run_dir)],
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.train.nemo_index", "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+    )
     log.write_text(done.stdout + done.stderr)
     return done.returncode, time.monotonic() - start
 
 
-def at_step(pattern: re.Pattern[str], step: int, act: Callable[["subprocess.Popen[str]"], object]) -> Watch:
+def at_step(pattern: re.Pattern[str], step: int, act: Callable[[subprocess.Popen[str]], object]) -> Watch:
     """A watch that calls ``act(process)`` on the first line where ``pattern``'s step number is ``step`` or more."""
 
-    def watch(line: str, proc: "subprocess.Popen[str]") -> bool:
+    def watch(line: str, proc: subprocess.Popen[str]) -> bool:
         found = pattern.search(line)
         if found and int(found.group(1)) >= step:
             act(proc)
@@ -154,7 +186,9 @@ def check(work: Path, tokenizer: str) -> int:
     print(f"index stage: exit {rc} in {seconds:.0f} s", flush=True)
     a = report("a", *train(run_dir, "a"), run_dir)
     write_plan(work, tokenizer)
-    b = report("b", *train(run_dir, "b", watch=at_step(STEP, 80, lambda proc: proc.send_signal(signal.SIGUSR2))), run_dir)
+    b = report(
+        "b", *train(run_dir, "b", watch=at_step(STEP, 80, lambda proc: proc.send_signal(signal.SIGUSR2))), run_dir
+    )
     deadline = {"ORCHESTRATOR_DEADLINE": str(time.time() + 20)}  # passed before the model is up: one step, then save
     c = report("c", *train(run_dir, "c", env=deadline), run_dir)
     d = report("d", *train(run_dir, "d"), run_dir)

@@ -118,8 +118,18 @@ def child(path: str) -> None:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = peak_rss()
     size = os.path.getsize(path)
-    print(json.dumps(dict(seconds=seconds, cpu_seconds=cpu_seconds, bytes=size, steps=metrics.num_steps,
-                          rss_before=before, rss_peak=peak)))  # fmt: skip
+    print(
+        json.dumps(
+            dict(
+                seconds=seconds,
+                cpu_seconds=cpu_seconds,
+                bytes=size,
+                steps=metrics.num_steps,
+                rss_before=before,
+                rss_peak=peak,
+            )
+        )
+    )
 
 
 def measure(path: Path, repeat: int) -> dict:
@@ -156,8 +166,10 @@ def main() -> None:
         return
 
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'log':<18} {'MB':>6} {'steps':>9} {'metric bytes':>12} {'MB/s (best)':>12} {'all runs':>22} "
-          f"{'MB/CPU-s':>9} {'RSS MiB: start':>15} {'peak':>6} {'load':>5}")  # fmt: skip
+    print(
+        f"{'log':<18} {'MB':>6} {'steps':>9} {'metric bytes':>12} {'MB/s (best)':>12} {'all runs':>22} "
+        f"{'MB/CPU-s':>9} {'RSS MiB: start':>15} {'peak':>6} {'load':>5}"
+    )
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for case in args.case or DEFAULT_CASES:
             kind, mb, *rest = case.split(":")

@@ -40,8 +40,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -107,8 +108,15 @@ def timed_once(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> tu
 
 
 def machine() -> dict[str, str]:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": model, "cores": str(len(os.sched_getaffinity(0))), "python": platform.python_version(), "os": platform.platform()}
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?"
+    )
+    return {
+        "cpu": model,
+        "cores": str(len(os.sched_getaffinity(0))),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
 
 
 def load() -> str:
@@ -145,7 +153,9 @@ def profile_worker(plain: Path, model: str, append_eod: bool) -> dict[str, Any]:
     blocks = list(line_blocks(content_blocks(plain), preprocess.BLOCK_BYTES))[::2]
     scratch = tempfile.mkdtemp(prefix="profile-")
     try:
-        preprocess._init_worker(tokenizers.TokenizerSpec("SentencePieceTokenizer", model), ("text",), append_eod, True, scratch)
+        preprocess._init_worker(
+            tokenizers.TokenizerSpec("SentencePieceTokenizer", model), ("text",), append_eod, True, scratch
+        )
         tokenizer = preprocess._worker.tokenizer
         empty = time.process_time()
         for _ in range(2000):
@@ -210,7 +220,6 @@ def corpus_stats(plain: Path) -> dict[str, Any]:
     return {"words": words, "distinct_words": len(distinct), "words_with_a_digit": digits}
 
 
-
 def bench_corpus(name: str, shard: Path, args: argparse.Namespace, model: str, work: Path) -> dict[str, Any]:
     plain = work / "input.json"
     with gzip.open(shard, "rb") as src, open(plain, "wb") as dst:
@@ -220,17 +229,32 @@ def bench_corpus(name: str, shard: Path, args: argparse.Namespace, model: str, w
     megatron_env = dict(os.environ, PYTHONPATH=str(args.megatron_lm.resolve()))
     common = ["--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", model, "--workers", str(args.workers)]
     stats = corpus_stats(plain)
-    print(f"\n=== {name}: {shard} ({plain.stat().st_size / 1e6:.1f} MB of JSON), {args.workers} workers, median of {args.repeat}")
-    print(f"  {stats['distinct_words']:,} distinct words in {stats['words']:,} ({100 * stats['distinct_words'] / stats['words']:.1f}%), "
-          f"{100 * stats['words_with_a_digit'] / stats['words']:.1f}% of words hold a digit")
+    print(
+        f"\n=== {name}: {shard} ({plain.stat().st_size / 1e6:.1f} MB of JSON), {args.workers} workers, median of {args.repeat}"
+    )
+    print(
+        f"  {stats['distinct_words']:,} distinct words in {stats['words']:,} ({100 * stats['distinct_words'] / stats['words']:.1f}%), "
+        f"{100 * stats['words_with_a_digit'] / stats['words']:.1f}% of words hold a digit"
+    )
     out: dict[str, Any] = {"corpus": name, "input": str(shard), "stats": stats, "variants": []}
     for variant in args.variants:
         extra = ["--append-eod"] if variant == "eod" else []
         mega_prefix = work / f"megatron-{variant}"
         commands: dict[str, tuple[list[str], Path, dict[str, str], Path]] = {
             "Megatron-LM preprocess_data.py": (
-                [args.megatron_python, str(tool), "--input", str(plain), "--output-prefix", str(mega_prefix), *common, *extra],
-                args.megatron_lm, megatron_env, mega_prefix,
+                [
+                    args.megatron_python,
+                    str(tool),
+                    "--input",
+                    str(plain),
+                    "--output-prefix",
+                    str(mega_prefix),
+                    *common,
+                    *extra,
+                ],
+                args.megatron_lm,
+                megatron_env,
+                mega_prefix,
             ),
         }
         for label, source, tag, more in (
@@ -239,8 +263,19 @@ def bench_corpus(name: str, shard: Path, args: argparse.Namespace, model: str, w
             ("native, word cache off (.json)", plain, "native-nocache", ["--word-cache", "0"]),
         ):
             prefix = work / f"{tag}-{variant}"
-            argv = [sys.executable, "-m", "orchestrator.data.preprocess", "--force", *common, *extra, *more,
-                    "--input", str(source), "--output-prefix", str(prefix)]
+            argv = [
+                sys.executable,
+                "-m",
+                "orchestrator.data.preprocess",
+                "--force",
+                *common,
+                *extra,
+                *more,
+                "--input",
+                str(source),
+                "--output-prefix",
+                str(prefix),
+            ]
             commands[label] = (argv, REPO, env, prefix)
         load_before = load()
         runs: dict[str, list[tuple[float, int]]] = {label: [] for label in commands}
@@ -254,55 +289,87 @@ def bench_corpus(name: str, shard: Path, args: argparse.Namespace, model: str, w
         manifest = json.loads(Path(f"{ours}.manifest.json").read_text())
         identical = all(
             Path(f"{mega_prefix}_text_document{ext}").read_bytes() == Path(f"{prefix}_text_document{ext}").read_bytes()
-            for label, (_, _, _, prefix) in commands.items() if prefix != mega_prefix
+            for label, (_, _, _, prefix) in commands.items()
+            if prefix != mega_prefix
             for ext in (".bin", ".idx")
         )
         docs, text, tokens = manifest["documents"], manifest["text_bytes"], manifest["tokens"]
-        reported = [line for line in (work / f"{mega_prefix.name}.log").read_text().splitlines() if line.startswith("Processed")]
+        reported = [
+            line for line in (work / f"{mega_prefix.name}.log").read_text().splitlines() if line.startswith("Processed")
+        ]
         mega_phase = docs / float(reported[-1].split("(")[1].split()[0]) if reported else float("nan")
         mega = wall["Megatron-LM preprocess_data.py"]
-        print(f"\n{variant} ({'--append-eod' if extra else 'MLPerf flags'}): {docs} documents, {text / 1e6:.1f} MB of text, "
-              f"{tokens} tokens; load average {load_before} before, {load_after} after")
-        print(f"  {'engine':<34} {'wall s':>8} {'runs':>20} {'text MB/s':>10} {'docs/s':>8} {'peak RSS MB':>12} {'speed-up':>9}")
+        print(
+            f"\n{variant} ({'--append-eod' if extra else 'MLPerf flags'}): {docs} documents, {text / 1e6:.1f} MB of text, "
+            f"{tokens} tokens; load average {load_before} before, {load_after} after"
+        )
+        print(
+            f"  {'engine':<34} {'wall s':>8} {'runs':>20} {'text MB/s':>10} {'docs/s':>8} {'peak RSS MB':>12} {'speed-up':>9}"
+        )
         for label in commands:
             each = "/".join(f"{w:.2f}" for w, _ in runs[label])
-            print(f"  {label:<34} {wall[label]:8.2f} {each:>20} {text / wall[label] / 1e6:10.2f} {docs / wall[label]:8.0f} "
-                  f"{peak[label] / 2**20:12.0f} {mega / wall[label]:8.2f}x")
-        print(f"  tokenizing phase only (start-up excluded): Megatron {mega_phase:.2f} s by its own docs/s, native "
-              f"{manifest['seconds']:.2f} s ({mega_phase / manifest['seconds']:.2f}x)")
-        print(f"  byte-identical .bin and .idx (all native runs): {'yes' if identical else 'NO'}; "
-              f"word-cache hit rate {manifest['word_cache_hit_rate']}")
-        out["variants"].append({
-            "variant": variant, "documents": docs, "text_bytes": text, "tokens": tokens, "identical": identical,
-            "wall_s": wall, "runs_s": {label: [w for w, _ in r] for label, r in runs.items()}, "peak_rss_bytes": peak,
-            "tokenizing_phase_s": {"megatron": mega_phase, "native": manifest["seconds"]},
-            "word_cache_hit_rate": manifest["word_cache_hit_rate"], "load_average": [load_before, load_after],
-        })
+            print(
+                f"  {label:<34} {wall[label]:8.2f} {each:>20} {text / wall[label] / 1e6:10.2f} {docs / wall[label]:8.0f} "
+                f"{peak[label] / 2**20:12.0f} {mega / wall[label]:8.2f}x"
+            )
+        print(
+            f"  tokenizing phase only (start-up excluded): Megatron {mega_phase:.2f} s by its own docs/s, native "
+            f"{manifest['seconds']:.2f} s ({mega_phase / manifest['seconds']:.2f}x)"
+        )
+        print(
+            f"  byte-identical .bin and .idx (all native runs): {'yes' if identical else 'NO'}; "
+            f"word-cache hit rate {manifest['word_cache_hit_rate']}"
+        )
+        out["variants"].append(
+            {
+                "variant": variant,
+                "documents": docs,
+                "text_bytes": text,
+                "tokens": tokens,
+                "identical": identical,
+                "wall_s": wall,
+                "runs_s": {label: [w for w, _ in r] for label, r in runs.items()},
+                "peak_rss_bytes": peak,
+                "tokenizing_phase_s": {"megatron": mega_phase, "native": manifest["seconds"]},
+                "word_cache_hit_rate": manifest["word_cache_hit_rate"],
+                "load_average": [load_before, load_after],
+            }
+        )
     if args.profile:
         before = load()
         profile = profile_worker(plain, model, append_eod=False)
         profile["load_average"] = [before, load()]
         out["profile"] = profile
-        print(f"\n  one worker's share ({profile['blocks']} blocks), CPU seconds, in-process, load {before} -> {profile['load_average'][1]}:")
+        print(
+            f"\n  one worker's share ({profile['blocks']} blocks), CPU seconds, in-process, load {before} -> {profile['load_average'][1]}:"
+        )
         for label, key in PHASES:
             print(f"    {label:<38} {profile[key]:7.3f}  {100 * profile[key] / profile['total_s']:5.1f}%")
-        print(f"    {'total':<38} {profile['total_s']:7.3f}   ({profile['sentencepiece_calls']} SentencePiece calls, "
-              f"{profile['unseen_words']} unseen words, hit rate {profile['word_cache_hit_rate']:.4f})")
+        print(
+            f"    {'total':<38} {profile['total_s']:7.3f}   ({profile['sentencepiece_calls']} SentencePiece calls, "
+            f"{profile['unseen_words']} unseen words, hit rate {profile['word_cache_hit_rate']:.4f})"
+        )
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--megatron-lm", required=True, type=Path, help="a Megatron-LM checkout (tools/preprocess_data.py)")
+    parser.add_argument(
+        "--megatron-lm", required=True, type=Path, help="a Megatron-LM checkout (tools/preprocess_data.py)"
+    )
     parser.add_argument("--megatron-python", default=sys.executable, help="interpreter with Megatron-LM's dependencies")
     parser.add_argument("--dictd", type=Path, help="folder of the dictd dictionaries: also run the diverse corpus")
-    parser.add_argument("--input", type=Path, action="append", default=[], help="a C4-layout .json.gz shard (repeatable)")
+    parser.add_argument(
+        "--input", type=Path, action="append", default=[], help="a C4-layout .json.gz shard (repeatable)"
+    )
     parser.add_argument("--no-sample", action="store_true", help="leave the sample corpus out")
     parser.add_argument("--docs", type=int, default=20000, help="documents in each built shard (~2.2 KB each)")
     parser.add_argument("--tokenizer-model", default=None, help="SentencePiece model (default: Mixtral-8x22B v1)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each command; the median wall time is shown")
-    parser.add_argument("--variants", nargs="+", choices=("plain", "eod"), default=["plain"], help="plain: MLPerf flags")
+    parser.add_argument(
+        "--variants", nargs="+", choices=("plain", "eod"), default=["plain"], help="plain: MLPerf flags"
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the per-phase profile")
     parser.add_argument("--work", type=Path, default=Path("benchmark-work"), help="scratch folder")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -320,8 +387,15 @@ def main() -> int:
     if args.dictd:
         corpora.append(("diverse (dictd)", lambda d: diverse_corpus.build(args.dictd, d, args.docs)))
     corpora += [(f"--input {p.name}", lambda d, p=p: p) for p in args.input]
-    commit = subprocess.run(["git", "-C", str(args.megatron_lm), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    results: dict[str, Any] = {"machine": machine(), "megatron_lm_commit": commit or "?", "workers": args.workers, "corpora": []}
+    commit = subprocess.run(
+        ["git", "-C", str(args.megatron_lm), "rev-parse", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "megatron_lm_commit": commit or "?",
+        "workers": args.workers,
+        "corpora": [],
+    }
     print(f"machine: {results['machine']}; Megatron-LM {results['megatron_lm_commit']}")
     for index, (name, make) in enumerate(corpora):
         folder = work / f"corpus-{index}"

@@ -22,9 +22,9 @@ import numpy as np
 import sentencepiece
 
 from orchestrator.data.indexed import IndexedDatasetWriter, optimal_dtype
+from orchestrator.data.packaged_tokenizers import materialise
 from orchestrator.logline import FIELD_ORDER
 from orchestrator.plan import build_plan
-from orchestrator.data.packaged_tokenizers import materialise
 
 SKIP = 10  # the seeds' rule: leave out the first and the last 10 steps
 
@@ -46,10 +46,15 @@ def build_dataset(prefix: Path, model_file: str, vocab_size: int, max_tokens: in
 def measure(profile: str, world: int, steps: int, data: str, work: Path) -> dict[str, float]:
     run_dir = work / f"{profile}-world{world}"
     overrides = {
-        "data.source": "preprocessed", "data.train_prefixes": [data], "data.train_weights": [1.0],
-        "data.split": "95,5,0", "layout.nodes": 1, "layout.tasks_per_node": world, "train.max_steps": steps,
+        "data.source": "preprocessed",
+        "data.train_prefixes": [data],
+        "data.train_weights": [1.0],
+        "data.split": "95,5,0",
+        "layout.nodes": 1,
+        "layout.tasks_per_node": world,
+        "train.max_steps": steps,
         "train.save_checkpoints": False,
-    }  # fmt: skip
+    }
     plan = build_plan(profile, "local", overrides=overrides, run_id=run_dir.name, run_dir=run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "plan.json").write_text(plan.to_json())
@@ -67,9 +72,16 @@ def measure(profile: str, world: int, steps: int, data: str, work: Path) -> dict
     kept = slice(SKIP, len(rates) - SKIP)
     first_loss = out.split("reduced_train_loss: ")[1].split()[0]
     last_loss = out.rsplit("reduced_train_loss: ", 1)[1].split()[0]
-    return dict(world=world, per_rank=statistics.mean(rates[kept]), step_s=statistics.mean(times[kept]),
-                total=statistics.mean(rates[kept]) * world, gbs=plan.train.global_batch_size,
-                seq=plan.train.seq_length, first_loss=float(first_loss), last_loss=float(last_loss))  # fmt: skip
+    return dict(
+        world=world,
+        per_rank=statistics.mean(rates[kept]),
+        step_s=statistics.mean(times[kept]),
+        total=statistics.mean(rates[kept]) * world,
+        gbs=plan.train.global_batch_size,
+        seq=plan.train.seq_length,
+        first_loss=float(first_loss),
+        last_loss=float(last_loss),
+    )
 
 
 def main() -> int:
@@ -85,14 +97,19 @@ def main() -> int:
     probe = build_plan(args.profile, "local", check=False)
     with tempfile.TemporaryDirectory(prefix="reference-throughput-") as tmp:
         work = Path(tmp)
-        model_file = args.tokenizer_model or str(materialise(probe.model.tokenizer.model, Path(probe.tokenizer_path).parent))
+        model_file = args.tokenizer_model or str(
+            materialise(probe.model.tokenizer.model, Path(probe.tokenizer_path).parent)
+        )
         tokens = build_dataset(work / "stdlib", model_file, probe.model.arch.vocab_size, args.max_tokens)
         print(f"dataset: {tokens} tokens of Python's standard library, tokenizer {probe.model.tokenizer.model}")
         for world in args.worlds:
             r = measure(args.profile, world, args.steps, str(work / "stdlib"), work)
-            print(f"{args.profile}: {r['world']} rank(s), GBS {r['gbs']} x seq {r['seq']}: step {r['step_s']:.3f} s, "
-                  f"{r['per_rank']:.0f} tokens/s per rank, {r['total']:.0f} tokens/s in all "
-                  f"(loss {r['first_loss']} -> {r['last_loss']} in {args.steps} steps)", flush=True)  # fmt: skip
+            print(
+                f"{args.profile}: {r['world']} rank(s), GBS {r['gbs']} x seq {r['seq']}: step {r['step_s']:.3f} s, "
+                f"{r['per_rank']:.0f} tokens/s per rank, {r['total']:.0f} tokens/s in all "
+                f"(loss {r['first_loss']} -> {r['last_loss']} in {args.steps} steps)",
+                flush=True,
+            )
     return 0
 
 

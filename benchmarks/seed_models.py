@@ -41,13 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from gpu_proxy import PEAK_TFLOPS, _stop, collect, job_record, run_job, software  # the issue-6 harness
+
 from orchestrator.atomic import atomic_write_text
 from orchestrator.plan import RunPlan, build_plan
-from orchestrator.render import write_scripts
+from orchestrator.render import render_all, write_scripts
 from orchestrator.rundir import RunDir
-from orchestrator.render import render_all
 from orchestrator.stages import stage_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,30 +54,57 @@ CPU_TRAINER = REPO / "tests" / "nemo_cpu_trainer.py"
 ON_CPU = REPO / "benchmarks" / "on_cpu.py"
 #: The seed models and the layers each keeps on one 141 GB GPU.
 LAYERS = {
-    "llama3_8b": 4, "llama3_70b": 4, "qwen3_8b": 4, "qwen25_7b": 4, "qwen3_30b_a3b": 4, "qwen2_72b": 2,
-    "qwen25_72b": 2, "llama31_8b": 4, "llama31_405b": 1,
+    "llama3_8b": 4,
+    "llama3_70b": 4,
+    "qwen3_8b": 4,
+    "qwen25_7b": 4,
+    "qwen3_30b_a3b": 4,
+    "qwen2_72b": 2,
+    "qwen25_72b": 2,
+    "llama31_8b": 4,
+    "llama31_405b": 1,
 }
 #: --dry: widths a CPU runs in seconds (each model keeps its vocabulary, experts and top-k).
-DRY_ARCH = {"model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 128, "model.arch.num_attention_heads": 4,
-            "model.arch.num_query_groups": 2}
+DRY_ARCH = {
+    "model.arch.hidden_size": 64,
+    "model.arch.ffn_hidden_size": 128,
+    "model.arch.num_attention_heads": 4,
+    "model.arch.num_query_groups": 2,
+}
 DRY_SEQ = 64
-CLUSTER_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
-               "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "TOKENIZERS_PARALLELISM": "false"}
+CLUSTER_ENV = {
+    "NCCL_NVLS_ENABLE": "0",
+    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+    "NVSHMEM_DISABLE_NVLS": "1",
+    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 
 def cluster_profile(path: Path, runs_root: Path, dry: bool) -> Path:
     """One node with this machine's GPU (its name, memory, dense BF16 peak); ``dry``: one CPU declared as a GPU
     (the nemo backend's requirement), which the CPU trainer runs on."""
-    profile: dict[str, Any] = {"scheduler": "local", "gpus_per_node": 1, "max_nodes": 1, "time_limit": "01:00:00",
-                               "signal_grace_s": 60, "runs_root": str(runs_root), "env": CLUSTER_ENV}
+    profile: dict[str, Any] = {
+        "scheduler": "local",
+        "gpus_per_node": 1,
+        "max_nodes": 1,
+        "time_limit": "01:00:00",
+        "signal_grace_s": 60,
+        "runs_root": str(runs_root),
+        "env": CLUSTER_ENV,
+    }
     if dry:
         profile.update(description="this machine's CPU standing in for one GPU (dry run)", gpu_memory_gb=141)
     else:
         import torch
 
         props = torch.cuda.get_device_properties(0)
-        profile.update(description=f"this machine: 1 x {props.name}, no scheduler", gpu_name=props.name,
-                       gpu_memory_gb=round(props.total_memory / 2**30, 1), gpu_peak_tflops=PEAK_TFLOPS)
+        profile.update(
+            description=f"this machine: 1 x {props.name}, no scheduler",
+            gpu_name=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 1),
+            gpu_peak_tflops=PEAK_TFLOPS,
+        )
     atomic_write_text(path, yaml.safe_dump(profile, sort_keys=False))
     return path
 
@@ -86,20 +112,37 @@ def cluster_profile(path: Path, runs_root: Path, dry: bool) -> Path:
 def one_gpu(steps: int) -> dict[str, Any]:
     """The layout and schedule every proxy shares: one GPU, GBS 8 of MBS 1, bf16, no checkpoints or validation."""
     return {
-        "train.backend": "nemo", "train.global_batch_size": 8, "train.max_steps": steps, "train.optim.warmup_steps": 5,
-        "train.save_checkpoints": False, "train.val_interval": None, "chain.steps_per_job": None,
-        "layout.nodes": 1, "layout.tasks_per_node": 1, "layout.tp": 1, "layout.pp": 1, "layout.cp": 1, "layout.ep": 1,
-        "layout.vp": None, "layout.sequence_parallel": False, "layout.micro_batch_size": 1,
-        "layout.recompute": "none", "data.source": "preprocessed", "data.train_weights": [1.0],
+        "train.backend": "nemo",
+        "train.global_batch_size": 8,
+        "train.max_steps": steps,
+        "train.optim.warmup_steps": 5,
+        "train.save_checkpoints": False,
+        "train.val_interval": None,
+        "chain.steps_per_job": None,
+        "layout.nodes": 1,
+        "layout.tasks_per_node": 1,
+        "layout.tp": 1,
+        "layout.pp": 1,
+        "layout.cp": 1,
+        "layout.ep": 1,
+        "layout.vp": None,
+        "layout.sequence_parallel": False,
+        "layout.micro_batch_size": 1,
+        "layout.recompute": "none",
+        "data.source": "preprocessed",
+        "data.train_weights": [1.0],
     }
 
 
 def seed_overrides(model: str, args: argparse.Namespace) -> dict[str, Any]:
     layers = dict(LAYERS, **dict(pair.split("=") for pair in args.layers or []))
     overrides = {
-        **one_gpu(args.steps), "model.arch.num_layers": int(layers[model]),
-        "model.tokenizer.library": "sentencepiece", "model.tokenizer.model": str(args.tokenizer.absolute()),
-        "model.tokenizer.vocab_size": 32000, "data.train_prefixes": [str(Path(args.data).absolute())],
+        **one_gpu(args.steps),
+        "model.arch.num_layers": int(layers[model]),
+        "model.tokenizer.library": "sentencepiece",
+        "model.tokenizer.model": str(args.tokenizer.absolute()),
+        "model.tokenizer.vocab_size": 32000,
+        "data.train_prefixes": [str(Path(args.data).absolute())],
         "data.index_cache_dir": str(args.work.absolute() / "index-cache"),
     }
     if model == "llama31_405b":  # an MLPerf plan: the rules' evaluation schedule (none falls in this run) and data
@@ -114,8 +157,9 @@ def seed_overrides(model: str, args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def prepare(model: str, overrides: dict[str, Any], run_id: str, cluster: Path, work: Path, stages: tuple[str, ...],
-            dry: bool) -> RunPlan:
+def prepare(
+    model: str, overrides: dict[str, Any], run_id: str, cluster: Path, work: Path, stages: tuple[str, ...], dry: bool
+) -> RunPlan:
     """Plan, render and write the run directory; ``dry``: the step scripts' trainers are the CPU trainer."""
     run_dir = work.absolute() / "runs" / run_id
     if run_dir.exists():
@@ -130,7 +174,8 @@ def prepare(model: str, overrides: dict[str, Any], run_id: str, cluster: Path, w
             script = rd.script(stage)
             text = script.read_text()
             swapped = text.replace("-m orchestrator.train.nemo ", f"{CPU_TRAINER} ").replace(
-                "-m orchestrator.train.nemo_import ", f"{ON_CPU} orchestrator.train.nemo_import ")
+                "-m orchestrator.train.nemo_import ", f"{ON_CPU} orchestrator.train.nemo_import "
+            )
             assert swapped != text, f"{script}: no trainer command found to run on the CPU"
             script.write_text(swapped)
     return plan
@@ -144,7 +189,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if shutil.which("nvidia-smi"):
             self._thread.start()
         return self
@@ -174,9 +219,14 @@ def run_stage(plan: RunPlan, stage: str, timeout_s: float) -> dict[str, Any]:
     log = rd.logs / f"{stage}-1.out"
     with PeakMemory() as memory:
         rc, seconds = run_job(rd.script(stage), log, timeout_s)
-    return {"stage": stage, "exit": rc, "seconds": round(seconds, 1), "peak_gpu_memory_gib":
-            None if memory.peak_mib is None else round(memory.peak_mib / 1024, 1), "log": str(log),
-            "error": None if rc == 0 else error_of(log)}
+    return {
+        "stage": stage,
+        "exit": rc,
+        "seconds": round(seconds, 1),
+        "peak_gpu_memory_gib": None if memory.peak_mib is None else round(memory.peak_mib / 1024, 1),
+        "log": str(log),
+        "error": None if rc == 0 else error_of(log),
+    }
 
 
 def model_row(model: str, plan: RunPlan, job: dict[str, Any]) -> dict[str, Any]:
@@ -187,15 +237,27 @@ def model_row(model: str, plan: RunPlan, job: dict[str, Any]) -> dict[str, Any]:
     derived = plan.derived()
     arch = plan.model.arch
     return {
-        "model": model, "layers": arch.num_layers, "hidden": arch.hidden_size, "seq": plan.train.seq_length,
-        "vocab": arch.vocab_size, "experts": arch.num_experts, "top_k": arch.moe_top_k,
-        "parameters": derived["parameters"], "active_parameters": derived["active_parameters"],
-        "exit": job["exit"], "seconds": job["seconds"], "error": job["error"] or metrics.get("error"),
+        "model": model,
+        "layers": arch.num_layers,
+        "hidden": arch.hidden_size,
+        "seq": plan.train.seq_length,
+        "vocab": arch.vocab_size,
+        "experts": arch.num_experts,
+        "top_k": arch.moe_top_k,
+        "parameters": derived["parameters"],
+        "active_parameters": derived["active_parameters"],
+        "exit": job["exit"],
+        "seconds": job["seconds"],
+        "error": job["error"] or metrics.get("error"),
         "tokens_per_s_per_gpu": metrics.get("throughput_tokens_per_sec_per_gpu"),
-        "window": metrics.get("throughput_window"), "step_time_s": metrics.get("mean_step_time_s"),
-        "mfu": metrics.get("mfu"), "tflops_per_gpu": metrics.get("model_tflops_per_gpu"),
-        "peak_gpu_memory_gib": job["peak_gpu_memory_gib"], "first_loss": record.get("first_loss"),
-        "last_loss": record.get("last_loss"), "steps": record.get("steps"),
+        "window": metrics.get("throughput_window"),
+        "step_time_s": metrics.get("mean_step_time_s"),
+        "mfu": metrics.get("mfu"),
+        "tflops_per_gpu": metrics.get("model_tflops_per_gpu"),
+        "peak_gpu_memory_gib": job["peak_gpu_memory_gib"],
+        "first_loss": record.get("first_loss"),
+        "last_loss": record.get("last_loss"),
+        "steps": record.get("steps"),
     }
 
 
@@ -204,16 +266,20 @@ def fmt(value: Any, spec: str) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| model | layers | seq | vocab | params (active) | exit | tokens/s/GPU | step (s) | MFU | TFLOP/s | "
-            "peak mem (GiB) | loss first -> last | error |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| model | layers | seq | vocab | params (active) | exit | tokens/s/GPU | step (s) | MFU | TFLOP/s | "
+        "peak mem (GiB) | loss first -> last | error |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
     for r in rows:
         params = f"{r['parameters'] / 1e9:.2f}B" + (f" ({r['active_parameters'] / 1e9:.2f}B)" if r["experts"] else "")
         loss = f"{fmt(r['first_loss'], '.2f')} -> {fmt(r['last_loss'], '.2f')}"
-        lines.append(f"| {r['model']} | {r['layers']} | {r['seq']} | {r['vocab']} | {params} | {r['exit']} | "
-                     f"{fmt(r['tokens_per_s_per_gpu'], ',.0f')} | {fmt(r['step_time_s'], '.3f')} | {fmt(r['mfu'], '.3f')} | "
-                     f"{fmt(r['tflops_per_gpu'], '.0f')} | {fmt(r['peak_gpu_memory_gib'], '.1f')} | {loss} | "
-                     f"{(r['error'] or '').replace('|', '/')[:160]} |")
+        lines.append(
+            f"| {r['model']} | {r['layers']} | {r['seq']} | {r['vocab']} | {params} | {r['exit']} | "
+            f"{fmt(r['tokens_per_s_per_gpu'], ',.0f')} | {fmt(r['step_time_s'], '.3f')} | {fmt(r['mfu'], '.3f')} | "
+            f"{fmt(r['tflops_per_gpu'], '.0f')} | {fmt(r['peak_gpu_memory_gib'], '.1f')} | {loss} | "
+            f"{(r['error'] or '').replace('|', '/')[:160]} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -230,20 +296,22 @@ def seeds(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> b
         row = model_row(model, plan, run_stage(plan, "train", min(args.job_timeout, left)))
         summary["rows"].append(row)
         publish(args, summary)
-        print(f"{model}: exit {row['exit']} in {row['seconds']:.0f} s, "
-              f"tokens/s/GPU {fmt(row['tokens_per_s_per_gpu'], ',.0f')}, step {fmt(row['step_time_s'], '.3f')} s, "
-              f"MFU {fmt(row['mfu'], '.3f')}, peak {fmt(row['peak_gpu_memory_gib'], '.1f')} GiB, "
-              f"loss {fmt(row['first_loss'], '.2f')} -> {fmt(row['last_loss'], '.2f')}"
-              + (f", error: {row['error']}" if row["error"] else ""), flush=True)
+        print(
+            f"{model}: exit {row['exit']} in {row['seconds']:.0f} s, "
+            f"tokens/s/GPU {fmt(row['tokens_per_s_per_gpu'], ',.0f')}, step {fmt(row['step_time_s'], '.3f')} s, "
+            f"MFU {fmt(row['mfu'], '.3f')}, peak {fmt(row['peak_gpu_memory_gib'], '.1f')} GiB, "
+            f"loss {fmt(row['first_loss'], '.2f')} -> {fmt(row['last_loss'], '.2f')}"
+            + (f", error: {row['error']}" if row["error"] else ""),
+            flush=True,
+        )
     rows = [r for r in summary["rows"] if "skipped" not in r]
     return all(r["exit"] == 0 for r in rows)
 
 
 def cpt(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> bool:
     """Train a small Hugging Face Llama 3.1, import it through the import stage, continue with the train stage."""
-    import torch
-
     import small_llama
+    import torch
 
     device = "cpu" if args.dry else "cuda"
     seq = DRY_SEQ if args.dry else args.cpt_seq
@@ -253,19 +321,36 @@ def cpt(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> boo
     hf_losses = small_llama.pretrain(hf, data, args.hf_steps, device)
     hf_loss = small_llama.mean_loss(hf, small_llama.batches(str(args.cpt_data), seq, 8, seed=2), 4, device)
     source = small_llama.save(hf.to("cpu"), args.cpt_tokenizer, args.work.absolute() / "Llama-3.1-small")
-    summary["hf"] = {"steps": args.hf_steps, "first_loss": hf_losses[0], "last_loss": hf_losses[-1],
-                     "eval_loss": hf_loss, "seconds": round(time.monotonic() - start, 1), "device": device}
-    print(f"Hugging Face model: {args.hf_steps} steps, loss {hf_losses[0]:.2f} -> {hf_losses[-1]:.2f}, "
-          f"evaluated {hf_loss:.3f}", flush=True)
+    summary["hf"] = {
+        "steps": args.hf_steps,
+        "first_loss": hf_losses[0],
+        "last_loss": hf_losses[-1],
+        "eval_loss": hf_loss,
+        "seconds": round(time.monotonic() - start, 1),
+        "device": device,
+    }
+    print(
+        f"Hugging Face model: {args.hf_steps} steps, loss {hf_losses[0]:.2f} -> {hf_losses[-1]:.2f}, "
+        f"evaluated {hf_loss:.3f}",
+        flush=True,
+    )
     del hf
     if device == "cuda":
         torch.cuda.empty_cache()
-    overrides = {**one_gpu(args.cpt_steps), **small_llama.PLAN_ARCH, "train.seq_length": seq,
-                 "train.hf_model_id": str(source), "model.tokenizer.library": "huggingface",
-                 "model.tokenizer.model": str(source), "model.tokenizer.vocab_size": 128256,
-                 "train.optim.lr": 3e-5, "train.optim.min_lr": 3e-6, "train.optim.warmup_steps": 2,
-                 "data.train_prefixes": [str(Path(args.cpt_data).absolute())],
-                 "data.index_cache_dir": str(args.work.absolute() / "index-cache")}
+    overrides = {
+        **one_gpu(args.cpt_steps),
+        **small_llama.PLAN_ARCH,
+        "train.seq_length": seq,
+        "train.hf_model_id": str(source),
+        "model.tokenizer.library": "huggingface",
+        "model.tokenizer.model": str(source),
+        "model.tokenizer.vocab_size": 128256,
+        "train.optim.lr": 3e-5,
+        "train.optim.min_lr": 3e-6,
+        "train.optim.warmup_steps": 2,
+        "data.train_prefixes": [str(Path(args.cpt_data).absolute())],
+        "data.index_cache_dir": str(args.work.absolute() / "index-cache"),
+    }
     overrides["stages"] = ["import", "train"]  # the trainer builds the small index itself
     plan = prepare("llama31_8b", overrides, "cpt-llama31-small", cluster, args.work, ("import", "train"), args.dry)
     imported = run_stage(plan, "import", args.job_timeout)
@@ -279,9 +364,12 @@ def cpt(args: argparse.Namespace, cluster: Path, summary: dict[str, Any]) -> boo
     first = row["first_loss"]
     row["restored"] = first is not None and abs(first - hf_loss) < 0.5 and first < fresh - 1.0
     summary["rows"].append(row)
-    print(f"train from the import: exit {row['exit']}, loss {fmt(first, '.3f')} -> {fmt(row['last_loss'], '.3f')} "
-          f"(Hugging Face model {hf_loss:.3f}, a fresh model ~{fresh:.2f}): "
-          + ("the imported weights were trained from" if row["restored"] else "NOT the imported model's loss"), flush=True)
+    print(
+        f"train from the import: exit {row['exit']}, loss {fmt(first, '.3f')} -> {fmt(row['last_loss'], '.3f')} "
+        f"(Hugging Face model {hf_loss:.3f}, a fresh model ~{fresh:.2f}): "
+        + ("the imported weights were trained from" if row["restored"] else "NOT the imported model's loss"),
+        flush=True,
+    )
     return row["exit"] == 0 and row["restored"]
 
 
@@ -304,11 +392,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, help="seeds: Mixtral's tokenizer.model.v1 (32000 ids)")
     parser.add_argument("--models", nargs="+", choices=list(LAYERS), help="seeds: these only (default: all nine)")
     parser.add_argument("--layers", nargs="+", metavar="MODEL=N", help="seeds: another layer count for a model")
-    parser.add_argument("--steps", type=int, default=24, help="seeds: steps per model (the rule's window: steps 10..steps-11)")
-    parser.add_argument("--budget", type=float, default=540, help="seeds: seconds for all models; later ones are skipped")
+    parser.add_argument(
+        "--steps", type=int, default=24, help="seeds: steps per model (the rule's window: steps 10..steps-11)"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=540, help="seeds: seconds for all models; later ones are skipped"
+    )
     parser.add_argument("--min-model-s", type=float, default=60, help="seeds: do not start a model with less left")
     parser.add_argument("--cpt-data", type=Path, help="cpt: Megatron prefix tokenized with Llama 3's tokenizer")
-    parser.add_argument("--cpt-tokenizer", type=Path, help="cpt: the llama-models:llama3.1 folder (packaged_tokenizers)")
+    parser.add_argument(
+        "--cpt-tokenizer", type=Path, help="cpt: the llama-models:llama3.1 folder (packaged_tokenizers)"
+    )
     parser.add_argument("--hf-steps", type=int, default=150, help="cpt: steps the Hugging Face model trains first")
     parser.add_argument("--cpt-steps", type=int, default=30, help="cpt: steps NeMo trains from the import")
     parser.add_argument("--cpt-seq", type=int, default=2048, help="cpt: sequence length (GPU)")
@@ -320,8 +414,13 @@ def main(argv: list[str] | None = None) -> int:
         str(Path(p).absolute()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
     )
     cluster = cluster_profile(args.work / "cluster.yaml", args.work / "runs", args.dry)
-    summary: dict[str, Any] = {"mode": args.mode, "dry": args.dry, "software": software(),
-                               "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    summary: dict[str, Any] = {
+        "mode": args.mode,
+        "dry": args.dry,
+        "software": software(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "rows": [],
+    }
     print(json.dumps(summary["software"]), flush=True)
     ok = seeds(args, cluster, summary) if args.mode == "seeds" else cpt(args, cluster, summary)
     publish(args, summary)

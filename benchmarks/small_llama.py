@@ -27,22 +27,37 @@ PLAN_ARCH = {
 }
 
 
-def build(seed: int = 0) -> "torch.nn.Module":
+def build(seed: int = 0) -> torch.nn.Module:
     """A freshly initialised ``LlamaForCausalLM`` in bfloat16 (Hugging Face's own initialisation, seeded)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=128256, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, rope_theta=500000.0, max_position_embeddings=131072, rms_norm_eps=1e-5,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192},
-        bos_token_id=128000, eos_token_id=128001, tie_word_embeddings=False, torch_dtype="bfloat16",
+        vocab_size=128256,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=500000.0,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        bos_token_id=128000,
+        eos_token_id=128001,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).to(torch.bfloat16)
 
 
-def save(model: "torch.nn.Module", tokenizer_dir: Path, dest: Path) -> Path:
+def save(model: torch.nn.Module, tokenizer_dir: Path, dest: Path) -> Path:
     """``save_pretrained`` into ``dest`` with the tokenizer's files beside the weights, as a hub download has them."""
     model.save_pretrained(dest)
     for path in Path(tokenizer_dir).iterdir():
@@ -61,7 +76,7 @@ def batches(prefix: str, seq: int, batch: int, seed: int = 0):
         yield torch.from_numpy(np.stack([tokens[s : s + seq] for s in starts]))
 
 
-def mean_loss(model: "torch.nn.Module", data, steps: int, device: str) -> float:
+def mean_loss(model: torch.nn.Module, data, steps: int, device: str) -> float:
     """The model's mean next-token loss over ``steps`` batches, in evaluation mode."""
     model.to(device).eval()
     with torch.no_grad():
@@ -69,7 +84,7 @@ def mean_loss(model: "torch.nn.Module", data, steps: int, device: str) -> float:
     return total / steps
 
 
-def pretrain(model: "torch.nn.Module", data, steps: int, device: str, lr: float = 3e-3) -> list[float]:
+def pretrain(model: torch.nn.Module, data, steps: int, device: str, lr: float = 3e-3) -> list[float]:
     """A few AdamW steps in bfloat16 autocast over ``data``: the losses, first to last."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)

@@ -108,7 +108,8 @@ def reconcile(ledger: Ledger, current_job: str | None, current_restart: int, pro
     if current_job and current_restart > 0 and slurm.available():
         _label_requeues(ledger, current_job)
     dangling = [
-        a for a in ledger.attempts()
+        a
+        for a in ledger.attempts()
         if a.outcome == "running" and not (a.job_id == current_job and a.restart == current_restart)
     ]
     if not dangling:
@@ -143,8 +144,13 @@ def _label_requeues(ledger: Ledger, job_id: str) -> None:
         if attempt.restart < len(runs) - 1 and attempt.outcome in ("preempted", "running"):
             outcome = SACCT_OUTCOMES.get(runs[attempt.restart].base_state)
             if outcome and outcome != attempt.outcome and outcome in ("node_failure", "preempted", "cancelled"):
-                ledger.end_attempt(attempt.id, outcome, end_step=attempt.end_step, exit_code=attempt.exit_code,
-                                   note=f"sacct: {runs[attempt.restart].state}")  # fmt: skip
+                ledger.end_attempt(
+                    attempt.id,
+                    outcome,
+                    end_step=attempt.end_step,
+                    exit_code=attempt.exit_code,
+                    note=f"sacct: {runs[attempt.restart].state}",
+                )
 
 
 def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
@@ -167,8 +173,10 @@ def cancel_successors(ledger: Ledger, current_job: str | None, why: str) -> list
         if ids:
             slurm.cancel(ids)
     except slurm.SlurmError as exc:
-        ledger.event("cancel", f"could not cancel the queued rest of the chain ({why}): {exc}; "
-                     "each of its jobs ends at its start")
+        ledger.event(
+            "cancel",
+            f"could not cancel the queued rest of the chain ({why}): {exc}; each of its jobs ends at its start",
+        )
         return []
     if ids:
         ledger.mark_cancelled(ids)

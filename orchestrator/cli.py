@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 import textwrap
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -38,12 +39,18 @@ MLPerf style: source config.sh && bash run_llama31.sh   (the same as: submit --f
 
 def _add_plan_arguments(p: argparse.ArgumentParser, *, required: bool = True) -> None:
     g = p.add_argument_group("what to run")
-    g.add_argument("--profile", "-p", required=required, help="model profile or alias (see `profiles`), e.g. tiny, 8b, 405b")
+    g.add_argument(
+        "--profile", "-p", required=required, help="model profile or alias (see `profiles`), e.g. tiny, 8b, 405b"
+    )
     g.add_argument("--cluster", "-c", default="local", help="cluster profile name or YAML path (default: local)")
-    g.add_argument("--preset", help="a named set of overrides applied before --set, e.g. cpt-llama31-8b "
-                   "(continual pretraining from Hugging Face, seed 003); see orchestrator/train/presets.py")  # fmt: skip
-    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=explain_overrides_help())  # fmt: skip
+    g.add_argument(
+        "--preset",
+        help="a named set of overrides applied before --set, e.g. cpt-llama31-8b "
+        "(continual pretraining from Hugging Face, seed 003); see orchestrator/train/presets.py",
+    )
+    g.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=explain_overrides_help()
+    )
     g.add_argument("--nodes", type=int, help="shorthand for --set layout.nodes=N")
     g.add_argument("--chain", type=int, help="training jobs chained with afterany (MLPerf's NPAR)")
     g.add_argument("--time", help="each training job's time limit (Slurm format, e.g. 1 or 04:00:00)")
@@ -63,7 +70,12 @@ def _request_from_args(args: argparse.Namespace) -> RunRequest:
     for item in args.overrides:
         key, value = parse_assignment(item)
         overrides[key] = value
-    for flag, key in (("nodes", "layout.nodes"), ("chain", "chain.jobs"), ("time", "chain.time_limit"), ("max_steps", "train.max_steps")):
+    for flag, key in (
+        ("nodes", "layout.nodes"),
+        ("chain", "chain.jobs"),
+        ("time", "chain.time_limit"),
+        ("max_steps", "train.max_steps"),
+    ):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
     req = RunRequest(profile=args.profile, cluster=args.cluster, overrides=overrides, run_id=args.run_id)
@@ -88,17 +100,28 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         p = m.parallel
         layout = f"TP{p.tp} PP{p.pp} CP{p.cp}" + (f" VP{p.vp}" if p.vp else "") + (f" EP{p.ep}" if p.ep > 1 else "")
         params = m.arch.num_params() / 1e9
-        table.add_row(m.name, ",".join(m.aliases), f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.0f}M",
-                      str(m.arch.num_layers), str(m.arch.hidden_size), str(m.bench.gpus), str(m.bench.global_batch_size),
-                      str(m.bench.seq_length), str(m.bench.max_steps), layout, m.backend)  # fmt: skip
+        table.add_row(
+            m.name,
+            ",".join(m.aliases),
+            f"{params:.2f}B" if params >= 0.1 else f"{params * 1e3:.0f}M",
+            str(m.arch.num_layers),
+            str(m.arch.hidden_size),
+            str(m.bench.gpus),
+            str(m.bench.global_batch_size),
+            str(m.bench.seq_length),
+            str(m.bench.max_steps),
+            layout,
+            m.backend,
+        )
     console.print(table)
     ctable = Table(title="Cluster profiles (cluster_profiles/*.yaml, or pass a path)", title_justify="left")
     for col in ("name", "scheduler", "GPUs/node", "GPU", "time limit", "container", "description"):
         ctable.add_column(col)
     for name in cluster_names():
         c = load_cluster(name)
-        ctable.add_row(name, c.scheduler, str(c.gpus_per_node), c.gpu_name or "-", c.time_limit,
-                       c.container.runtime, c.description)  # fmt: skip
+        ctable.add_row(
+            name, c.scheduler, str(c.gpus_per_node), c.gpu_name or "-", c.time_limit, c.container.runtime, c.description
+        )
     console.print(ctable)
     return 0
 
@@ -117,7 +140,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         else:
             _print_plan(plan)
             for p in problems:
-                (err if p.severity == "error" else console).print(f"[{'red' if p.severity == 'error' else 'yellow'}]{p}[/]")
+                (err if p.severity == "error" else console).print(
+                    f"[{'red' if p.severity == 'error' else 'yellow'}]{p}[/]"
+                )
         if any(p.severity == "error" for p in problems):
             worst = 2
     return worst
@@ -128,23 +153,45 @@ def _print_plan(plan: RunPlan) -> None:
     mem = d["memory_gib_per_gpu"]
     rows = [
         ("run", f"{plan.run_id}  ->  {plan.run_dir}"),
-        ("model", f"{plan.model.name}: {a.num_layers} layers, hidden {a.hidden_size}, ffn {a.ffn_hidden_size}, "
-                  f"{a.num_attention_heads} heads / {a.num_query_groups} KV groups, vocab {a.vocab_size}, "
-                  f"{d['parameters'] / 1e9:.2f}B params" + (f" ({d['active_parameters'] / 1e9:.2f}B active)" if a.is_moe else "")),
-        ("cluster", f"{plan.cluster.name} ({plan.cluster.scheduler}), {L.nodes} nodes x {L.tasks_per_node} tasks = {plan.world_size}"),
-        ("layout", f"TP {L.tp}  PP {L.pp}  CP {L.cp}  VP {L.vp or '-'}  EP {L.ep}  DP {plan.data_parallel}  "
-                   f"SP {'on' if L.sequence_parallel else 'off'}  recompute {L.recompute}"),
-        ("batch", f"global {t.global_batch_size} x seq {t.seq_length} = {plan.tokens_per_step:,} tokens/step; "
-                  f"micro {L.micro_batch_size}, {plan.grad_accumulation} micro-batches per rank"),
-        ("train", f"{t.backend} backend, {t.max_steps} steps, seed {t.seed}, lr {t.optim.lr:g} -> {t.optim.min_lr:g}, "
-                  f"warm-up {t.optim.warmup_steps}"),
-        ("chain", f"{plan.chain.jobs} job(s) of {plan.chain.time_limit}, stop signal {plan.cluster.signal_grace_s}s "
-                  f"before the limit, max strikes {plan.chain.max_strikes}"),
+        (
+            "model",
+            f"{plan.model.name}: {a.num_layers} layers, hidden {a.hidden_size}, ffn {a.ffn_hidden_size}, "
+            f"{a.num_attention_heads} heads / {a.num_query_groups} KV groups, vocab {a.vocab_size}, "
+            f"{d['parameters'] / 1e9:.2f}B params"
+            + (f" ({d['active_parameters'] / 1e9:.2f}B active)" if a.is_moe else ""),
+        ),
+        (
+            "cluster",
+            f"{plan.cluster.name} ({plan.cluster.scheduler}), {L.nodes} nodes x {L.tasks_per_node} tasks = {plan.world_size}",
+        ),
+        (
+            "layout",
+            f"TP {L.tp}  PP {L.pp}  CP {L.cp}  VP {L.vp or '-'}  EP {L.ep}  DP {plan.data_parallel}  "
+            f"SP {'on' if L.sequence_parallel else 'off'}  recompute {L.recompute}",
+        ),
+        (
+            "batch",
+            f"global {t.global_batch_size} x seq {t.seq_length} = {plan.tokens_per_step:,} tokens/step; "
+            f"micro {L.micro_batch_size}, {plan.grad_accumulation} micro-batches per rank",
+        ),
+        (
+            "train",
+            f"{t.backend} backend, {t.max_steps} steps, seed {t.seed}, lr {t.optim.lr:g} -> {t.optim.min_lr:g}, "
+            f"warm-up {t.optim.warmup_steps}",
+        ),
+        (
+            "chain",
+            f"{plan.chain.jobs} job(s) of {plan.chain.time_limit}, stop signal {plan.cluster.signal_grace_s}s "
+            f"before the limit, max strikes {plan.chain.max_strikes}",
+        ),
         ("stages", " -> ".join(plan.stages)),
-        ("memory", f"~{mem['total']} GiB per {'GPU' if plan.cluster.gpus_per_node else 'task'} "
-                   f"(weights {mem['weights']}, grads {mem['gradients']}, optimizer {mem['optimizer']}, "
-                   f"activations {mem['activations']})"),
-    ]  # fmt: skip
+        (
+            "memory",
+            f"~{mem['total']} GiB per {'GPU' if plan.cluster.gpus_per_node else 'task'} "
+            f"(weights {mem['weights']}, grads {mem['gradients']}, optimizer {mem['optimizer']}, "
+            f"activations {mem['activations']})",
+        ),
+    ]
     rows += _mlperf_rows(plan)
     table = Table(show_header=False, box=None, padding=(0, 1))
     table.add_column(style="bold")
@@ -167,24 +214,46 @@ def _mlperf_rows(plan: RunPlan) -> list[tuple[str, str]]:
     s, m, gbs = schedule, plan.mlperf, plan.train.global_batch_size
     logged = run_hyperparameters(plan, start_step=plan.train.init_step)
     rows = [
-        ("evaluation", f"first after {s.first_eval_step} steps ({s.samples(s.first_eval_step):,} samples), then every "
-                       f"{s.eval_interval_steps} steps ({s.samples(s.eval_interval_steps):,} samples); {s.eval_batches} "
-                       f"batches of {gbs} = {s.eval_sequences:,} sequences each (eval_samples {logged['eval_samples']}), "
-                       "the first sequences of the validation file in file order"),
-        ("LR", f"opt_base_learning_rate {logged['opt_base_learning_rate']:.10g}, warm-up "
-               f"{logged['opt_learning_rate_warmup_steps']:,} steps, decay {logged['opt_learning_rate_decay_steps']:,} "
-               f"steps to {logged['opt_end_learning_rate']:g} at step {plan.lr_horizon_steps:,} "
-               f"({logged['opt_learning_rate_decay_schedule']})"),
-        ("stop", f"at an evaluation with log-perplexity <= {s.target_log_ppl} (DONE), or after {plan.train.max_steps:,} steps "
-                 f"(train.max_steps); a step slower than {m.step_time_atol_s} s fails the job"),
-        ("start", f"init_checkpoint_step {logged['init_checkpoint_step']}"
-                  + (f", resuming {plan.train.init_from} in full" if plan.train.init_mode == "full" and plan.train.init_from
-                     else f", weights of {plan.train.init_from}" if plan.train.init_from else ", random weights")),
-    ]  # fmt: skip
+        (
+            "evaluation",
+            f"first after {s.first_eval_step} steps ({s.samples(s.first_eval_step):,} samples), then every "
+            f"{s.eval_interval_steps} steps ({s.samples(s.eval_interval_steps):,} samples); {s.eval_batches} "
+            f"batches of {gbs} = {s.eval_sequences:,} sequences each (eval_samples {logged['eval_samples']}), "
+            "the first sequences of the validation file in file order",
+        ),
+        (
+            "LR",
+            f"opt_base_learning_rate {logged['opt_base_learning_rate']:.10g}, warm-up "
+            f"{logged['opt_learning_rate_warmup_steps']:,} steps, decay {logged['opt_learning_rate_decay_steps']:,} "
+            f"steps to {logged['opt_end_learning_rate']:g} at step {plan.lr_horizon_steps:,} "
+            f"({logged['opt_learning_rate_decay_schedule']})",
+        ),
+        (
+            "stop",
+            f"at an evaluation with log-perplexity <= {s.target_log_ppl} (DONE), or after {plan.train.max_steps:,} steps "
+            f"(train.max_steps); a step slower than {m.step_time_atol_s} s fails the job",
+        ),
+        (
+            "start",
+            f"init_checkpoint_step {logged['init_checkpoint_step']}"
+            + (
+                f", resuming {plan.train.init_from} in full"
+                if plan.train.init_mode == "full" and plan.train.init_from
+                else f", weights of {plan.train.init_from}"
+                if plan.train.init_from
+                else ", random weights"
+            ),
+        ),
+    ]
     if "index" in plan.stages:
-        rows.append(("data index", f"{plan.train.max_steps * gbs:,} training samples per seed for seed(s) "
-                                   f"{', '.join(map(str, sorted({plan.train.seed, *m.seeds})))}, built once by the index "
-                                   f"stage in {plan.data.index_cache_dir} (lower train.max_steps to shrink it)"))  # fmt: skip
+        rows.append(
+            (
+                "data index",
+                f"{plan.train.max_steps * gbs:,} training samples per seed for seed(s) "
+                f"{', '.join(map(str, sorted({plan.train.seed, *m.seeds})))}, built once by the index "
+                f"stage in {plan.data.index_cache_dir} (lower train.max_steps to shrink it)",
+            )
+        )
     return rows
 
 
@@ -224,7 +293,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 console.rule(f"{spec.name}.sbatch")
                 console.print(render_stage(plan, spec).text, markup=False)
                 if plan.cluster.scheduler == "slurm":
-                    console.print("# would run: " + " ".join(sbatch_command(plan, spec, "<dependency>" if i else None)), markup=False)
+                    console.print(
+                        "# would run: " + " ".join(sbatch_command(plan, spec, "<dependency>" if i else None)),
+                        markup=False,
+                    )
             for problem in check_inputs(plan):
                 err.print(f"[red]{escape(str(problem))}[/]")
                 worst = 2 if problem.severity == "error" else worst
@@ -255,7 +327,7 @@ def _collect_and_report(run_dir: Path) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from orchestrator.status import run_status, print_status
+    from orchestrator.status import print_status, run_status
 
     status = run_status(args.run)
     if args.json:
@@ -272,8 +344,11 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     try:
         ids = cancel_run(args.run)
     except SlurmError as exc:
-        err.print(f"cancel: nothing cancelled: Slurm cannot say which jobs of the run are queued or running ({exc}); "
-                  "try again once it answers", markup=False)
+        err.print(
+            f"cancel: nothing cancelled: Slurm cannot say which jobs of the run are queued or running ({exc}); "
+            "try again once it answers",
+            markup=False,
+        )
         return 1
     console.print(f"cancelled: {', '.join(ids) if ids else 'nothing was queued or running'}")
     return 0
@@ -307,7 +382,9 @@ def _mount(sub: Any, name: str, module: str, help_text: str) -> None:
         p = sub.add_parser(name, help=f"{help_text} (unavailable: {exc.name} is not installed)")
         p.set_defaults(func=lambda a, e=exc: _missing(name, e))
         return
-    p = sub.add_parser(name, help=help_text, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        name, help=help_text, description=mod.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     mod.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -331,9 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profiles", help="list model and cluster profiles", formatter_class=fmt)
     p.set_defaults(func=cmd_profiles)
 
-    p = sub.add_parser("plan", help="resolve and validate a plan; print it (--json for plan.json)", formatter_class=fmt,
-                       description="Resolve profile + cluster + overrides into the plan every stage reads, and "
-                       "validate it (parallel layout, batch divisibility, memory per GPU). Exit 2 on errors.")  # fmt: skip
+    p = sub.add_parser(
+        "plan",
+        help="resolve and validate a plan; print it (--json for plan.json)",
+        formatter_class=fmt,
+        description="Resolve profile + cluster + overrides into the plan every stage reads, and "
+        "validate it (parallel layout, batch divisibility, memory per GPU). Exit 2 on errors.",
+    )
     _add_plan_arguments(p)
     p.add_argument("--json", action="store_true", help="print plan.json (with derived numbers and problems)")
     p.add_argument("--from-env", action="store_true", help="read config.sh variables from the environment")
@@ -345,11 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-env", action="store_true", help="read config.sh variables from the environment")
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("submit", help="create a run and queue (or, locally, run) its stages", formatter_class=fmt,
-                       description=textwrap.dedent("""\
+    p = sub.add_parser(
+        "submit",
+        help="create a run and queue (or, locally, run) its stages",
+        formatter_class=fmt,
+        description=textwrap.dedent("""\
                        Create the run directory (plan.json, scripts, ledger) and queue consolidate -> preprocess ->
                        train (a chain of --chain jobs) on Slurm, skipping stages whose outputs are complete. With
-                       --cluster local the stages run here, one after the other, and the run is collected at the end."""))  # fmt: skip
+                       --cluster local the stages run here, one after the other, and the run is collected at the end."""),
+    )
     _add_plan_arguments(p, required=False)
     p.add_argument("--dry-run", action="store_true", help="render, validate and print; write and queue nothing")
     p.add_argument("--wait", action="store_true", help="block with a live status line until the run ends, then collect")
@@ -365,13 +450,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run directory")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("smoke", help="test a cluster profile: a tiny multi-node job checks ranks, hosts, GPUs", formatter_class=fmt)
+    p = sub.add_parser(
+        "smoke", help="test a cluster profile: a tiny multi-node job checks ranks, hosts, GPUs", formatter_class=fmt
+    )
     p.add_argument("--cluster", "-c", required=True, help="cluster profile name or YAML path")
     p.add_argument("--nodes", type=int, default=2, help="nodes to use (default 2)")
-    p.add_argument("--runs-root", type=Path, default=None, help="where to put the smoke run (default: the profile's runs_root)")
+    p.add_argument(
+        "--runs-root", type=Path, default=None, help="where to put the smoke run (default: the profile's runs_root)"
+    )
     p.set_defaults(func=cmd_smoke)
 
-    p = sub.add_parser("nightly", help="idempotent: continue an incomplete idle run, or start a fresh one", formatter_class=fmt)
+    p = sub.add_parser(
+        "nightly", help="idempotent: continue an incomplete idle run, or start a fresh one", formatter_class=fmt
+    )
     from orchestrator.nightly import add_arguments as nightly_arguments
 
     nightly_arguments(p)
@@ -379,9 +470,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     _mount(sub, "collect", "orchestrator.collect.cli", "metrics, plots and a verdict from training logs")
     _mount(sub, "consolidate", "orchestrator.data.consolidate", "merge C4 shards into MLPerf's files (resumable)")
-    _mount(sub, "preprocess", "orchestrator.data.preprocess", "tokenize JSONL into a Megatron .bin/.idx (Megatron's flags)")
-    _mount(sub, "mlperf-fixup", "orchestrator.mlperf.layout", "repair the layout of MLPerf's downloaded preprocessed data")
-    _mount(sub, "mlperf-check", "orchestrator.mlperf.compliance", "MLPerf logs: each run's evaluations, and mlperf-logging's verdict")
+    _mount(
+        sub, "preprocess", "orchestrator.data.preprocess", "tokenize JSONL into a Megatron .bin/.idx (Megatron's flags)"
+    )
+    _mount(
+        sub, "mlperf-fixup", "orchestrator.mlperf.layout", "repair the layout of MLPerf's downloaded preprocessed data"
+    )
+    _mount(
+        sub,
+        "mlperf-check",
+        "orchestrator.mlperf.compliance",
+        "MLPerf logs: each run's evaluations, and mlperf-logging's verdict",
+    )
     return parser
 
 

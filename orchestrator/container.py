@@ -37,7 +37,11 @@ class Mount:
     def parse(cls, text: str) -> Mount:
         """A site mount as pyxis writes it: ``SRC[:DST[:ro|rw]]``."""
         parts = text.split(":")
-        if not 1 <= len(parts) <= 3 or not parts[0].startswith("/") or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        if (
+            not 1 <= len(parts) <= 3
+            or not parts[0].startswith("/")
+            or (len(parts) == 3 and parts[2] not in ("ro", "rw"))
+        ):
             raise MountError(f"container.mounts entry {text!r}: expected /host/path[:/container/path[:ro|rw]]")
         target = parts[1] if len(parts) > 1 and parts[1] else parts[0]
         return cls(parts[0], target, len(parts) == 3 and parts[2] == "ro")
@@ -82,8 +86,10 @@ def mounts(site_mounts: Sequence[str], reads: Iterable[str], writes: Iterable[st
                     "profile's container.mounts, or move the data"
                 )
             if covering.read_only and not wanted[folder]:
-                raise MountError(f"{folder} is written by the step but the site mount {covering.source} is read-only; "
-                                 "fix: mount it read-write, or point the plan's output elsewhere")  # fmt: skip
+                raise MountError(
+                    f"{folder} is written by the step but the site mount {covering.source} is read-only; "
+                    "fix: mount it read-write, or point the plan's output elsewhere"
+                )
             continue
         result.append(Mount(folder, folder, wanted[folder]))
     return result
@@ -99,10 +105,16 @@ def _folder(path: str) -> str:
             "(fix: copy the file under the cluster's data_root, or use a packaged reference such as "
             "mistral-common:tokenizer.model.v1, which is copied there at submission)"
         )
-    folder = path if os.path.isdir(path) or not os.path.exists(path) and not PurePosixPath(path).suffix else os.path.dirname(path)
+    folder = (
+        path
+        if os.path.isdir(path) or not os.path.exists(path) and not PurePosixPath(path).suffix
+        else os.path.dirname(path)
+    )
     if folder == "/" or any(_under(folder, owned) for owned in IMAGE_OWNED):
-        raise MountError(f"{path}: {folder} belongs to the container image; fix: keep data, checkpoints and "
-                         "tokenizers outside /usr, /etc, /bin, /lib and the like")  # fmt: skip
+        raise MountError(
+            f"{path}: {folder} belongs to the container image; fix: keep data, checkpoints and "
+            "tokenizers outside /usr, /etc, /bin, /lib and the like"
+        )
     return folder
 
 
@@ -160,16 +172,49 @@ class Bubblewrap:
 
     def prefix(self, image: str, mounts: Sequence[Mount], env: Sequence[str], workdir: str) -> list[str]:
         root = f"{image}/rootfs"
-        args = ["env", f"--ignore-signal={STEP_SIGNALS}", "bwrap", "--die-with-parent",
-                "--ro-bind", f"{root}/usr", "/usr", "--ro-bind", f"{root}/etc", "/etc"]  # fmt: skip
+        args = [
+            "env",
+            f"--ignore-signal={STEP_SIGNALS}",
+            "bwrap",
+            "--die-with-parent",
+            "--ro-bind",
+            f"{root}/usr",
+            "/usr",
+            "--ro-bind",
+            f"{root}/etc",
+            "/etc",
+        ]
         for link in ("bin", "sbin", "lib", "lib64"):
             args += ["--symlink", f"usr/{link}", f"/{link}"]
-        args += ["--proc", "/proc", "--dev", "/dev", "--ro-bind", "/sys", "/sys", "--tmpfs", "/tmp",
-                 "--ro-bind", "/etc/hosts", "/etc/hosts", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]  # fmt: skip
+        args += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--ro-bind",
+            "/sys",
+            "/sys",
+            "--tmpfs",
+            "/tmp",
+            "--ro-bind",
+            "/etc/hosts",
+            "/etc/hosts",
+            "--ro-bind",
+            "/etc/resolv.conf",
+            "/etc/resolv.conf",
+        ]
         for m in mounts:
             args += ["--ro-bind" if m.read_only else "--bind", m.source, m.target]
-        args += ["--setenv", "PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "--chdir", workdir,
-                 "--", "env", f"--default-signal={STEP_SIGNALS}"]  # fmt: skip
+        args += [
+            "--setenv",
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--chdir",
+            workdir,
+            "--",
+            "env",
+            f"--default-signal={STEP_SIGNALS}",
+        ]
         return args
 
     def image_id(self, image: str) -> str:

@@ -71,7 +71,11 @@ class JobEnvironment:
             rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), _int(env, "LOCAL_RANK", default=0)
             launcher = "srun" if "SLURM_PROCID" in env else "torchrun-style env"
         elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-            rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), _int(env, "SLURM_LOCALID", default=0)
+            rank, world, local = (
+                int(env["SLURM_PROCID"]),
+                int(env["SLURM_NTASKS"]),
+                _int(env, "SLURM_LOCALID", default=0),
+            )
             launcher = "srun"
         else:
             rank, world, local, launcher = 0, 1, 0, "single process"

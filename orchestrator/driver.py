@@ -167,9 +167,17 @@ class StageDriver:
 
     def _facts(self, rc: int | None, end_step: int | None = None) -> Facts:
         """This attempt's facts; when Slurm sent SIGTERM, Slurm is asked whether that was a cancel."""
-        return Facts(chain=self.spec.chain, exit_code=rc, done=self.spec.chain and self.rd.done() is not None,
-                     stop=self.stop_requested, slurm_term=self.slurm_term, cancelled=self.slurm_term and self._cancelled(),
-                     start_step=self.start_step, end_step=end_step, steps_per_job=self.plan.chain.steps_per_job)
+        return Facts(
+            chain=self.spec.chain,
+            exit_code=rc,
+            done=self.spec.chain and self.rd.done() is not None,
+            stop=self.stop_requested,
+            slurm_term=self.slurm_term,
+            cancelled=self.slurm_term and self._cancelled(),
+            start_step=self.start_step,
+            end_step=end_step,
+            steps_per_job=self.plan.chain.steps_per_job,
+        )
 
     def _cancelled(self) -> bool:
         """sacct says CANCELLED from the moment of an scancel (a requeue or preemption reads otherwise)."""
@@ -188,11 +196,17 @@ class StageDriver:
         self.start_step = progress
         self.end_at_start = self._end_time()
         self.attempt = self.ledger.start_attempt(
-            self.ctx.job_id, self.stage, restart=self.ctx.restart, host=self.ctx.host, start_step=progress,
+            self.ctx.job_id,
+            self.stage,
+            restart=self.ctx.restart,
+            host=self.ctx.host,
+            start_step=progress,
             log_path=self._log_path(),
         )
         say = self._say
-        say(f"job {self.ctx.job_id} (restart {self.ctx.restart}) on {self.ctx.host}; latest checkpoint: {_step(progress)}")
+        say(
+            f"job {self.ctx.job_id} (restart {self.ctx.restart}) on {self.ctx.host}; latest checkpoint: {_step(progress)}"
+        )
 
         if done := self.rd.done():
             return self._finish_early("stopped", f"run already done at step {done.get('final_step')}")
@@ -290,15 +304,19 @@ class StageDriver:
         try:
             successor = bool(chain.pending_successors(self.ledger, self.ctx.job_id))
         except slurm.SlurmError as exc:
-            self._say(f"not requeueing: Slurm cannot say whether a successor is queued ({exc}); a job that cannot be "
-                      "ruled out counts as queued, and nightly continues the run")
+            self._say(
+                f"not requeueing: Slurm cannot say whether a successor is queued ({exc}); a job that cannot be "
+                "ruled out counts as queued, and nightly continues the run"
+            )
             raise SystemExit(0) from None
         if successor:
             self._say(f"saved at {_step(end_step)}; the next job of the chain continues")
             raise SystemExit(0)
         if not progressed or preempted:
             # A preempted job is requeued by Slurm itself; one without progress must not loop.
-            self._say("not requeueing: " + ("Slurm requeues preempted jobs" if preempted else "no progress in this job"))
+            self._say(
+                "not requeueing: " + ("Slurm requeues preempted jobs" if preempted else "no progress in this job")
+            )
             raise SystemExit(0)
         self._say(f"saved at {_step(end_step)}; no successor queued: requeueing this job")
         return submitit.helpers.DelayedSubmission(StageDriver(self.run_dir, self.stage, self.task_index))

@@ -9,8 +9,9 @@ command line and into the ledger, so every job of a chain runs the very same fil
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import submitit
 from submitit.core import utils
@@ -22,8 +23,15 @@ MAX_TIMEOUT_REQUEUES = 3
 class ScriptExecutor(submitit.SlurmExecutor):
     """A SlurmExecutor whose batch file is a given script; ``sbatch_args`` are added to the sbatch call."""
 
-    def __init__(self, folder: str | os.PathLike[str], script: str, *, time_minutes: int,
-                 sbatch_args: Sequence[str] = (), array: Sequence[int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        script: str,
+        *,
+        time_minutes: int,
+        sbatch_args: Sequence[str] = (),
+        array: Sequence[int] | None = None,
+    ) -> None:
         super().__init__(folder, max_num_timeout=MAX_TIMEOUT_REQUEUES)
         self.script = script
         self.sbatch_args = list(sbatch_args)

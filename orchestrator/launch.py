@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 FORWARDED = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
@@ -31,8 +31,14 @@ def launch(command: Sequence[str], nproc: int, master_port: int | None = None) -
     port = master_port or free_port()
     procs: list[subprocess.Popen[bytes]] = []
     for rank in range(nproc):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nproc),
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         procs.append(subprocess.Popen(list(command), env=env))
 
     def forward(signum: int, frame: object) -> None:
@@ -57,8 +63,9 @@ def launch(command: Sequence[str], nproc: int, master_port: int | None = None) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.launch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nproc-per-node", type=int, default=1, help="tasks to start (default 1)")
     parser.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command each task runs")

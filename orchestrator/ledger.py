@@ -15,9 +15,10 @@ import contextlib
 import datetime as dt
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 Outcome = Literal[
     "running",  # started, not ended (or the driver was killed; reconciled from sacct)
@@ -180,9 +181,15 @@ class Ledger:
             db.executemany("UPDATE jobs SET cancelled_at = ? WHERE job_id = ?", [(now(), j) for j in job_ids])
 
     def start_attempt(
-        self, job_id: str, stage: str, *, restart: int = 0, host: str | None = None,
-        start_step: int | None = None, log_path: str | None = None,
-    ) -> int:  # fmt: skip
+        self,
+        job_id: str,
+        stage: str,
+        *,
+        restart: int = 0,
+        host: str | None = None,
+        start_step: int | None = None,
+        log_path: str | None = None,
+    ) -> int:
         with self._connect() as db:
             cur = db.execute(
                 "INSERT INTO attempts (job_id, stage, restart, host, started_at, start_step, log_path)"
@@ -192,9 +199,14 @@ class Ledger:
             return int(cur.lastrowid or 0)
 
     def end_attempt(
-        self, attempt_id: int, outcome: str, *, end_step: int | None = None, exit_code: int | None = None,
+        self,
+        attempt_id: int,
+        outcome: str,
+        *,
+        end_step: int | None = None,
+        exit_code: int | None = None,
         note: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}; one of {OUTCOMES}")
         with self._connect() as db:
@@ -212,9 +224,13 @@ class Ledger:
         """Count strikes afresh from the next attempt on, recorded with a ``reset`` event (one transaction)."""
         with self._connect() as db:
             (after,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM attempts").fetchone()
-            event = db.execute("INSERT INTO events (at, kind, message) VALUES (?, 'reset', ?)", (now(), reason)).lastrowid
-            db.execute("INSERT INTO strike_resets (at, after_attempt, event, reason) VALUES (?, ?, ?, ?)",
-                       (now(), after, event, reason))
+            event = db.execute(
+                "INSERT INTO events (at, kind, message) VALUES (?, 'reset', ?)", (now(), reason)
+            ).lastrowid
+            db.execute(
+                "INSERT INTO strike_resets (at, after_attempt, event, reason) VALUES (?, ?, ?, ?)",
+                (now(), after, event, reason),
+            )
 
     # --------------------------------------------------------------------------------------------- reads
 

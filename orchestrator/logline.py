@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Mapping
+from collections.abc import Mapping
 
 #: Field order of a NeMo 2.5 line for a pretraining step (``val_loss`` appears once a validation has run).
 FIELD_ORDER = (

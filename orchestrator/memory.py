@@ -47,9 +47,14 @@ class MemoryEstimate:
 
     def as_gib(self) -> dict[str, float]:
         parts = dict(
-            weights=self.weights, gradients=self.gradients, optimizer=self.optimizer,
-            activations=self.activations, logits=self.logits, overhead=self.overhead, total=self.total,
-        )  # fmt: skip
+            weights=self.weights,
+            gradients=self.gradients,
+            optimizer=self.optimizer,
+            activations=self.activations,
+            logits=self.logits,
+            overhead=self.overhead,
+            total=self.total,
+        )
         return {k: round(v / GIB, 2) for k, v in parts.items()}
 
     def describe(self) -> str:

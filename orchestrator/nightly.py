@@ -20,10 +20,11 @@ import json
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from orchestrator.ledger import Ledger
 from orchestrator.plan import RunPlan
@@ -75,21 +76,33 @@ def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
         if fresh:
             new = fresh_plan(plan)
             sub = submit_run(new, say=_say)
-            return Decision("fresh", f"started a new run {new.run_id} from {plan.run_id}'s plan", sub.run_dir,
-                            tuple(j for _, j in sub.jobs))  # fmt: skip
+            return Decision(
+                "fresh",
+                f"started a new run {new.run_id} from {plan.run_id}'s plan",
+                sub.run_dir,
+                tuple(j for _, j in sub.jobs),
+            )
         status = run_status(rd.path)
         if status["done"]:
             return Decision("none", f"run done at step {status['done'].get('final_step')}", rd.path)
         if status["stopped"]:
-            return Decision("none", f"chain stopped: {status['stopped'].get('reason')} "
-                            f"(fix the cause, then delete {rd.stopped_marker} to allow continuing)", rd.path)  # fmt: skip
+            return Decision(
+                "none",
+                f"chain stopped: {status['stopped'].get('reason')} "
+                f"(fix the cause, then delete {rd.stopped_marker} to allow continuing)",
+                rd.path,
+            )
         busy = [f"{j['stage']} {j['job_id']} {j['ended']}" for j in status["jobs"] if j["alive"]]
         if busy:
             return Decision("none", f"in progress: {', '.join(busy)}", rd.path)
         unsure = [j["job_id"] for j in status["jobs"] if j["alive"] is None]
         if unsure:
-            return Decision("refuse", f"cannot rule out that job(s) {', '.join(unsure)} are queued or running, so "
-                            f"nothing was queued ({status['warning']}); run nightly again once Slurm answers", rd.path)
+            return Decision(
+                "refuse",
+                f"cannot rule out that job(s) {', '.join(unsure)} are queued or running, so "
+                f"nothing was queued ({status['warning']}); run nightly again once Slurm answers",
+                rd.path,
+            )
         if plan.cluster.scheduler != "slurm":
             return Decision("none", "nightly continues Slurm runs; run local runs again with submit", rd.path)
         if continued := continue_after_stop(rd, Ledger(rd.ledger)):
@@ -97,9 +110,17 @@ def decide_and_act(run_dir: Path, fresh: bool = False) -> Decision:
         trained = Ledger(rd.ledger).jobs(TRAIN)
         chain_start = 1 + max((j.chain_index or 0) for j in trained) if trained else 0
         sub = queue_stages(plan, rd, [stage_spec(plan, TRAIN)], _say, chain_start=chain_start)
-        Ledger(rd.ledger).event("nightly", f"continued from checkpoint {status['latest_checkpoint_step']}: {', '.join(j for _, j in sub.jobs)}")
-        return Decision("continue", f"incomplete and idle at checkpoint {status['latest_checkpoint_step']}: "
-                        f"queued {len(sub.jobs)} training job(s)", rd.path, tuple(j for _, j in sub.jobs))  # fmt: skip
+        Ledger(rd.ledger).event(
+            "nightly",
+            f"continued from checkpoint {status['latest_checkpoint_step']}: {', '.join(j for _, j in sub.jobs)}",
+        )
+        return Decision(
+            "continue",
+            f"incomplete and idle at checkpoint {status['latest_checkpoint_step']}: "
+            f"queued {len(sub.jobs)} training job(s)",
+            rd.path,
+            tuple(j for _, j in sub.jobs),
+        )
 
 
 def fresh_plan(previous: RunPlan) -> RunPlan:
@@ -109,7 +130,9 @@ def fresh_plan(previous: RunPlan) -> RunPlan:
     run_dir = Path(previous.run_dir).parent / run_id
     body = previous.model_dump(mode="json")
     old_ckpt = Path(previous.train.ckpt_dir)
-    body.update(run_id=run_id, run_dir=str(run_dir), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    body.update(
+        run_id=run_id, run_dir=str(run_dir), created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    )
     if old_ckpt == Path(previous.run_dir) / "checkpoints":
         body["train"]["ckpt_dir"] = str(run_dir / "checkpoints")
     else:
@@ -133,17 +156,29 @@ def schedule(run_dir: Path, at: str) -> str:
     hour, minute = _hhmm(at)
     rd = RunDir.of(run_dir)
     script = rd.scripts / "nightly.sbatch"
-    text = environment().get_template("nightly.sbatch.j2").render(
-        plan=plan, cluster=plan.cluster, job_name=job_name(plan, "nightly"), run_dir=str(rd.path), script=str(script),
-        python=sys.executable, at=f"{hour:02d}:{minute:02d}", log=str(rd.logs / "nightly-%j.out"),
-    )  # fmt: skip
+    text = (
+        environment()
+        .get_template("nightly.sbatch.j2")
+        .render(
+            plan=plan,
+            cluster=plan.cluster,
+            job_name=job_name(plan, "nightly"),
+            run_dir=str(rd.path),
+            script=str(script),
+            python=sys.executable,
+            at=f"{hour:02d}:{minute:02d}",
+            log=str(rd.logs / "nightly-%j.out"),
+        )
+    )
     from orchestrator.atomic import atomic_write_text
 
     atomic_write_text(script, text)
     script.chmod(0o755)
     out = slurm.run(["sbatch", "--parsable", f"--begin={_next_time(hour, minute)}", str(script)])
     job_id = out.strip().split(";")[0]
-    Ledger(rd.ledger).event("nightly", f"scheduled daily at {hour:02d}:{minute:02d} as job {job_id} ({quote(str(script))})")
+    Ledger(rd.ledger).event(
+        "nightly", f"scheduled daily at {hour:02d}:{minute:02d} as job {job_id} ({quote(str(script))})"
+    )
     return job_id
 
 
@@ -174,10 +209,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--run", type=Path, help="the run directory to keep going")
     which.add_argument("--profile", help="the newest run of this model profile under --runs-root")
-    parser.add_argument("--runs-root", type=Path, default=Path("runs"), help="where to look with --profile (default: runs)")
+    parser.add_argument(
+        "--runs-root", type=Path, default=Path("runs"), help="where to look with --profile (default: runs)"
+    )
     parser.add_argument("--fresh", action="store_true", help="start a new dated run from the latest run's plan")
     parser.add_argument("--print-cron", action="store_true", help="print a crontab line that runs this nightly")
-    parser.add_argument("--schedule", metavar="HH:MM", help="queue a Slurm job that runs the nightly check daily at HH:MM")
+    parser.add_argument(
+        "--schedule", metavar="HH:MM", help="queue a Slurm job that runs the nightly check daily at HH:MM"
+    )
     parser.add_argument("--at", default="02:00", metavar="HH:MM", help="time of day for --print-cron (default 02:00)")
     parser.add_argument("--json", action="store_true", help="print the decision as JSON")
 
@@ -201,8 +240,16 @@ def main(args: argparse.Namespace, console: Any) -> int:
         return 0
     decision = decide_and_act(Path(run_dir), fresh=args.fresh)
     if args.json:
-        console.print_json(json.dumps({"action": decision.action, "why": decision.why, "run_dir": str(decision.run_dir),
-                                       "jobs": list(decision.jobs)}))  # fmt: skip
+        console.print_json(
+            json.dumps(
+                {
+                    "action": decision.action,
+                    "why": decision.why,
+                    "run_dir": str(decision.run_dir),
+                    "jobs": list(decision.jobs),
+                }
+            )
+        )
     else:
         console.print(f"nightly: {decision.action}: {decision.why}", markup=False)
     return 1 if decision.action == "refuse" else 0

@@ -13,8 +13,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -160,15 +161,21 @@ class RunPlan(Strict):
     def tokens_per_step(self) -> int:
         return self.train.global_batch_size * self.train.seq_length
 
-    def mlperf_schedule(self) -> "Schedule | None":
+    def mlperf_schedule(self) -> Schedule | None:
         """The MLPerf rules' schedule for this GBS (None when the plan is not an MLPerf run)."""
         if self.mlperf is None:
             return None
         from orchestrator.mlperf.schedule import Schedule
 
         m = self.mlperf
-        return Schedule(self.train.global_batch_size, target_log_ppl=m.target_log_ppl, eval_every_samples=m.eval_every_samples,
-                        eval_samples=m.eval_samples, start_eval_at_samples=m.start_eval_at_samples, allow_new_rcp=m.allow_new_rcp)  # fmt: skip
+        return Schedule(
+            self.train.global_batch_size,
+            target_log_ppl=m.target_log_ppl,
+            eval_every_samples=m.eval_every_samples,
+            eval_samples=m.eval_samples,
+            start_eval_at_samples=m.start_eval_at_samples,
+            allow_new_rcp=m.allow_new_rcp,
+        )
 
     def memory_estimate(self) -> memory.MemoryEstimate:
         return memory.estimate(
@@ -199,13 +206,13 @@ class RunPlan(Strict):
         return json.dumps(body, indent=2, sort_keys=False) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "RunPlan":
+    def from_json(cls, text: str) -> RunPlan:
         body = json.loads(text)
         body.pop("derived", None)
         return cls.model_validate(body)
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike[str]) -> "RunPlan":
+    def load(cls, run_dir: str | os.PathLike[str]) -> RunPlan:
         path = Path(run_dir) / "plan.json"
         try:
             return cls.from_json(path.read_text())
@@ -262,9 +269,13 @@ def build_plan(
         "run_id": run_id,
         "run_dir": str(run_dir),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": dict(name=model.name, recipe=model.recipe, arch=model.arch.model_dump(), tokenizer=model.tokenizer.model_dump()),
+        "model": dict(
+            name=model.name, recipe=model.recipe, arch=model.arch.model_dump(), tokenizer=model.tokenizer.model_dump()
+        ),
         "cluster": site.model_dump(),
-        "layout": dict(nodes=max(math.ceil(model.bench.gpus / tasks), 1), tasks_per_node=tasks, **model.parallel.model_dump()),
+        "layout": dict(
+            nodes=max(math.ceil(model.bench.gpus / tasks), 1), tasks_per_node=tasks, **model.parallel.model_dump()
+        ),
         "train": dict(
             backend=model.backend,
             global_batch_size=model.bench.global_batch_size,
@@ -293,7 +304,9 @@ def build_plan(
     try:
         plan = RunPlan.model_validate(tree)
     except ValidationError as exc:
-        raise PlanError([Problem(field=_loc(e["loc"]), message=e["msg"], fix=_fix_for(e)) for e in exc.errors()]) from None
+        raise PlanError(
+            [Problem(field=_loc(e["loc"]), message=e["msg"], fix=_fix_for(e)) for e in exc.errors()]
+        ) from None
     if check:
         errors = [p for p in validate(plan) if p.severity == "error"]
         if errors:
@@ -306,14 +319,18 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     sections = sorted(RunPlan.model_fields)
     if parts[0] not in sections:
-        raise PlanError([Problem(field=key, message=f"unknown plan section {parts[0]!r}", fix=f"use one of: {', '.join(sections)}")])
+        raise PlanError(
+            [Problem(field=key, message=f"unknown plan section {parts[0]!r}", fix=f"use one of: {', '.join(sections)}")]
+        )
     node = tree
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise PlanError([Problem(field=key, message=f"{part!r} is a value, not a section", fix="set the value itself")])
+            raise PlanError(
+                [Problem(field=key, message=f"{part!r} is a value, not a section", fix="set the value itself")]
+            )
         node = child
     node[parts[-1]] = value
 
@@ -346,14 +363,20 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
     else:  # real data lives in the cluster's shared data folder, reused by every run
         root = Path(os.path.expanduser(tree["cluster"].get("data_root") or "data")).absolute() / "c4"
         data.setdefault("c4_path", str(root / "en"))
-    data.setdefault("preprocessed_path", str(root / ("preprocessed" if source == "sample" else f"preprocessed-{_tokenizer_tag(tree)}")))
+    data.setdefault(
+        "preprocessed_path",
+        str(root / ("preprocessed" if source == "sample" else f"preprocessed-{_tokenizer_tag(tree)}")),
+    )
     if source in ("sample", "c4"):
         data.setdefault("merged_path", str(root / "merged"))
     if not data.get("train_prefixes") and (source != "preprocessed" or named_folder):
         outputs = int(data.get("train_outputs", 8))
         shards = data.get("train_shards") or list(range(outputs))
         data["train_prefixes"] = [dataset_prefix(data["preprocessed_path"], train_file(k)) for k in shards]
-        data.setdefault("validation_prefixes", [dataset_prefix(data["preprocessed_path"], validation_file(data.get("n_validation_samples")))])
+        data.setdefault(
+            "validation_prefixes",
+            [dataset_prefix(data["preprocessed_path"], validation_file(data.get("n_validation_samples")))],
+        )
     if tree["train"].get("backend") == "nemo" and not data.get("index_cache_dir"):
         # shared by every run (and seed) of the site that trains on the same data; TMP_NPY_INDEX overrides
         site_data = Path(os.path.expanduser(tree["cluster"].get("data_root") or "data")).absolute()
@@ -380,12 +403,24 @@ def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -
 
     m = tree["mlperf"]
     try:
-        sched = Schedule(int(tree["train"]["global_batch_size"]), target_log_ppl=m.get("target_log_ppl", 5.6),
-                         eval_every_samples=m.get("eval_every_samples", 18432), eval_samples=m.get("eval_samples", 5760),
-                         start_eval_at_samples=m.get("start_eval_at_samples"), allow_new_rcp=m.get("allow_new_rcp", False))  # fmt: skip
+        sched = Schedule(
+            int(tree["train"]["global_batch_size"]),
+            target_log_ppl=m.get("target_log_ppl", 5.6),
+            eval_every_samples=m.get("eval_every_samples", 18432),
+            eval_samples=m.get("eval_samples", 5760),
+            start_eval_at_samples=m.get("start_eval_at_samples"),
+            allow_new_rcp=m.get("allow_new_rcp", False),
+        )
     except GbsError as exc:
-        raise PlanError([Problem(field="train.global_batch_size", message=str(exc),
-                                 fix="a GBS in [1152, 9216], or --set mlperf.allow_new_rcp=true")]) from None  # fmt: skip
+        raise PlanError(
+            [
+                Problem(
+                    field="train.global_batch_size",
+                    message=str(exc),
+                    fix="a GBS in [1152, 9216], or --set mlperf.allow_new_rcp=true",
+                )
+            ]
+        ) from None
     derived = {
         "train.optim.lr": sched.base_lr,
         "train.optim.min_lr": sched.min_lr,
@@ -446,79 +481,183 @@ def validate(plan: RunPlan) -> list[Problem]:
     where = f"{world} tasks ({L.nodes} nodes x {L.tasks_per_node})"
 
     if site.max_nodes and L.nodes > site.max_nodes:
-        add(Problem(field="layout.nodes", message=f"{L.nodes} nodes, cluster {site.name!r} has at most {site.max_nodes}",
-                    fix=f"--set layout.nodes={site.max_nodes} (or NNODES=) or use a larger cluster profile"))
+        add(
+            Problem(
+                field="layout.nodes",
+                message=f"{L.nodes} nodes, cluster {site.name!r} has at most {site.max_nodes}",
+                fix=f"--set layout.nodes={site.max_nodes} (or NNODES=) or use a larger cluster profile",
+            )
+        )
     mp = plan.model_parallel
     if world % mp:
         good = mp * max(1, round(world / mp))
-        add(Problem(field="layout", message=f"TP x PP x CP = {L.tp} x {L.pp} x {L.cp} = {mp} does not divide {where}",
-                    fix=f"use a multiple of {mp} tasks (e.g. {math.ceil(good / L.tasks_per_node)} nodes), "
-                    f"or a smaller layout (--set layout.tp=.. layout.pp=.. layout.cp=..)"))
+        add(
+            Problem(
+                field="layout",
+                message=f"TP x PP x CP = {L.tp} x {L.pp} x {L.cp} = {mp} does not divide {where}",
+                fix=f"use a multiple of {mp} tasks (e.g. {math.ceil(good / L.tasks_per_node)} nodes), "
+                f"or a smaller layout (--set layout.tp=.. layout.pp=.. layout.cp=..)",
+            )
+        )
     if arch.num_attention_heads % L.tp:
-        add(Problem(field="layout.tp", message=f"{arch.num_attention_heads} attention heads are not divisible by TP={L.tp}",
-                    fix=f"choose TP among {_divisors(arch.num_attention_heads)}"))
+        add(
+            Problem(
+                field="layout.tp",
+                message=f"{arch.num_attention_heads} attention heads are not divisible by TP={L.tp}",
+                fix=f"choose TP among {_divisors(arch.num_attention_heads)}",
+            )
+        )
     if arch.num_query_groups % L.tp and L.tp % arch.num_query_groups:
-        add(Problem(field="layout.tp", message=f"{arch.num_query_groups} KV groups and TP={L.tp}: neither divides the other",
-                    fix=f"choose TP among {_divisors(arch.num_query_groups)} or a multiple of {arch.num_query_groups}"))
+        add(
+            Problem(
+                field="layout.tp",
+                message=f"{arch.num_query_groups} KV groups and TP={L.tp}: neither divides the other",
+                fix=f"choose TP among {_divisors(arch.num_query_groups)} or a multiple of {arch.num_query_groups}",
+            )
+        )
     stages = L.pp * (L.vp or 1)
     if arch.num_layers % stages:
-        add(Problem(field="layout.pp", message=f"{arch.num_layers} layers are not divisible by PP x VP = {L.pp} x {L.vp or 1} = {stages}",
-                    fix=f"choose PP x VP among {_divisors(arch.num_layers)}"))
+        add(
+            Problem(
+                field="layout.pp",
+                message=f"{arch.num_layers} layers are not divisible by PP x VP = {L.pp} x {L.vp or 1} = {stages}",
+                fix=f"choose PP x VP among {_divisors(arch.num_layers)}",
+            )
+        )
     if L.vp and L.pp == 1:
-        add(Problem(field="layout.vp", message=f"virtual pipeline VP={L.vp} needs PP > 1", fix="--set layout.vp=null", severity="warning"))
+        add(
+            Problem(
+                field="layout.vp",
+                message=f"virtual pipeline VP={L.vp} needs PP > 1",
+                fix="--set layout.vp=null",
+                severity="warning",
+            )
+        )
     if L.cp > 1 and train.seq_length % (2 * L.cp):
-        add(Problem(field="train.seq_length", message=f"sequence {train.seq_length} is not divisible by 2 x CP = {2 * L.cp}",
-                    fix=f"use a sequence length that is a multiple of {2 * L.cp}, or a smaller CP"))
+        add(
+            Problem(
+                field="train.seq_length",
+                message=f"sequence {train.seq_length} is not divisible by 2 x CP = {2 * L.cp}",
+                fix=f"use a sequence length that is a multiple of {2 * L.cp}, or a smaller CP",
+            )
+        )
     if L.sequence_parallel and L.tp == 1:
-        add(Problem(field="layout.sequence_parallel", message="sequence parallelism needs TP > 1 (NeMo turns it off)",
-                    fix="--set layout.sequence_parallel=false", severity="warning"))
+        add(
+            Problem(
+                field="layout.sequence_parallel",
+                message="sequence parallelism needs TP > 1 (NeMo turns it off)",
+                fix="--set layout.sequence_parallel=false",
+                severity="warning",
+            )
+        )
     if arch.vocab_size < plan.model.tokenizer.vocab_size:
-        add(Problem(field="model.arch.vocab_size", message=f"vocabulary {arch.vocab_size} is smaller than the tokenizer's "
-                    f"{plan.model.tokenizer.vocab_size}: its ids would index past the embedding",
-                    fix=f"--set model.arch.vocab_size={plan.model.tokenizer.vocab_size}, or the tokenizer the data was made with"))
+        add(
+            Problem(
+                field="model.arch.vocab_size",
+                message=f"vocabulary {arch.vocab_size} is smaller than the tokenizer's "
+                f"{plan.model.tokenizer.vocab_size}: its ids would index past the embedding",
+                fix=f"--set model.arch.vocab_size={plan.model.tokenizer.vocab_size}, or the tokenizer the data was made with",
+            )
+        )
     if arch.is_moe:
         if (arch.num_experts or 0) % L.ep:
-            add(Problem(field="layout.ep", message=f"{arch.num_experts} experts are not divisible by EP={L.ep}",
-                        fix=f"choose EP among {_divisors(arch.num_experts or 1)}"))
+            add(
+                Problem(
+                    field="layout.ep",
+                    message=f"{arch.num_experts} experts are not divisible by EP={L.ep}",
+                    fix=f"choose EP among {_divisors(arch.num_experts or 1)}",
+                )
+            )
         if world % (L.pp * L.ep * L.etp):
-            add(Problem(field="layout.ep", message=f"PP x EP x ETP = {L.pp * L.ep * L.etp} does not divide {where}",
-                        fix="choose EP and ETP so that PP x EP x ETP divides the task count"))
+            add(
+                Problem(
+                    field="layout.ep",
+                    message=f"PP x EP x ETP = {L.pp * L.ep * L.etp} does not divide {where}",
+                    fix="choose EP and ETP so that PP x EP x ETP divides the task count",
+                )
+            )
     elif L.ep > 1:
         add(Problem(field="layout.ep", message=f"EP={L.ep} on a dense model", fix="--set layout.ep=1"))
     per_step = L.micro_batch_size * plan.data_parallel
     if world % mp == 0 and train.global_batch_size % per_step:
-        add(Problem(field="train.global_batch_size",
-                    message=f"global batch {train.global_batch_size} is not divisible by micro batch x DP = "
-                    f"{L.micro_batch_size} x {plan.data_parallel} = {per_step}",
-                    fix=f"use a global batch that is a multiple of {per_step}, or change micro_batch_size / the layout"))
+        add(
+            Problem(
+                field="train.global_batch_size",
+                message=f"global batch {train.global_batch_size} is not divisible by micro batch x DP = "
+                f"{L.micro_batch_size} x {plan.data_parallel} = {per_step}",
+                fix=f"use a global batch that is a multiple of {per_step}, or change micro_batch_size / the layout",
+            )
+        )
     if train.backend == "nemo" and site.gpus_per_node == 0:
-        add(Problem(field="train.backend", message=f"the nemo backend needs GPU nodes; cluster {site.name!r} has none",
-                    fix="use a GPU cluster profile, or --set train.backend=reference for the CPU reference trainer"))
+        add(
+            Problem(
+                field="train.backend",
+                message=f"the nemo backend needs GPU nodes; cluster {site.name!r} has none",
+                fix="use a GPU cluster profile, or --set train.backend=reference for the CPU reference trainer",
+            )
+        )
     if train.backend == "reference" and (L.tp, L.pp, L.cp, L.ep) != (1, 1, 1, 1):
-        add(Problem(field="layout", message=f"the reference backend is data-parallel only (TP/PP/CP/EP = {L.tp}/{L.pp}/{L.cp}/{L.ep})",
-                    fix="--set layout.tp=1 layout.pp=1 layout.cp=1 layout.ep=1, or use the nemo backend"))
+        add(
+            Problem(
+                field="layout",
+                message=f"the reference backend is data-parallel only (TP/PP/CP/EP = {L.tp}/{L.pp}/{L.cp}/{L.ep})",
+                fix="--set layout.tp=1 layout.pp=1 layout.cp=1 layout.ep=1, or use the nemo backend",
+            )
+        )
     if train.init_mode == "full" and not train.init_from:
-        add(Problem(field="train.init_mode", message="a full resume needs the checkpoint to resume (train.init_from)",
-                    fix="set MODEL_CKPT (--set train.init_from=...), or train.init_mode=weights"))
+        add(
+            Problem(
+                field="train.init_mode",
+                message="a full resume needs the checkpoint to resume (train.init_from)",
+                fix="set MODEL_CKPT (--set train.init_from=...), or train.init_mode=weights",
+            )
+        )
     if train.init_step and train.init_mode != "full":
-        add(Problem(field="train.init_step", message=f"train.init_step={train.init_step}: only a full resume starts past step 0",
-                    fix="--set train.init_mode=full (FROM_HF=0), or train.init_step=0"))
+        add(
+            Problem(
+                field="train.init_step",
+                message=f"train.init_step={train.init_step}: only a full resume starts past step 0",
+                fix="--set train.init_mode=full (FROM_HF=0), or train.init_step=0",
+            )
+        )
     if plan.chain.jobs > 1 and not train.save_checkpoints:
-        add(Problem(field="train.save_checkpoints", message=f"a chain of {plan.chain.jobs} jobs cannot resume without checkpoints",
-                    fix="set SAVE_CKPT=1 (--set train.save_checkpoints=true) or NPAR=1"))
+        add(
+            Problem(
+                field="train.save_checkpoints",
+                message=f"a chain of {plan.chain.jobs} jobs cannot resume without checkpoints",
+                fix="set SAVE_CKPT=1 (--set train.save_checkpoints=true) or NPAR=1",
+            )
+        )
     limit_s = 60 * parse_time_limit(plan.chain.time_limit)
     if site.scheduler == "slurm" and site.signal_grace_s >= limit_s:
-        add(Problem(field="chain.time_limit", message=f"time limit {plan.chain.time_limit} leaves no time after the "
-                    f"{site.signal_grace_s} s stop signal", fix=f"a time limit above {site.signal_grace_s // 60 + 1} minutes"))
+        add(
+            Problem(
+                field="chain.time_limit",
+                message=f"time limit {plan.chain.time_limit} leaves no time after the "
+                f"{site.signal_grace_s} s stop signal",
+                fix=f"a time limit above {site.signal_grace_s // 60 + 1} minutes",
+            )
+        )
     if plan.mlperf and plan.layout.pp > 1 and train.global_batch_size % plan.layout.pp:
-        add(Problem(field="train.global_batch_size", message=f"MLPerf's reference needs GBS % PP == 0 ({train.global_batch_size} % {L.pp})",
-                    fix=f"a global batch that is a multiple of {L.pp}"))
+        add(
+            Problem(
+                field="train.global_batch_size",
+                message=f"MLPerf's reference needs GBS % PP == 0 ({train.global_batch_size} % {L.pp})",
+                fix=f"a global batch that is a multiple of {L.pp}",
+            )
+        )
     schedule = plan.mlperf_schedule()
     if schedule is not None and train.max_steps < schedule.first_eval_step:
-        add(Problem(field="train.max_steps", message=f"{train.max_steps} steps end before the rules' first evaluation "
-                    f"(after {schedule.first_eval_step} steps): the run can never reach its target",
-                    fix=f"--set train.max_steps={schedule.first_eval_step} or more, or an earlier "
-                    "mlperf.start_eval_at_samples", severity="warning"))  # fmt: skip
+        add(
+            Problem(
+                field="train.max_steps",
+                message=f"{train.max_steps} steps end before the rules' first evaluation "
+                f"(after {schedule.first_eval_step} steps): the run can never reach its target",
+                fix=f"--set train.max_steps={schedule.first_eval_step} or more, or an earlier "
+                "mlperf.start_eval_at_samples",
+                severity="warning",
+            )
+        )
     problems.extend(_memory_problems(plan))
     return sorted(problems, key=lambda p: p.severity != "error")
 
@@ -533,10 +672,22 @@ def _memory_problems(plan: RunPlan) -> list[Problem]:
     device = "GPU" if site.gpus_per_node else "task"
     fixes = "--set layout.recompute=full, a larger TP or PP, or micro_batch_size=1"
     if need > capacity:
-        return [Problem(field="layout", message=f"estimated {need:.1f} GiB per {device} > {capacity:g} GiB: {est.describe()}", fix=fixes)]
+        return [
+            Problem(
+                field="layout",
+                message=f"estimated {need:.1f} GiB per {device} > {capacity:g} GiB: {est.describe()}",
+                fix=fixes,
+            )
+        ]
     if need > 0.9 * capacity:
-        return [Problem(field="layout", message=f"estimated {need:.1f} GiB per {device}, over 90% of {capacity:g} GiB: {est.describe()}",
-                        fix=fixes, severity="warning")]
+        return [
+            Problem(
+                field="layout",
+                message=f"estimated {need:.1f} GiB per {device}, over 90% of {capacity:g} GiB: {est.describe()}",
+                fix=fixes,
+                severity="warning",
+            )
+        ]
     return []
 
 
@@ -547,4 +698,3 @@ def _divisors(n: int) -> str:
 def explain_overrides_help() -> str:
     sections = ", ".join(sorted(RunPlan.model_fields))
     return f"dotted plan keys, e.g. layout.tp=2 train.max_steps=50 chain.jobs=4 (sections: {sections})"
-

@@ -107,7 +107,9 @@ class Optimizer(Strict):
     eps: float = 1e-5
     clip_grad: float = 1.0
     horizon_steps: int | None = Field(
-        None, ge=1, description="the step at which the cosine decay reaches min_lr; None: train.max_steps (NeMo's recipes)"
+        None,
+        ge=1,
+        description="the step at which the cosine decay reaches min_lr; None: train.max_steps (NeMo's recipes)",
     )
 
 
@@ -154,9 +156,15 @@ class ModelProfile(Strict):
 
 
 _LLAMA3_8B = Architecture(
-    family="llama", num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32,
-    num_query_groups=8, vocab_size=128256, rotary_base=500_000.0,
-)  # fmt: skip
+    family="llama",
+    num_layers=32,
+    hidden_size=4096,
+    ffn_hidden_size=14336,
+    num_attention_heads=32,
+    num_query_groups=8,
+    vocab_size=128256,
+    rotary_base=500_000.0,
+)
 _LLAMA3_70B = _LLAMA3_8B.model_copy(
     update=dict(num_layers=80, hidden_size=8192, ffn_hidden_size=28672, num_attention_heads=64)
 )
@@ -171,9 +179,15 @@ MODELS: tuple[ModelProfile, ...] = (
         description="A few million parameters, Llama-shaped; trains on CPUs in minutes (the embedded default).",
         backend="reference",
         arch=Architecture(
-            family="llama", num_layers=4, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
-            num_query_groups=2, vocab_size=32000, rotary_base=10_000.0,
-        ),  # fmt: skip
+            family="llama",
+            num_layers=4,
+            hidden_size=128,
+            ffn_hidden_size=352,
+            num_attention_heads=4,
+            num_query_groups=2,
+            vocab_size=32000,
+            rotary_base=10_000.0,
+        ),
         bench=Benchmark(gpus=2, global_batch_size=16, seq_length=128, max_steps=60, source="embedded default"),
         parallel=Parallelism(),
         optim=Optimizer(lr=3e-3, min_lr=3e-4, warmup_steps=10, weight_decay=0.01),
@@ -217,9 +231,16 @@ MODELS: tuple[ModelProfile, ...] = (
         "Mixtral-8x22B tokenizer (vocab 32000).",
         recipe="llama31_405b",
         arch=Architecture(
-            family="llama", num_layers=126, hidden_size=16384, ffn_hidden_size=53248, num_attention_heads=128,
-            num_query_groups=8, vocab_size=32000, rotary_base=500_000.0, llama31_rope_scaling=True,
-        ),  # fmt: skip
+            family="llama",
+            num_layers=126,
+            hidden_size=16384,
+            ffn_hidden_size=53248,
+            num_attention_heads=128,
+            num_query_groups=8,
+            vocab_size=32000,
+            rotary_base=500_000.0,
+            llama31_rope_scaling=True,
+        ),
         bench=Benchmark(gpus=2304, global_batch_size=1152, seq_length=8192, max_steps=1_200_000, source="seed 004"),
         parallel=Parallelism(tp=8, pp=9, cp=4, vp=7, sequence_parallel=True, grad_reduce_in_fp32=True),
         optim=Optimizer(lr=8e-5, min_lr=8e-7, warmup_steps=8000),
@@ -235,10 +256,18 @@ MODELS: tuple[ModelProfile, ...] = (
         description="Qwen3 8B on 8 GPUs: TP4 (the recipe's layout), sequence 8192.",
         recipe="qwen3_8b",
         arch=Architecture(
-            family="qwen3", num_layers=36, hidden_size=4096, ffn_hidden_size=12288, num_attention_heads=32,
-            num_query_groups=8, kv_channels=128, vocab_size=151936, rotary_base=1e6, norm_eps=1e-6,
+            family="qwen3",
+            num_layers=36,
+            hidden_size=4096,
+            ffn_hidden_size=12288,
+            num_attention_heads=32,
+            num_query_groups=8,
+            kv_channels=128,
+            vocab_size=151936,
+            rotary_base=1e6,
+            norm_eps=1e-6,
             qk_layernorm=True,
-        ),  # fmt: skip
+        ),
         bench=Benchmark(gpus=8, global_batch_size=128, seq_length=8192, max_steps=1000, source=_SEED_001),
         parallel=Parallelism(tp=4, sequence_parallel=True),
         optim=_QWEN_OPTIM,
@@ -249,9 +278,17 @@ MODELS: tuple[ModelProfile, ...] = (
         description="Qwen2.5 7B on 8 GPUs: TP2 (the recipe's layout), sequence 8192.",
         recipe="qwen25_7b",
         arch=Architecture(
-            family="qwen2", num_layers=28, hidden_size=3584, ffn_hidden_size=18944, num_attention_heads=28,
-            num_query_groups=4, vocab_size=152064, rotary_base=1e6, norm_eps=1e-6, qkv_bias=True,
-        ),  # fmt: skip
+            family="qwen2",
+            num_layers=28,
+            hidden_size=3584,
+            ffn_hidden_size=18944,
+            num_attention_heads=28,
+            num_query_groups=4,
+            vocab_size=152064,
+            rotary_base=1e6,
+            norm_eps=1e-6,
+            qkv_bias=True,
+        ),
         bench=Benchmark(gpus=8, global_batch_size=128, seq_length=8192, max_steps=1000, source=_SEED_001),
         parallel=Parallelism(tp=2, sequence_parallel=True),
         optim=_QWEN_OPTIM,
@@ -262,10 +299,21 @@ MODELS: tuple[ModelProfile, ...] = (
         description="Qwen3 30B-A3B MoE (128 experts, top-8) on 8 GPUs: TP4 PP2 EP4, full recompute.",
         recipe="qwen3_30b_a3b",
         arch=Architecture(
-            family="qwen3", num_layers=48, hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=32,
-            num_query_groups=4, kv_channels=128, vocab_size=151936, rotary_base=1e6, norm_eps=1e-6,
-            qk_layernorm=True, num_experts=128, moe_top_k=8, moe_ffn_hidden_size=768,
-        ),  # fmt: skip
+            family="qwen3",
+            num_layers=48,
+            hidden_size=2048,
+            ffn_hidden_size=6144,
+            num_attention_heads=32,
+            num_query_groups=4,
+            kv_channels=128,
+            vocab_size=151936,
+            rotary_base=1e6,
+            norm_eps=1e-6,
+            qk_layernorm=True,
+            num_experts=128,
+            moe_top_k=8,
+            moe_ffn_hidden_size=768,
+        ),
         bench=Benchmark(gpus=8, global_batch_size=32, seq_length=4096, max_steps=1000, source=_SEED_001),
         parallel=Parallelism(tp=4, pp=2, ep=4, sequence_parallel=True, recompute="full", recompute_num_layers=1),
         optim=_QWEN_OPTIM,
@@ -276,9 +324,17 @@ MODELS: tuple[ModelProfile, ...] = (
         description="Qwen2 72B on 32 GPUs: TP8 PP4 (DP 1).",
         recipe="qwen2_72b",
         arch=Architecture(
-            family="qwen2", num_layers=80, hidden_size=8192, ffn_hidden_size=29568, num_attention_heads=64,
-            num_query_groups=8, vocab_size=152064, rotary_base=1e6, norm_eps=1e-5, qkv_bias=True,
-        ),  # fmt: skip
+            family="qwen2",
+            num_layers=80,
+            hidden_size=8192,
+            ffn_hidden_size=29568,
+            num_attention_heads=64,
+            num_query_groups=8,
+            vocab_size=152064,
+            rotary_base=1e6,
+            norm_eps=1e-5,
+            qkv_bias=True,
+        ),
         bench=Benchmark(gpus=32, global_batch_size=64, seq_length=8192, max_steps=1000, source=_SEED_001),
         parallel=Parallelism(tp=8, pp=4, sequence_parallel=True),
         optim=_QWEN_OPTIM,
@@ -321,15 +377,19 @@ class Container(Strict):
     (``SRC[:DST[:ro]]``), tried first. ``workdir`` defaults to the run directory."""
 
     runtime: Literal["none", "pyxis", "bubblewrap"] = "none"
-    image: str | None = Field(None, description="pyxis: an image URI or squashfs file; bubblewrap: a folder with rootfs/")
+    image: str | None = Field(
+        None, description="pyxis: an image URI or squashfs file; bubblewrap: a folder with rootfs/"
+    )
     mounts: tuple[str, ...] = ()
     workdir: str | None = None
     extra_srun_args: tuple[str, ...] = ()
 
     @model_validator(mode="after")
-    def _image_for_runtime(self) -> "Container":
+    def _image_for_runtime(self) -> Container:
         if self.runtime != "none" and not self.image:
-            raise ValueError(f"container.runtime is {self.runtime!r} but container.image is empty; set the image (IMAGE=)")
+            raise ValueError(
+                f"container.runtime is {self.runtime!r} but container.image is empty; set the image (IMAGE=)"
+            )
         return self
 
 
@@ -354,7 +414,9 @@ class ClusterProfile(Strict):
     exclusive: bool = False
     mem: str | None = None
     container: Container = Container()
-    python: str | None = Field(None, description="interpreter of the driver on the batch host; None: the submitting one")
+    python: str | None = Field(
+        None, description="interpreter of the driver on the batch host; None: the submitting one"
+    )
     venv: str | None = None
     modules: tuple[str, ...] = ()
     env: dict[str, str] = {}

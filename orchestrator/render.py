@@ -14,9 +14,10 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jinja2
 
@@ -28,7 +29,9 @@ from orchestrator.stages import StageSpec, stage_specs
 
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_@%:/.,=+\-\[\]]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -148,10 +151,25 @@ def step_mounts(plan: RunPlan, spec: StageSpec) -> list[container.Mount]:
 
 def step_env_names(plan: RunPlan) -> list[str]:
     """Every variable the batch script and the driver set for the step (pyxis passes only these over the image's)."""
-    contract_names = [contract.RUN_DIR_ENV, contract.PHASE_ENV, contract.TASK_INDEX_ENV, contract.DEADLINE_ENV,
-                      contract.CHAIN_INDEX_ENV]  # fmt: skip
-    return sorted({*plan.cluster.env, *plan.env, *contract_names, "PYTHONUNBUFFERED", "PYTHONPATH", "MASTER_ADDR",
-                   "MASTER_PORT", "WORLD_SIZE"})  # fmt: skip
+    contract_names = [
+        contract.RUN_DIR_ENV,
+        contract.PHASE_ENV,
+        contract.TASK_INDEX_ENV,
+        contract.DEADLINE_ENV,
+        contract.CHAIN_INDEX_ENV,
+    ]
+    return sorted(
+        {
+            *plan.cluster.env,
+            *plan.env,
+            *contract_names,
+            "PYTHONUNBUFFERED",
+            "PYTHONPATH",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "WORLD_SIZE",
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -168,14 +186,24 @@ def step_launch(plan: RunPlan, spec: StageSpec) -> Launch:
     """``srun`` over the stage's nodes, inside the cluster's container runtime if it has one; the local launcher."""
     site = plan.cluster
     if site.scheduler == "local":
-        return Launch([sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", spec.tasks_per_node, "--"], [],
-                      [f"echo {quote('[orchestrator] step on this machine, interpreter ' + python_for_driver(plan))}"])  # fmt: skip
-    args: list[Any] = [f"--nodes={spec.nodes}", f"--ntasks-per-node={spec.tasks_per_node}", "--kill-on-bad-exit=1", "--unbuffered"]
+        return Launch(
+            [sys.executable, "-m", "orchestrator.launch", "--nproc-per-node", spec.tasks_per_node, "--"],
+            [],
+            [f"echo {quote('[orchestrator] step on this machine, interpreter ' + python_for_driver(plan))}"],
+        )
+    args: list[Any] = [
+        f"--nodes={spec.nodes}",
+        f"--ntasks-per-node={spec.tasks_per_node}",
+        "--kill-on-bad-exit=1",
+        "--unbuffered",
+    ]
     if spec.cpus_per_task or site.cpus_per_task:
         args.append(f"--cpus-per-task={spec.cpus_per_task or site.cpus_per_task}")
     runtime = container.RUNTIMES.get(site.container.runtime)
     if runtime is None:
-        describe = [f"echo {quote('[orchestrator] step on the nodes (no container), interpreter ' + python_for_driver(plan))}"]
+        describe = [
+            f"echo {quote('[orchestrator] step on the nodes (no container), interpreter ' + python_for_driver(plan))}"
+        ]
         return Launch(["srun", *args], [], describe)
     image = site.container.image or ""
     mounts = step_mounts(plan, spec)
@@ -183,7 +211,9 @@ def step_launch(plan: RunPlan, spec: StageSpec) -> Launch:
     workdir = site.container.workdir or plan.run_dir
     args += runtime.srun_args(image, mounts, names, workdir)
     args += list(site.container.extra_srun_args)
-    shown = " ".join(f"{m.source}{'' if m.target == m.source else ':' + m.target}{':ro' if m.read_only else ''}" for m in mounts)
+    shown = " ".join(
+        f"{m.source}{'' if m.target == m.source else ':' + m.target}{':ro' if m.read_only else ''}" for m in mounts
+    )
     describe = [
         f"echo {quote(f'[orchestrator] step in a container: runtime {runtime.name}, image {image}')}",
         f"echo \"[orchestrator] image id: $( ({runtime.image_id(image)}) | tr '\\n' ' ')\"",
@@ -210,21 +240,35 @@ def render_stage(plan: RunPlan, spec: StageSpec) -> StageScript:
     check_env(plan.cluster.env, f"cluster profile {plan.cluster.name!r} env")
     check_env(plan.env, "plan env")
     site = plan.cluster
-    text = environment().get_template("stage.sbatch.j2").render(
-        plan=plan,
-        spec=spec,
-        cluster=site,
-        env={**site.env, **plan.env},
-        run_dir=plan.run_dir,
-        version=orchestrator.__version__,
-        sbatch=sbatch_options(plan, spec) if site.scheduler == "slurm" else [],
-        driver=[python_for_driver(plan), "-u", "-m", "submitit.core._submit", str(RunDir.of(plan.run_dir).submitit)],
-        launch=step_launch(plan, spec),
-        container=site.container.runtime != "none",
-        package_root=str(package_root()),
-        program=[step_python(plan), "-u", *spec.command],
-        names={"phase": contract.PHASE_ENV, "step": contract.STEP_PHASE, "task": contract.TASK_INDEX_ENV,
-               "run_dir": contract.RUN_DIR_ENV},
+    text = (
+        environment()
+        .get_template("stage.sbatch.j2")
+        .render(
+            plan=plan,
+            spec=spec,
+            cluster=site,
+            env={**site.env, **plan.env},
+            run_dir=plan.run_dir,
+            version=orchestrator.__version__,
+            sbatch=sbatch_options(plan, spec) if site.scheduler == "slurm" else [],
+            driver=[
+                python_for_driver(plan),
+                "-u",
+                "-m",
+                "submitit.core._submit",
+                str(RunDir.of(plan.run_dir).submitit),
+            ],
+            launch=step_launch(plan, spec),
+            container=site.container.runtime != "none",
+            package_root=str(package_root()),
+            program=[step_python(plan), "-u", *spec.command],
+            names={
+                "phase": contract.PHASE_ENV,
+                "step": contract.STEP_PHASE,
+                "task": contract.TASK_INDEX_ENV,
+                "run_dir": contract.RUN_DIR_ENV,
+            },
+        )
     )
     return StageScript(stage=spec.name, text=text, array=spec.array)
 

@@ -1,13 +1,13 @@
 """The run directory: the single source of truth of a run.
 
-    <run_dir>/plan.json            the resolved plan (what every stage reads)
-    <run_dir>/scripts/<stage>.sbatch   the rendered scripts, exactly what Slurm ran
-    <run_dir>/logs/<stage>-<jobid>.out  job output (appended across requeues)
-    <run_dir>/ledger.sqlite        jobs and attempts (see ledger.py)
-    <run_dir>/checkpoints/         the trainer's checkpoints (unless the plan points elsewhere)
-    <run_dir>/DONE                 written by the trainer when max_steps is reached
-    <run_dir>/STOPPED              written by the driver when the chain gave up (crash loop), with the reason
-    <run_dir>/submitit/            submitit's pickles of the in-job drivers
+<run_dir>/plan.json            the resolved plan (what every stage reads)
+<run_dir>/scripts/<stage>.sbatch   the rendered scripts, exactly what Slurm ran
+<run_dir>/logs/<stage>-<jobid>.out  job output (appended across requeues)
+<run_dir>/ledger.sqlite        jobs and attempts (see ledger.py)
+<run_dir>/checkpoints/         the trainer's checkpoints (unless the plan points elsewhere)
+<run_dir>/DONE                 written by the trainer when max_steps is reached
+<run_dir>/STOPPED              written by the driver when the chain gave up (crash loop), with the reason
+<run_dir>/submitit/            submitit's pickles of the in-job drivers
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.atomic import atomic_write_json
-
 
 #: DONE's reason when the run reached ``train.max_steps``.
 MAX_STEPS_REASON = "max_steps reached"
@@ -36,7 +35,7 @@ class RunDir:
     path: Path
 
     @classmethod
-    def of(cls, path: str | os.PathLike[str]) -> "RunDir":
+    def of(cls, path: str | os.PathLike[str]) -> RunDir:
         return cls(Path(path).absolute())
 
     @property
@@ -91,7 +90,13 @@ class RunDir:
     def mark_done(self, final_step: int, consumed_samples: int, reason: str, **details: Any) -> None:
         """Rank 0 of a trainer: training is complete (``max_steps`` or the MLPerf target), and why."""
         now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        record = {"final_step": final_step, "consumed_samples": consumed_samples, **details, "time": now, "reason": reason}
+        record = {
+            "final_step": final_step,
+            "consumed_samples": consumed_samples,
+            **details,
+            "time": now,
+            "reason": reason,
+        }
         atomic_write_json(self.done_marker, record)
 
     def mark_stopped(self, reason: str, **details: Any) -> None:

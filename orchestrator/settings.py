@@ -83,7 +83,7 @@ class RunSettings(BaseSettings):
         extra = [1234 + i for i in range(len(given), self.NEXP)]
         return (given + extra)[: self.NEXP]
 
-    def to_request(self) -> "RunRequest":
+    def to_request(self) -> RunRequest:
         """The CLI arguments this environment stands for."""
         o: dict[str, Any] = {}
         profile = self.PROFILE or SIZES[self.SIZE]
@@ -113,8 +113,12 @@ class RunSettings(BaseSettings):
             o["layout.micro_batch_size"] = self.MBS
         o["train.save_checkpoints"] = bool(self.SAVE_CKPT)
         try:
-            start = start_point(use_ckpt=bool(self.USE_CKPT), from_hf=bool(self.FROM_HF), model_ckpt=self.MODEL_CKPT,
-                                start_steps=self.START_STEPS)  # fmt: skip
+            start = start_point(
+                use_ckpt=bool(self.USE_CKPT),
+                from_hf=bool(self.FROM_HF),
+                model_ckpt=self.MODEL_CKPT,
+                start_steps=self.START_STEPS,
+            )
         except StartError as exc:
             raise PlanError([Problem(field="config.sh", message=exc.message, fix=exc.fix)]) from None
         if start.path:
@@ -144,9 +148,17 @@ class RunSettings(BaseSettings):
             o[key] = value
         runs_root = self.JOB_DIR
         ckpt_root = self.CONTINUAL_CKPT
-        return RunRequest(profile=profile, cluster=self.CLUSTER, overrides=o, runs_root=runs_root,
-                          ckpt_root=ckpt_root, run_id=self.RUN_ID, tag=self.TAG, seeds=self.seeds(),
-                          dry_run=bool(self.DRY_RUN))  # fmt: skip
+        return RunRequest(
+            profile=profile,
+            cluster=self.CLUSTER,
+            overrides=o,
+            runs_root=runs_root,
+            ckpt_root=ckpt_root,
+            run_id=self.RUN_ID,
+            tag=self.TAG,
+            seeds=self.seeds(),
+            dry_run=bool(self.DRY_RUN),
+        )
 
 
 @dataclass

@@ -12,8 +12,9 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from orchestrator.atomic import atomic_write_json
 from orchestrator.contract import JobEnvironment
@@ -69,7 +70,9 @@ def report(report_dir: Path) -> dict[str, Any]:
     return record
 
 
-def check_reports(report_dir: Path, *, world_size: int, nodes: int, gpus_per_node: int, first_host: str | None = None) -> list[str]:
+def check_reports(
+    report_dir: Path, *, world_size: int, nodes: int, gpus_per_node: int, first_host: str | None = None
+) -> list[str]:
     """Problems found in the reports (empty: the cluster wiring is right)."""
     reports = [json.loads(p.read_text()) for p in sorted(report_dir.glob("rank-*.json"))]
     problems = []
@@ -108,8 +111,13 @@ def run_smoke(cluster: str, nodes: int, console: Any, runs_root: Path | None = N
     site = load_cluster(cluster)
     run_id = f"smoke-{dt.datetime.now():%Y%m%d-%H%M%S}"
     root = Path(runs_root or site.runs_root).expanduser()
-    plan = build_plan("tiny", cluster, {"layout.nodes": nodes, "stages": ["smoke"], "data.source": "preprocessed"},
-                      run_id=run_id, run_dir=root / run_id)  # fmt: skip
+    plan = build_plan(
+        "tiny",
+        cluster,
+        {"layout.nodes": nodes, "stages": ["smoke"], "data.source": "preprocessed"},
+        run_id=run_id,
+        run_dir=root / run_id,
+    )
     report_dir = Path(plan.run_dir) / "smoke"
     sub = submit_run(plan, say=lambda m: console.print(m, markup=False))
     if site.scheduler == "slurm":
@@ -129,13 +137,21 @@ def run_smoke(cluster: str, nodes: int, console: Any, runs_root: Path | None = N
         first = slurm.run(["scontrol", "show", "hostnames", record.node_list]).split()[0] if record.node_list else None
     else:
         first = "127.0.0.1"
-    problems = check_reports(report_dir, world_size=plan.world_size, nodes=plan.layout.nodes if site.scheduler == "slurm" else 1,
-                             gpus_per_node=site.gpus_per_node, first_host=first)  # fmt: skip
+    problems = check_reports(
+        report_dir,
+        world_size=plan.world_size,
+        nodes=plan.layout.nodes if site.scheduler == "slurm" else 1,
+        gpus_per_node=site.gpus_per_node,
+        first_host=first,
+    )
     for path in sorted(report_dir.glob("rank-*.json")):
         r = json.loads(path.read_text())
-        console.print(f"rank {r['rank']}/{r['world_size']} on {r['host']}: MASTER_ADDR={r['master_addr']}:{r['master_port']} "
-                      f"GPUs={','.join(r['visible_gpus']) or '-'} all-reduce={r.get('all_reduce')} python={r.get('python')} "
-                      f"cwd={r.get('cwd')}", markup=False)  # fmt: skip
+        console.print(
+            f"rank {r['rank']}/{r['world_size']} on {r['host']}: MASTER_ADDR={r['master_addr']}:{r['master_port']} "
+            f"GPUs={','.join(r['visible_gpus']) or '-'} all-reduce={r.get('all_reduce')} python={r.get('python')} "
+            f"cwd={r.get('cwd')}",
+            markup=False,
+        )
     if problems:
         for problem in problems:
             console.print(f"[red]FAIL: {problem}[/]")

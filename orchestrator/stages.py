@@ -103,17 +103,32 @@ def check_inputs(plan: RunPlan) -> list[Problem]:
             try:
                 step_mounts(plan, spec)
             except container.MountError as exc:
-                problems.append(Problem(field="cluster.container", message=f"{spec.name} stage: {exc}".split("; fix: ")[0],
-                                        fix=str(exc).split("fix: ")[-1]))  # fmt: skip
+                problems.append(
+                    Problem(
+                        field="cluster.container",
+                        message=f"{spec.name} stage: {exc}".split("; fix: ")[0],
+                        fix=str(exc).split("fix: ")[-1],
+                    )
+                )
     for path, stages in missing.items():
         what = "dataset (.bin/.idx)" if any(path in s.paths.datasets for s in stage_specs(plan)) else "path"
-        problems.append(Problem(field=f"{' and '.join(stages)} stage{'s' if len(stages) > 1 else ''}",
-                                message=f"{what} {path} does not exist; the job would fail after its queue wait",
-                                fix=_required_fix(plan, path)))  # fmt: skip
+        problems.append(
+            Problem(
+                field=f"{' and '.join(stages)} stage{'s' if len(stages) > 1 else ''}",
+                message=f"{what} {path} does not exist; the job would fail after its queue wait",
+                fix=_required_fix(plan, path),
+            )
+        )
     start = init_checkpoint(plan)
     if start and plan.train.backend == "nemo" and "import" not in plan.stages and Path(start).exists():
         if problem := nemo_checkpoint_problem(start):
-            problems.append(Problem(field="train.init_from", message=problem, fix="MODEL_CKPT: a complete NeMo 2 checkpoint (context/, weights/)"))
+            problems.append(
+                Problem(
+                    field="train.init_from",
+                    message=problem,
+                    fix="MODEL_CKPT: a complete NeMo 2 checkpoint (context/, weights/)",
+                )
+            )
     return problems
 
 
@@ -148,8 +163,9 @@ def train_units(plan: RunPlan) -> list[int]:
 
 def consolidate_config(plan: RunPlan) -> consolidate.ConsolidateConfig:
     d = plan.data
-    return consolidate.ConsolidateConfig(Path(d.c4_path or ""), Path(d.merged_path or ""), d.train_outputs,
-                                         d.n_validation_samples or 0)  # fmt: skip
+    return consolidate.ConsolidateConfig(
+        Path(d.c4_path or ""), Path(d.merged_path or ""), d.train_outputs, d.n_validation_samples or 0
+    )
 
 
 def _consolidate(plan: RunPlan) -> StageSpec:
@@ -168,8 +184,11 @@ def _consolidate(plan: RunPlan) -> StageSpec:
         time_limit=plan.cluster.time_limit,
         cpus_per_task=plan.cluster.cpus_per_task,
         tasks=tuple((unit, ("--task-index", unit)) for unit in units),
-        paths=StagePaths(reads=(str(config.c4_path),), writes=(str(config.merged_path),),
-                         required=(str(config.c4_path),) if plan.data.source == "c4" else ()),  # fmt: skip
+        paths=StagePaths(
+            reads=(str(config.c4_path),),
+            writes=(str(config.merged_path),),
+            required=(str(config.c4_path),) if plan.data.source == "c4" else (),
+        ),
         complete=complete,
     )
 
@@ -189,8 +208,13 @@ def preprocess_configs(plan: RunPlan) -> list[preprocess_job.PreprocessConfig]:
     files.append(consolidate.validation_file(plan.data.n_validation_samples))
     workers = plan.data.workers or plan.cluster.cpus_per_task or plan.cluster.cpu_tasks_per_node
     return [
-        preprocess_job.PreprocessConfig(input=merged / name, output_prefix=str(Path(out) / consolidate.stem(name)),
-                                        tokenizer=spec, append_eod=plan.data.append_eod, workers=workers)  # fmt: skip
+        preprocess_job.PreprocessConfig(
+            input=merged / name,
+            output_prefix=str(Path(out) / consolidate.stem(name)),
+            tokenizer=spec,
+            append_eod=plan.data.append_eod,
+            workers=workers,
+        )
         for name in files
     ]
 
@@ -210,8 +234,11 @@ def _preprocess(plan: RunPlan) -> StageSpec:
         time_limit=plan.cluster.time_limit,
         cpus_per_task=plan.cluster.cpus_per_task,
         tasks=tuple((i, tuple(config.to_argv())) for i, config in enumerate(configs)),
-        paths=StagePaths(reads=(plan.data.merged_path or "", *_tokenizer_reads(plan)), writes=(plan.data.preprocessed_path,),
-                         required=_tokenizer_required(plan)),  # fmt: skip
+        paths=StagePaths(
+            reads=(plan.data.merged_path or "", *_tokenizer_reads(plan)),
+            writes=(plan.data.preprocessed_path,),
+            required=_tokenizer_required(plan),
+        ),
         complete=complete,
     )
 
@@ -226,8 +253,12 @@ def _index(plan: RunPlan) -> StageSpec:
         command=("-m", nemo_index.MODULE, "--run-dir", plan.run_dir),
         time_limit=plan.cluster.time_limit,
         cpus_per_task=plan.cluster.cpus_per_task,
-        paths=StagePaths(reads=_data_reads(plan), writes=(cache,), required=_tokenizer_required(plan),
-                         datasets=_datasets_required(plan)),  # fmt: skip
+        paths=StagePaths(
+            reads=_data_reads(plan),
+            writes=(cache,),
+            required=_tokenizer_required(plan),
+            datasets=_datasets_required(plan),
+        ),
         complete=lambda: nemo_index.complete_reason(plan),
         shared=f"index:{cache}:{','.join(map(str, seeds))}:{plan.data.train_prefixes}",
     )
@@ -246,8 +277,11 @@ def _import(plan: RunPlan) -> StageSpec:
         command=("-m", "orchestrator.train.nemo_import", "--run-dir", plan.run_dir),
         time_limit=plan.cluster.time_limit,
         gpus=True,
-        paths=StagePaths(reads=(model_id,) if is_local_model(model_id) else (), writes=(str(Path(target).parent),),
-                         required=(model_id,) if is_local_model(model_id) else ()),  # fmt: skip
+        paths=StagePaths(
+            reads=(model_id,) if is_local_model(model_id) else (),
+            writes=(str(Path(target).parent),),
+            required=(model_id,) if is_local_model(model_id) else (),
+        ),
         complete=complete,
     )
 
@@ -278,7 +312,11 @@ def _tokenizer_reads(plan: RunPlan) -> tuple[str, ...]:
 
 def _train_reads(plan: RunPlan) -> tuple[str, ...]:
     start = init_checkpoint(plan)
-    return (*_data_reads(plan), *([start] if start else []), *([plan.data.index_cache_dir] if plan.data.index_cache_dir else []))
+    return (
+        *_data_reads(plan),
+        *([start] if start else []),
+        *([plan.data.index_cache_dir] if plan.data.index_cache_dir else []),
+    )
 
 
 def _train(plan: RunPlan) -> StageSpec:
@@ -304,9 +342,15 @@ def _train(plan: RunPlan) -> StageSpec:
         requeue=True,
         chain=True,
         jobs=plan.chain.jobs,
-        paths=StagePaths(reads=_train_reads(plan), writes=(plan.train.ckpt_dir,), datasets=_datasets_required(plan),
-                         required=(*_tokenizer_required(plan), *([plan.train.init_from] if plan.train.init_from and
-                                                                 not plan.train.hf_model_id else []))),  # fmt: skip
+        paths=StagePaths(
+            reads=_train_reads(plan),
+            writes=(plan.train.ckpt_dir,),
+            datasets=_datasets_required(plan),
+            required=(
+                *_tokenizer_required(plan),
+                *([plan.train.init_from] if plan.train.init_from and not plan.train.hf_model_id else []),
+            ),
+        ),
         complete=complete,
     )
 

@@ -45,22 +45,24 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         records = state.records if state else ()
         starts = [r.start for r in records if r.start not in ("", "Unknown", "None")]
         ends = [r.end for r in records if r.end not in ("", "Unknown", "None")]
-        rows.append({
-            "job_id": job.job_id,
-            "stage": job.stage,
-            "chain_index": job.chain_index,
-            "state": _state_text(state, alive, on_slurm),
-            "alive": alive,
-            "start": min(starts) if starts else (mine[0].started_at if mine else None),
-            "end": max(ends) if ends and alive is False else (last.ended_at if last else None),
-            "steps_start": mine[0].start_step if mine else None,
-            "steps_end": last.end_step if last else None,
-            "attempts": len(mine),
-            "ended": _how(last.outcome if last else None, state, alive, job.cancelled_at is not None),
-            "exit_code": last.exit_code if last else None,
-            "log": last.log_path if last else None,
-            "dependency": job.dependency,
-        })
+        rows.append(
+            {
+                "job_id": job.job_id,
+                "stage": job.stage,
+                "chain_index": job.chain_index,
+                "state": _state_text(state, alive, on_slurm),
+                "alive": alive,
+                "start": min(starts) if starts else (mine[0].started_at if mine else None),
+                "end": max(ends) if ends and alive is False else (last.ended_at if last else None),
+                "steps_start": mine[0].start_step if mine else None,
+                "steps_end": last.end_step if last else None,
+                "attempts": len(mine),
+                "ended": _how(last.outcome if last else None, state, alive, job.cancelled_at is not None),
+                "exit_code": last.exit_code if last else None,
+                "log": last.log_path if last else None,
+                "dependency": job.dependency,
+            }
+        )
     try:
         progress = chain.progress_step(plan)
     except Exception as exc:  # a broken checkpoint dir must not hide the rest of the status
@@ -122,8 +124,10 @@ def _how(outcome: str | None, state: slurm.JobState | None, alive: bool | None, 
 
 
 def print_status(status: dict[str, Any], console: Console) -> None:
-    head = f"[bold]{status['run_id']}[/] ({status['model']} on {status['cluster']}) - checkpoint step " \
-           f"{status['latest_checkpoint_step'] if status['latest_checkpoint_step'] is not None else 'none'} of {status['max_steps']}"  # fmt: skip
+    head = (
+        f"[bold]{status['run_id']}[/] ({status['model']} on {status['cluster']}) - checkpoint step "
+        f"{status['latest_checkpoint_step'] if status['latest_checkpoint_step'] is not None else 'none'} of {status['max_steps']}"
+    )
     if status["done"]:
         head += f" - [green]DONE[/] at step {status['done'].get('final_step')}"
     elif status["stopped"]:
@@ -139,10 +143,23 @@ def print_status(status: dict[str, Any], console: Console) -> None:
     for col in ("job", "stage", "#", "state", "start", "end", "steps", "tries", "ended", "exit"):
         table.add_column(col)
     for j in status["jobs"]:
-        steps = "" if j["steps_start"] is None and j["steps_end"] is None else f"{j['steps_start'] or 0} -> {j['steps_end'] if j['steps_end'] is not None else '?'}"
-        table.add_row(j["job_id"], j["stage"], "" if j["chain_index"] is None else str(j["chain_index"]), j["state"],
-                      _short(j["start"]), _short(j["end"]), steps, str(j["attempts"]), j["ended"],
-                      "" if j["exit_code"] is None else str(j["exit_code"]))  # fmt: skip
+        steps = (
+            ""
+            if j["steps_start"] is None and j["steps_end"] is None
+            else f"{j['steps_start'] or 0} -> {j['steps_end'] if j['steps_end'] is not None else '?'}"
+        )
+        table.add_row(
+            j["job_id"],
+            j["stage"],
+            "" if j["chain_index"] is None else str(j["chain_index"]),
+            j["state"],
+            _short(j["start"]),
+            _short(j["end"]),
+            steps,
+            str(j["attempts"]),
+            j["ended"],
+            "" if j["exit_code"] is None else str(j["exit_code"]),
+        )
     console.print(table)
     if status["strikes"]:
         console.print(f"strikes: {status['strikes']} of {status['max_strikes']}")

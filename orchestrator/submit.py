@@ -14,9 +14,10 @@ outputs are already complete are skipped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from orchestrator import executor as executors
 from orchestrator.atomic import atomic_write_text
@@ -44,8 +45,10 @@ def create_run(plan: RunPlan, scripts: list[StageScript]) -> RunDir:
     """Write the run directory; refuses to overwrite another run's plan."""
     rd = RunDir.of(plan.run_dir)
     if rd.is_run():
-        raise SubmitError(f"{rd.path} already holds a run; resume it with `orchestrator nightly --run {rd.path}` "
-                          "or choose another --run-dir / run id")  # fmt: skip
+        raise SubmitError(
+            f"{rd.path} already holds a run; resume it with `orchestrator nightly --run {rd.path}` "
+            "or choose another --run-dir / run id"
+        )
     for sub in (rd.path, rd.scripts, rd.logs, rd.submitit):
         sub.mkdir(parents=True, exist_ok=True)
     atomic_write_text(rd.plan, plan.to_json())
@@ -62,7 +65,9 @@ def sbatch_command(plan: RunPlan, spec: StageSpec, dependency: str | None) -> li
     return [*args, str(RunDir.of(plan.run_dir).script(spec.name))]
 
 
-def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print, shared: dict[str, str] | None = None) -> Submission:
+def submit_run(
+    plan: RunPlan, *, say: Callable[[str], None] = print, shared: dict[str, str] | None = None
+) -> Submission:
     """Create the run and queue (Slurm) or run (local) every stage that still has work.
 
     ``shared`` maps the :attr:`StageSpec.shared` keys of jobs already queued by runs submitted together (the seeds of
@@ -79,8 +84,14 @@ def submit_run(plan: RunPlan, *, say: Callable[[str], None] = print, shared: dic
     return queue_stages(plan, rd, specs, say, shared=shared)
 
 
-def queue_stages(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[[str], None],
-                 chain_start: int = 0, shared: dict[str, str] | None = None) -> Submission:  # fmt: skip
+def queue_stages(
+    plan: RunPlan,
+    rd: RunDir,
+    specs: list[StageSpec],
+    say: Callable[[str], None],
+    chain_start: int = 0,
+    shared: dict[str, str] | None = None,
+) -> Submission:
     """Queue each spec that still has work after the previous one: ``afterok`` after a stage, ``afterany`` inside
     and after a chain (a job that hit its limit still lets the next continue from the latest checkpoint)."""
     ledger = Ledger(rd.ledger)
@@ -102,11 +113,19 @@ def queue_stages(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callabl
             dependency = ",".join(conditions) or None
             job_id = _sbatch(plan, rd, spec, dependency)
             chain_index = chain_start + i if spec.chain else None
-            ledger.add_job(job_id, spec.name, chain_index=chain_index, array_size=len(spec.tasks) or None,
-                           dependency=dependency, script=str(rd.script(spec.name)))  # fmt: skip
+            ledger.add_job(
+                job_id,
+                spec.name,
+                chain_index=chain_index,
+                array_size=len(spec.tasks) or None,
+                dependency=dependency,
+                script=str(rd.script(spec.name)),
+            )
             sub.jobs.append((spec.name, job_id))
-            say(f"queued {spec.name}{f' #{chain_index}' if chain_index is not None else ''}: job {job_id}"
-                + (f" ({dependency})" if dependency else ""))
+            say(
+                f"queued {spec.name}{f' #{chain_index}' if chain_index is not None else ''}: job {job_id}"
+                + (f" ({dependency})" if dependency else "")
+            )
             previous, waits = job_id, spec.then
         if spec.shared:
             shared[spec.shared] = previous
@@ -128,8 +147,13 @@ def _to_run(specs: list[StageSpec], sub: Submission, say: Callable[[str], None])
 
 def _sbatch(plan: RunPlan, rd: RunDir, spec: StageSpec, dependency: str | None) -> str:
     args = sbatch_command(plan, spec, dependency)[1:-1]
-    ex = executors.ScriptExecutor(rd.submitit, rd.script(spec.name).read_text(), time_minutes=parse_time_limit(spec.time_limit),
-                                  sbatch_args=args, array=spec.array)  # fmt: skip
+    ex = executors.ScriptExecutor(
+        rd.submitit,
+        rd.script(spec.name).read_text(),
+        time_minutes=parse_time_limit(spec.time_limit),
+        sbatch_args=args,
+        array=spec.array,
+    )
     try:
         job = ex.submit(StageDriver(str(rd.path), spec.name))
     except Exception as exc:  # submitit wraps sbatch's failure; say which stage and why
@@ -146,15 +170,18 @@ def _run_local(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[
         tasks: list[int | None] = list(spec.array or ()) or [None]
         for task in tasks:
             job = ex.submit(StageDriver(str(rd.path), spec.name, task))
-            ledger.add_job(str(job.job_id), spec.name, chain_index=0 if spec.chain else None,
-                           script=str(rd.script(spec.name)))  # fmt: skip
+            ledger.add_job(
+                str(job.job_id), spec.name, chain_index=0 if spec.chain else None, script=str(rd.script(spec.name))
+            )
             sub.jobs.append((spec.name, str(job.job_id)))
             label = f"{spec.name}" + (f" task {task}" if task is not None else "")
             say(f"running {label} (local job {job.job_id}); log: {job.paths.stdout}")
             try:
                 result: Any = job.result()
             except Exception:
-                raise SubmitError(f"{label} failed; its log: {job.paths.stdout}\n{_last_lines(job.paths.stderr)}") from None
+                raise SubmitError(
+                    f"{label} failed; its log: {job.paths.stdout}\n{_last_lines(job.paths.stderr)}"
+                ) from None
             say(f"{label}: {result.get('outcome') if isinstance(result, dict) else result}")
     return sub
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from orchestrator.logline import as_float32, format_log_line, format_value
 
@@ -25,8 +25,9 @@ def printed(value: float) -> float:
     return float(format_value(value))
 
 
-def step_metrics(step: int, *, loss: float, tps: float, gbs: int = 128, seq: int = 8192, gpus: int = 8,
-                 val_loss: float | None = None) -> dict[str, float]:  # fmt: skip
+def step_metrics(
+    step: int, *, loss: float, tps: float, gbs: int = 128, seq: int = 8192, gpus: int = 8, val_loss: float | None = None
+) -> dict[str, float]:
     """A NeMo 2.5 pretraining line's fields, in NeMo's order."""
     fields = {
         "lr": 1.0e-5 * (step + 1) / 100,
@@ -42,8 +43,15 @@ def step_metrics(step: int, *, loss: float, tps: float, gbs: int = 128, seq: int
     return fields
 
 
-def metric_line(step: int, max_steps: int, fields: dict[str, float], *, prefix: str = "", epoch: int = 0,
-                iteration: int | None = None) -> str:  # fmt: skip
+def metric_line(
+    step: int,
+    max_steps: int,
+    fields: dict[str, float],
+    *,
+    prefix: str = "",
+    epoch: int = 0,
+    iteration: int | None = None,
+) -> str:
     it = step if iteration is None else iteration
     return prefix + format_log_line(epoch, it, max_steps, fields)
 

@@ -71,11 +71,19 @@ def slurm_lab() -> None:
         pytest.fail(f"the lab has no usable node: {state!r}")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """`python -m orchestrator ...` as a user runs it."""
     full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -90,10 +98,27 @@ def lab_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     root = tmp_path_factory.mktemp("lab-data")
     sample.build_corpus(root / "c4", 4, 1, 400, 1234)
-    assert consolidate.main(["--c4-path", str(root / "c4"), "--merged-path", str(root / "merged"),
-                             "--train-outputs", "2", "--n-validation-samples", "0"]) == 0  # fmt: skip
-    plan = build_plan("tiny", "local", {"data.merged_path": str(root / "merged"), "data.preprocessed_path": str(root / "pre")},
-                      run_dir=root / "plan")  # fmt: skip
+    assert (
+        consolidate.main(
+            [
+                "--c4-path",
+                str(root / "c4"),
+                "--merged-path",
+                str(root / "merged"),
+                "--train-outputs",
+                "2",
+                "--n-validation-samples",
+                "0",
+            ]
+        )
+        == 0
+    )
+    plan = build_plan(
+        "tiny",
+        "local",
+        {"data.merged_path": str(root / "merged"), "data.preprocessed_path": str(root / "pre")},
+        run_dir=root / "plan",
+    )
     prepare_inputs(plan, print)  # the Mixtral tokenizer, written where the plan says jobs read it
     assert plan.tokenizer_path.endswith("tokenizer.model.v1")
     for config in preprocess_configs(plan):  # the preprocess stage's own jobs

@@ -42,7 +42,9 @@ def _on_cpu(device: Any) -> Any:
 class CudaOnCpu(TorchFunctionMode):
     """Stand-in: every torch call that asks for a CUDA device gets the CPU."""
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Any:
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
         kwargs = dict(kwargs or {})
         name = getattr(func, "__name__", "")
         if "device" in kwargs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO
 
 PASSES = "def test_fine():\n    assert True\n"
@@ -25,7 +24,9 @@ def test_a_skipped_test_fails_under_ci(pytester: pytest.Pytester, monkeypatch: p
     result.stdout.fnmatch_lines(["*skipped under CI, where every test must run*needs something*"])
 
 
-def test_a_module_skipped_at_import_is_an_error_under_ci(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_module_skipped_at_import_is_an_error_under_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     result = run(pytester, monkeypatch, "true", MODULE_SKIPS)
     result.assert_outcomes(errors=1)
     assert result.ret != 0
@@ -33,5 +34,7 @@ def test_a_module_skipped_at_import_is_an_error_under_ci(pytester: pytest.Pytest
 
 
 @pytest.mark.parametrize("skipping", [SKIPS, MODULE_SKIPS], ids=["test", "module"])
-def test_outside_ci_a_skip_stays_a_skip(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, skipping: str) -> None:
+def test_outside_ci_a_skip_stays_a_skip(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, skipping: str
+) -> None:
     run(pytester, monkeypatch, "", skipping).assert_outcomes(passed=1, skipped=1)

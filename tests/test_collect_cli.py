@@ -26,14 +26,26 @@ def loss(step: int) -> float:
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "orchestrator.collect.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.collect.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 @pytest.fixture
 def log_100(tmp_path: Path) -> Path:
-    return write_log(tmp_path / "train-7.out", range(100), 100, lambda s: step_metrics(s, loss=loss(s), tps=rate(s)),
-                     noise_every=5, tail="\x1b[0mTraining epoch 0, iteration 1")  # fmt: skip
+    return write_log(
+        tmp_path / "train-7.out",
+        range(100),
+        100,
+        lambda s: step_metrics(s, loss=loss(s), tps=rate(s)),
+        noise_every=5,
+        tail="\x1b[0mTraining epoch 0, iteration 1",
+    )
 
 
 def baseline_file(tmp_path: Path, model: str, final_loss: float) -> Path:
@@ -93,7 +105,12 @@ def test_log_mode_writes_outputs_only_with_out(log_100: Path, tmp_path: Path) ->
     assert not (tmp_path / "metrics.json").exists()
     assert main(["--log", str(log_100), "--model", "m", "--out", str(tmp_path / "o")]) == EXIT_OK
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "loss.png", "metrics.csv", "metrics.json", "report.md", "throughput.png"]  # fmt: skip
+        "loss.png",
+        "metrics.csv",
+        "metrics.json",
+        "report.md",
+        "throughput.png",
+    ]
 
 
 def test_unusable_input_has_its_own_exit_code_and_names_the_file(tmp_path: Path) -> None:
@@ -121,15 +138,31 @@ def test_usage_errors_exit_2(argv: list[str]) -> None:
 def make_run(root: Path, name: str, model: str, final_loss: float, steps: int = 100) -> Path:
     run = root / name
     (run / "logs").mkdir(parents=True)
-    plan = {"model": {"name": model, "arch": {
-        "family": "llama", "num_layers": 32, "hidden_size": 4096, "ffn_hidden_size": 14336, "num_attention_heads": 32,
-        "num_query_groups": 8, "vocab_size": 128256}}, "train": {"seq_length": 8192},
-        "cluster": {"gpu_peak_tflops": 989}}  # fmt: skip
+    plan = {
+        "model": {
+            "name": model,
+            "arch": {
+                "family": "llama",
+                "num_layers": 32,
+                "hidden_size": 4096,
+                "ffn_hidden_size": 14336,
+                "num_attention_heads": 32,
+                "num_query_groups": 8,
+                "vocab_size": 128256,
+            },
+        },
+        "train": {"seq_length": 8192},
+        "cluster": {"gpu_peak_tflops": 989},
+    }
     (run / "plan.json").write_text(json.dumps(plan))
     # Job 99 ran first and reached step 60; job 100 resumed from step 50. Job-id order, not text order, is chain order.
     write_log(run / "logs" / "train-99.out", range(61), steps, lambda s: step_metrics(s, loss=50.0, tps=1e3))
-    write_log(run / "logs" / "train-100.out", range(50, steps), steps,
-              lambda s: step_metrics(s, loss=final_loss + (steps - 1 - s) / 100, tps=rate(s)))  # fmt: skip
+    write_log(
+        run / "logs" / "train-100.out",
+        range(50, steps),
+        steps,
+        lambda s: step_metrics(s, loss=final_loss + (steps - 1 - s) / 100, tps=rate(s)),
+    )
     return run
 
 
@@ -158,7 +191,9 @@ def test_suite_one_row_per_model_and_a_failing_model_fails_the_suite(tmp_path: P
     assert main(["--suite", str(runs), "--baseline", str(baselines), "--json"]) == EXIT_FAIL
     rows = json.loads(capsys.readouterr().out)
     assert [(r["model"], Path(r["run"]).name, r["runs_of_model"], r["verdict"]) for r in rows] == [
-        ("llama3_8b", "llama-new", 2, "pass"), ("qwen3_8b", "qwen", 1, "fail")]  # fmt: skip
+        ("llama3_8b", "llama-new", 2, "pass"),
+        ("qwen3_8b", "qwen", 1, "fail"),
+    ]
     assert rows[0]["loss_rel_diff"] == pytest.approx((6.0 - 6.1) / 6.1)
     markdown = (runs / "suite.md").read_text()
     assert "| llama3_8b | llama-new (latest of 2) | 100 |" in markdown and "| fail |" in markdown

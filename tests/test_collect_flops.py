@@ -7,8 +7,15 @@ import pytest
 from orchestrator.collect.flops import architecture_flops_per_token, flops_per_token
 from orchestrator.profiles import get_model
 
-LLAMA3_8B = dict(num_layers=32, hidden_size=4096, ffn_hidden_size=14336, num_attention_heads=32, num_query_groups=8,
-                 vocab_size=128256, seq_length=8192)  # fmt: skip
+LLAMA3_8B = dict(
+    num_layers=32,
+    hidden_size=4096,
+    ffn_hidden_size=14336,
+    num_attention_heads=32,
+    num_query_groups=8,
+    vocab_size=128256,
+    seq_length=8192,
+)
 
 
 def nemo_llama3(L: int, h: int, f: int, a: int, g: int, V: int, s: int, attention: float) -> float:
@@ -26,14 +33,30 @@ def test_llama3_8b_matches_nemo_before_and_after_the_causal_discount() -> None:
 
 
 def test_llama3_70b_matches_nemo_2_5() -> None:
-    arch = dict(num_layers=80, hidden_size=8192, ffn_hidden_size=28672, num_attention_heads=64, num_query_groups=8,
-                vocab_size=128256, seq_length=8192)  # fmt: skip
+    arch = dict(
+        num_layers=80,
+        hidden_size=8192,
+        ffn_hidden_size=28672,
+        num_attention_heads=64,
+        num_query_groups=8,
+        vocab_size=128256,
+        seq_length=8192,
+    )
     assert flops_per_token(**arch, causal=True) / 1e9 == pytest.approx(449.2, abs=0.05)
 
 
 def test_moe_counts_only_the_routed_experts() -> None:
-    moe = dict(num_layers=48, hidden_size=2048, ffn_hidden_size=6144, num_attention_heads=32, num_query_groups=4,
-               head_dim=128, vocab_size=151936, seq_length=4096, moe_ffn_hidden_size=768)  # fmt: skip
+    moe = dict(
+        num_layers=48,
+        hidden_size=2048,
+        ffn_hidden_size=6144,
+        num_attention_heads=32,
+        num_query_groups=4,
+        head_dim=128,
+        vocab_size=151936,
+        seq_length=4096,
+        moe_ffn_hidden_size=768,
+    )
     top8 = flops_per_token(**moe, num_experts=128, moe_top_k=8)
     top4 = flops_per_token(**moe, num_experts=128, moe_top_k=4)
     assert top8 - top4 == pytest.approx(6 * 48 * 4 * 3 * 2048 * 768)
@@ -45,8 +68,15 @@ def test_moe_counts_only_the_routed_experts() -> None:
 
 def test_attention_uses_heads_times_head_dim() -> None:
     """Qwen3-30B-A3B: 32 heads of 128 on hidden 2048; the attention term is 12·L·s·4096, not 12·L·s·2048."""
-    base = dict(num_layers=1, hidden_size=2048, ffn_hidden_size=1, num_attention_heads=32, num_query_groups=4,
-                head_dim=128, vocab_size=1)  # fmt: skip
+    base = dict(
+        num_layers=1,
+        hidden_size=2048,
+        ffn_hidden_size=1,
+        num_attention_heads=32,
+        num_query_groups=4,
+        head_dim=128,
+        vocab_size=1,
+    )
     assert flops_per_token(**base, seq_length=2) - flops_per_token(**base, seq_length=1) == 12 * 4096
 
 

@@ -25,10 +25,13 @@ def known_loss(step: int) -> float:
 @pytest.fixture
 def log_100(tmp_path: Path) -> Path:
     return write_log(
-        tmp_path / "train-1.out", range(100), 100,
+        tmp_path / "train-1.out",
+        range(100),
+        100,
         lambda s: step_metrics(s, loss=known_loss(s), tps=known_rate(s)),
-        noise_every=9, tail="Training epoch 0, iteration 100/99 | lr: 1.5e-05 | global_st",
-    )  # fmt: skip
+        noise_every=9,
+        tail="Training epoch 0, iteration 100/99 | lr: 1.5e-05 | global_st",
+    )
 
 
 def test_throughput_is_the_mean_over_steps_10_to_89_and_loss_is_step_99s(log_100: Path) -> None:
@@ -85,8 +88,9 @@ def test_a_run_that_stopped_early_fails_against_its_baseline(tmp_path: Path) -> 
 
 
 def test_a_nan_final_loss_fails_and_is_null_in_json(tmp_path: Path) -> None:
-    path = write_log(tmp_path / "n.out", range(30), 30,
-                     lambda s: step_metrics(s, loss=math.nan if s == 29 else 5.0, tps=1e4))  # fmt: skip
+    path = write_log(
+        tmp_path / "n.out", range(30), 30, lambda s: step_metrics(s, loss=math.nan if s == 29 else 5.0, tps=1e4)
+    )
     m = collect_logs([path], model="m", baseline=Baseline(final_loss=5.0))
     assert m.verdict == "fail" and "nan" in m.verdict_reason
     body = json.loads(json.dumps(m.to_dict(), allow_nan=False))
@@ -143,10 +147,10 @@ def test_load_baselines_and_its_errors(tmp_path: Path) -> None:
         '{"m": {"throughput": 1}}': "no final_loss",
         '{"m": {"final_loss": "6.2"}}': "m.final_loss must be a finite number",
         '{"m": {"final_loss": 0}}': "must be > 0",
-        '[1, 2]': "expected an object",
+        "[1, 2]": "expected an object",
         '{"m": 6.2}': "must be an object",
         "{not json": "not a readable JSON file",
-    }  # fmt: skip
+    }
     for text, message in cases.items():
         bad = tmp_path / "bad.json"
         bad.write_text(text)

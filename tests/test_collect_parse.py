@@ -71,9 +71,18 @@ def test_any_float_notation_and_optional_nemo_fields() -> None:
     )
     (record,), _ = parse_text(line)
     assert record.global_step == 19  # not the iteration, which restarts every epoch
-    assert record.fields == ("lr", "global_batch_size", "global_step", "max_memory_reserved", "reduced_train_loss",
-                             "train_step_timing in s", "tokens_per_sec_per_gpu", "TFLOPS_per_GPU",
-                             "consumed_samples", "val_loss")  # fmt: skip
+    assert record.fields == (
+        "lr",
+        "global_batch_size",
+        "global_step",
+        "max_memory_reserved",
+        "reduced_train_loss",
+        "train_step_timing in s",
+        "tokens_per_sec_per_gpu",
+        "TFLOPS_per_GPU",
+        "consumed_samples",
+        "val_loss",
+    )
     assert math.isnan(record.get("reduced_train_loss"))
     assert record.get("tokens_per_sec_per_gpu") == math.inf
     assert record.get("max_memory_reserved") == 70999998464.0
@@ -130,8 +139,9 @@ def test_an_unterminated_last_line_is_not_taken() -> None:
 
 @pytest.mark.parametrize("chunk", [1, 7, 100, 4096])
 def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, chunk: int) -> None:
-    path = write_log(tmp_path / "a.out", range(30), 30, lambda s: step_metrics(s, loss=10 - s / 10, tps=1e4 + s),
-                     noise_every=4)  # fmt: skip
+    path = write_log(
+        tmp_path / "a.out", range(30), 30, lambda s: step_metrics(s, loss=10 - s / 10, tps=1e4 + s), noise_every=4
+    )
     expected, _ = read_logs([path])
     monkeypatch.setattr(parse, "CHUNK_BYTES", chunk)
     got, stats = read_logs([path])
@@ -192,14 +202,22 @@ def test_a_requeued_job_appending_to_the_same_file(tmp_path: Path) -> None:
 
 def test_field_names_keep_the_log_order_and_add_late_fields(tmp_path: Path) -> None:
     path = write_log(
-        tmp_path / "v.out", range(6), 6,
+        tmp_path / "v.out",
+        range(6),
+        6,
         lambda s: step_metrics(s, loss=5.0, tps=1e4, val_loss=3.5 if s >= 3 else None),
-    )  # fmt: skip
+    )
     series, _ = read_logs([path])
     assert series.field_names() == [
-        "global_step", "lr", "global_batch_size", "reduced_train_loss", "train_step_timing in s",
-        "tokens_per_sec_per_gpu", "consumed_samples", "val_loss",
-    ]  # fmt: skip
+        "global_step",
+        "lr",
+        "global_batch_size",
+        "reduced_train_loss",
+        "train_step_timing in s",
+        "tokens_per_sec_per_gpu",
+        "consumed_samples",
+        "val_loss",
+    ]
 
 
 def test_skipped_lines_are_all_counted_and_a_few_shown() -> None:

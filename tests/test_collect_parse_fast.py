@@ -14,9 +14,10 @@ import random
 import re
 import struct
 from array import array
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from collect_helpers import NOISE, metric_line, step_metrics
@@ -178,7 +179,9 @@ def test_random_mixtures_agree(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, 
         lines: list[str] = []
         for piece in range(12):
             offset = 25 * (job * 12 + piece) + rng.choice([0, 0, 0, -40])
-            shifted = partial(re.sub, r"global_step: (\d+)\b", lambda m: f"global_step: {int(m[1]) + offset}")
+            shifted = partial(
+                re.sub, r"global_step: (\d+)\b", lambda m, offset=offset: f"global_step: {int(m[1]) + offset}"
+            )
             lines += [shifted(x) for x in CASES[rng.choice(list(CASES))][0]]
         paths.append(write(tmp_path / f"train-{job}.out", lines, tail=rng.choice(["", line(5)[:70], "noise"])))
     taken = compare(monkeypatch, paths, [64, 512, 4096, 1 << 20])

@@ -34,8 +34,13 @@ def metrics(tmp_path: Path):
         100,
         lambda s: step_metrics(s, loss=10 - s / 20, tps=rate(s), val_loss=4.0 if s >= 60 else 4.5),
     )
-    return collect_logs([first, second], model="llama3_8b", baseline=Baseline(final_loss=5.0, throughput=1.1e4),
-                        flops_per_token=5.791e10, peak_flops_per_gpu=989e12)  # fmt: skip
+    return collect_logs(
+        [first, second],
+        model="llama3_8b",
+        baseline=Baseline(final_loss=5.0, throughput=1.1e4),
+        flops_per_token=5.791e10,
+        peak_flops_per_gpu=989e12,
+    )
 
 
 def test_metrics_json_has_the_documented_fields_and_per_step_records(metrics, tmp_path: Path) -> None:
@@ -51,25 +56,39 @@ def test_metrics_json_has_the_documented_fields_and_per_step_records(metrics, tm
     assert body["throughput_rel_diff"] == pytest.approx(body["throughput_tokens_per_sec_per_gpu"] / 1.1e4 - 1)
     assert body["mfu"] == pytest.approx(body["throughput_tokens_per_sec_per_gpu"] * 5.791e10 / 989e12)
     assert body["val_loss"] == 4.0 and body["val_loss_history"] == [
-        {"global_step": 20, "val_loss": 4.5}, {"global_step": 60, "val_loss": 4.0}
-    ]  # fmt: skip
+        {"global_step": 20, "val_loss": 4.5},
+        {"global_step": 60, "val_loss": 4.0},
+    ]
     assert body["rewinds"] == [{"source": 1, "first_dropped": 35, "last_dropped": 39}]
     assert [s["records"] for s in body["sources"]] == [40, 65]
     steps = body["steps"]
     assert [s["global_step"] for s in steps] == list(range(100))
     assert steps[97] == {
-        "lr": printed(1e-5 * 98 / 100), "global_batch_size": 128, "global_step": 97,
-        "reduced_train_loss": printed(10 - 97 / 20), "train_step_timing in s": printed(128 * 8192 / 8 / rate(97)),
-        "tokens_per_sec_per_gpu": printed(rate(97)), "consumed_samples": 98 * 128, "val_loss": 4.0,
-    }  # fmt: skip
+        "lr": printed(1e-5 * 98 / 100),
+        "global_batch_size": 128,
+        "global_step": 97,
+        "reduced_train_loss": printed(10 - 97 / 20),
+        "train_step_timing in s": printed(128 * 8192 / 8 / rate(97)),
+        "tokens_per_sec_per_gpu": printed(rate(97)),
+        "consumed_samples": 98 * 128,
+        "val_loss": 4.0,
+    }
 
 
 def test_metrics_csv_has_one_row_per_step(metrics, tmp_path: Path) -> None:
     write_outputs(metrics, tmp_path, plots=False)
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert len(rows) == 100
-    assert list(rows[0]) == ["global_step", "lr", "global_batch_size", "reduced_train_loss", "train_step_timing in s",
-                             "tokens_per_sec_per_gpu", "consumed_samples", "val_loss"]  # fmt: skip
+    assert list(rows[0]) == [
+        "global_step",
+        "lr",
+        "global_batch_size",
+        "reduced_train_loss",
+        "train_step_timing in s",
+        "tokens_per_sec_per_gpu",
+        "consumed_samples",
+        "val_loss",
+    ]
     assert rows[0]["val_loss"] == "" and rows[20]["val_loss"] == "4.5"
     assert rows[99]["global_step"] == "99" and float(rows[99]["tokens_per_sec_per_gpu"]) == printed(rate(99))
 
@@ -96,8 +115,7 @@ def test_report_md_states_the_verdict_and_the_sources(metrics, tmp_path: Path) -
 
 
 def test_a_plot_without_data_is_removed_not_left_stale(tmp_path: Path) -> None:
-    path = write_log(tmp_path / "x.out", range(30), 30,
-                     lambda s: {"global_step": s, "reduced_train_loss": 3.0})  # fmt: skip
+    path = write_log(tmp_path / "x.out", range(30), 30, lambda s: {"global_step": s, "reduced_train_loss": 3.0})
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "throughput.png").write_bytes(PNG_MAGIC)
     m = collect_logs([path], model="m")

@@ -24,7 +24,11 @@ def test_without_a_ledger_chain_order_is_job_id_order(tmp_path: Path) -> None:
     for name in ("train-100.out", "train-99.out", "train-1234_1.out", "train-1234_0.out", "preprocess-5.out"):
         (logs / name).write_text("")
     assert [p.name for p in find_logs(tmp_path)] == [
-        "train-99.out", "train-100.out", "train-1234_0.out", "train-1234_1.out"]  # fmt: skip
+        "train-99.out",
+        "train-100.out",
+        "train-1234_0.out",
+        "train-1234_1.out",
+    ]
 
 
 def test_the_ledger_gives_chain_order_and_finds_local_logs(tmp_path: Path) -> None:
@@ -39,8 +43,10 @@ def test_the_ledger_gives_chain_order_and_finds_local_logs(tmp_path: Path) -> No
     (tmp_path / "logs" / "train-1000.out").write_text("")
     (tmp_path / "submitit" / "95_0_log.out").write_text("")  # a local job: submitit's stdout
     assert find_logs(tmp_path) == [
-        tmp_path / "logs" / "train-900.out", tmp_path / "logs" / "train-1000.out",
-        tmp_path / "submitit" / "95_0_log.out"]  # fmt: skip
+        tmp_path / "logs" / "train-900.out",
+        tmp_path / "logs" / "train-1000.out",
+        tmp_path / "submitit" / "95_0_log.out",
+    ]
 
 
 def test_run_info_reads_the_plan_and_names_what_is_missing(tmp_path: Path) -> None:
@@ -52,12 +58,24 @@ def test_run_info_reads_the_plan_and_names_what_is_missing(tmp_path: Path) -> No
     assert info.model == tmp_path.name and info.flops_per_token is None
     assert any("no plan.json" in n for n in info.notes)
     arch = {
-        "family": "qwen3", "num_layers": 48, "hidden_size": 2048, "ffn_hidden_size": 6144, "num_attention_heads": 32,
-        "num_query_groups": 4, "kv_channels": 128, "vocab_size": 151936, "qk_layernorm": True, "num_experts": 128,
-        "moe_top_k": 8, "moe_ffn_hidden_size": 768,
-    }  # fmt: skip
-    plan = {"model": {"name": "qwen3_30b_a3b", "arch": arch}, "train": {"seq_length": 4096},
-            "cluster": {"gpu_peak_tflops": 989}}  # fmt: skip
+        "family": "qwen3",
+        "num_layers": 48,
+        "hidden_size": 2048,
+        "ffn_hidden_size": 6144,
+        "num_attention_heads": 32,
+        "num_query_groups": 4,
+        "kv_channels": 128,
+        "vocab_size": 151936,
+        "qk_layernorm": True,
+        "num_experts": 128,
+        "moe_top_k": 8,
+        "moe_ffn_hidden_size": 768,
+    }
+    plan = {
+        "model": {"name": "qwen3_30b_a3b", "arch": arch},
+        "train": {"seq_length": 4096},
+        "cluster": {"gpu_peak_tflops": 989},
+    }
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     info = run_info(tmp_path)
     assert info.model == "qwen3_30b_a3b" and info.peak_flops_per_gpu == 989e12 and not info.notes

@@ -22,9 +22,15 @@ SCRIPT = REPO / "consolidate_data.sh"
 def make_shards(folder: Path, train: list[int], validation: tuple[int, ...] = (0,), docs: int = 30) -> Path:
     """Small C4-layout shards; each document names its shard and line so outputs can be checked line by line."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split, indices, name in (("train", train, sample.train_shard_name), ("validation", validation, sample.validation_shard_name)):
+    for split, indices, name in (
+        ("train", train, sample.train_shard_name),
+        ("validation", validation, sample.validation_shard_name),
+    ):
         for index in indices:
-            records = [{"text": f"{split} shard {index} line {line}", "timestamp": "2019-04-25T12:57:54Z", "url": "u"} for line in range(docs)]
+            records = [
+                {"text": f"{split} shard {index} line {line}", "timestamp": "2019-04-25T12:57:54Z", "url": "u"}
+                for line in range(docs)
+            ]
             sample.write_shard(folder / name(index), records)
     return folder
 
@@ -43,7 +49,10 @@ def test_train_shards_split_in_order_into_equal_groups(tmp_path: Path) -> None:
     c4 = make_shards(tmp_path / "c4", train=list(range(8)), validation=[0, 1])
     the_plan = consolidate.consolidation(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45)
     assert [u.output for u in the_plan.units] == [
-        "c4-train.en_0.json.gz", "c4-train.en_1.json.gz", "c4-validation-45-samples.en.json.gz", "c4-validation.en.json.gz",
+        "c4-train.en_0.json.gz",
+        "c4-train.en_1.json.gz",
+        "c4-validation-45-samples.en.json.gz",
+        "c4-validation.en.json.gz",
     ]
     assert the_plan.units[0].inputs == tuple(sample.train_shard_name(i) for i in range(4))
     assert the_plan.units[1].inputs == tuple(sample.train_shard_name(i) for i in range(4, 8))
@@ -53,9 +62,13 @@ def test_train_shards_split_in_order_into_equal_groups(tmp_path: Path) -> None:
     assert run(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=45) == []
     merged = tmp_path / "merged"
     # bytes are concatenated, not recompressed
-    assert (merged / "c4-train.en_1.json.gz").read_bytes() == b"".join((c4 / n).read_bytes() for n in the_plan.units[1].inputs)
+    assert (merged / "c4-train.en_1.json.gz").read_bytes() == b"".join(
+        (c4 / n).read_bytes() for n in the_plan.units[1].inputs
+    )
     assert lines_of(merged / "c4-train.en_1.json.gz")[30] == "train shard 5 line 0"
-    assert lines_of(merged / "c4-validation-45-samples.en.json.gz") == lines_of(merged / "c4-validation.en.json.gz")[:45]
+    assert (
+        lines_of(merged / "c4-validation-45-samples.en.json.gz") == lines_of(merged / "c4-validation.en.json.gz")[:45]
+    )
     manifest = json.loads((merged / ".consolidate" / "c4-train.en_0.json.gz.json").read_text())
     assert manifest["output"]["documents"] == 120 and [i["documents"] for i in manifest["inputs"]] == [30] * 4
     assert consolidate.is_complete(the_plan)
@@ -82,7 +95,9 @@ def test_mlperf_default_is_eight_outputs_of_128_shards(tmp_path: Path) -> None:
         ([], 2, "no c4-train.NNNNN-of-NNNNN.json.gz shards"),
     ],
 )
-def test_missing_shards_and_gaps_are_named_before_anything_is_written(tmp_path: Path, train: list[int], outputs: int, message: str) -> None:
+def test_missing_shards_and_gaps_are_named_before_anything_is_written(
+    tmp_path: Path, train: list[int], outputs: int, message: str
+) -> None:
     c4 = make_shards(tmp_path / "c4", train=train)
     merged = tmp_path / "merged"
     with pytest.raises(ConsolidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -104,7 +119,11 @@ def test_a_damaged_shard_fails_its_output_by_name_and_nothing_is_declared_done(t
     victim.write_bytes(bytes(data))
     merged = tmp_path / "merged"
     errors = run(c4, merged, train_outputs=2, n_validation_samples=10)
-    assert len(errors) == 1 and errors[0].startswith(f"{victim}: ") and "c4-train.en_1.json.gz was not written" in errors[0]
+    assert (
+        len(errors) == 1
+        and errors[0].startswith(f"{victim}: ")
+        and "c4-train.en_1.json.gz was not written" in errors[0]
+    )
     assert not (merged / "c4-train.en_1.json.gz").exists()
     assert not (merged / ".consolidate" / "c4-train.en_1.json.gz.json").exists()
     assert [p.name for p in merged.iterdir() if p.name.startswith(".c4")] == []  # no temporary left
@@ -112,7 +131,9 @@ def test_a_damaged_shard_fails_its_output_by_name_and_nothing_is_declared_done(t
     assert not consolidate.is_complete(the_plan) and consolidate.unit_complete(the_plan, the_plan.units[0])
 
 
-def test_resume_after_an_interrupted_run_redoes_only_the_partial_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_an_interrupted_run_redoes_only_the_partial_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c4 = make_shards(tmp_path / "c4", train=list(range(4)), docs=300)
     merged = tmp_path / "merged"
     merged.mkdir()
@@ -181,8 +202,18 @@ def test_a_pipeline_gets_the_plan_and_completeness_from_the_stage_argv(tmp_path:
     c4 = make_shards(tmp_path / "c4", train=list(range(4)))
     parser = ArgumentParser()
     consolidate.add_arguments(parser)
-    args = parser.parse_args(["--c4-path", str(c4), "--merged-path", str(tmp_path / "m"), "--train-outputs", "2",
-                              "--n-validation-samples", "0"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "--c4-path",
+            str(c4),
+            "--merged-path",
+            str(tmp_path / "m"),
+            "--train-outputs",
+            "2",
+            "--n-validation-samples",
+            "0",
+        ]
+    )
     the_plan = consolidate.config_from_args(args).resolve()
     assert len(the_plan.units) == 3 and not consolidate.is_complete(the_plan, [0, 2])
     assert run(c4, tmp_path / "m", train_outputs=2, n_validation_samples=0) == []
@@ -193,9 +224,23 @@ def test_task_index_makes_one_output(tmp_path: Path) -> None:
     c4 = make_shards(tmp_path / "c4", train=list(range(4)))
     merged = tmp_path / "merged"
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.data.consolidate", "--c4-path", str(c4), "--merged-c4-path", str(merged),
-         "--train-outputs", "2", "--task-index", "1"],
-        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.data.consolidate",
+            "--c4-path",
+            str(c4),
+            "--merged-c4-path",
+            str(merged),
+            "--train-outputs",
+            "2",
+            "--task-index",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in merged.iterdir() if not p.name.startswith(".")) == ["c4-train.en_1.json.gz"]

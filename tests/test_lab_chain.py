@@ -8,8 +8,8 @@ import contextlib
 import datetime as dt
 import json
 import math
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO, run_cli
 
 from orchestrator.collect.parse import SourceStats, iter_records, read_logs
 from orchestrator.ledger import Ledger
 from orchestrator.status import run_status
-
-from conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -154,7 +153,10 @@ def test_a_trainer_that_always_fails_stops_after_two_strikes(slurm_lab, lab_data
     submit(run_dir, broken, "--chain", "4", "--time", "2", "--max-steps", "20")
     status = wait_idle(run_dir, timeout=4 * 60)
     assert not status["done"]
-    assert status["stopped"] and "2 consecutive training jobs ended without a new checkpoint" in status["stopped"]["reason"]
+    assert (
+        status["stopped"]
+        and "2 consecutive training jobs ended without a new checkpoint" in status["stopped"]["reason"]
+    )
     assert [j["ended"] for j in status["jobs"]] == ["failed", "failed", "cancelled", "cancelled"]
     assert "no-such-dataset" in status["stopped"]["log_tail"], "the reason comes with the failing log's last lines"
     shown = run_cli("status", str(run_dir))
@@ -167,11 +169,28 @@ def test_kill_9_during_a_checkpoint_write_resumes_from_the_previous_checkpoint(s
     ckpts = run_dir / "checkpoints"
     # Every save sleeps 15 s in the middle of writing its temporary directory (the trainer's fault-injection knob).
     env = dict(os.environ, ORCHESTRATOR_CKPT_WRITE_DELAY_S="15")
-    done = run_cli("submit", *TINY, "--run-dir", str(run_dir), *data_args(lab_data), "--chain", "2", "--time", "6",
-                   "--max-steps", "15", "--set", "train.ckpt_interval=5", env=env)  # fmt: skip
+    done = run_cli(
+        "submit",
+        *TINY,
+        "--run-dir",
+        str(run_dir),
+        *data_args(lab_data),
+        "--chain",
+        "2",
+        "--time",
+        "6",
+        "--max-steps",
+        "15",
+        "--set",
+        "train.ckpt_interval=5",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
-    wait_until(lambda: 5 in checkpoint_steps(run_dir) and list(ckpts.glob(".tmp-step-00000010*")), 300,
-               "step 5 complete and step 10 being written")  # fmt: skip
+    wait_until(
+        lambda: 5 in checkpoint_steps(run_dir) and list(ckpts.glob(".tmp-step-00000010*")),
+        300,
+        "step 5 complete and step 10 being written",
+    )
     # kill -9 this run's trainer processes (only this run's: the lab may be running other jobs)
     subprocess.run(["pkill", "-9", "-f", f"orchestrator.train.reference --run-dir {run_dir}"], check=False)
     status = wait_idle(run_dir, timeout=8 * 60)
@@ -187,8 +206,14 @@ def test_concurrent_nightly_calls_submit_exactly_one_chain(slurm_lab, lab_data, 
     submit(run_dir, lab_data, "--time", "5", "--max-steps", "30", "--set", "chain.steps_per_job=5", "--wait", expect=1)
     status = run_status(run_dir)
     assert not status["done"] and not status["active"] and status["latest_checkpoint_step"] == 5
-    calls = [subprocess.Popen([sys.executable, "-m", "orchestrator", "nightly", "--run", str(run_dir), "--json"],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    calls = [
+        subprocess.Popen(
+            [sys.executable, "-m", "orchestrator", "nightly", "--run", str(run_dir), "--json"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     decisions = [json.loads(c.communicate(timeout=120)[0]) for c in calls]
     assert sorted(d["action"] for d in decisions) == ["continue", "none"], decisions
     assert len(Ledger(run_dir / "ledger.sqlite").jobs("train")) == 2
@@ -216,10 +241,15 @@ def test_nightly_schedule_runs_the_check_at_the_hour_and_requeues_itself(slurm_l
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert subprocess.run(["shellcheck", str(script)], capture_output=True).returncode == 0
     # The check runs at HH:MM (Slurm starts it within its scheduling interval), decides, and queues tomorrow's.
-    log = wait_until(lambda: next((p for p in (run_dir / "logs").glob(f"nightly-{first}.out") if "nightly:" in p.read_text()), None),
-                     240, "the scheduled nightly check to run")  # fmt: skip
+    log = wait_until(
+        lambda: next((p for p in (run_dir / "logs").glob(f"nightly-{first}.out") if "nightly:" in p.read_text()), None),
+        240,
+        "the scheduled nightly check to run",
+    )
     assert "nightly: none: run done at step 4" in log.read_text()
-    queued = subprocess.run(["squeue", "-h", "-n", f"orch-{run_dir.name}-nightly", "-o", "%i %S"], capture_output=True, text=True).stdout.split()
+    queued = subprocess.run(
+        ["squeue", "-h", "-n", f"orch-{run_dir.name}-nightly", "-o", "%i %S"], capture_output=True, text=True
+    ).stdout.split()
     assert queued and queued[0] != first, "tomorrow's check is queued"
     tomorrow = (dt.datetime.now() + dt.timedelta(days=1)).strftime("%Y-%m-%d")
     assert queued[1].startswith(tomorrow) and queued[1][11:16] == at
@@ -230,8 +260,13 @@ def test_nightly_schedule_runs_the_check_at_the_hour_and_requeues_itself(slurm_l
 
 
 def popen_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
 
 
 def controllers() -> list[str]:
@@ -273,8 +308,11 @@ def test_nightly_and_cancel_refuse_while_slurmctld_is_down(slurm_lab, lab_data, 
     try:
         for _ in range(3):
             with controller_down():
-                calls = [popen_cli("nightly", "--run", str(run_dir), "--json"), popen_cli("cancel", str(run_dir)),
-                         popen_cli("status", str(run_dir), "--json")]
+                calls = [
+                    popen_cli("nightly", "--run", str(run_dir), "--json"),
+                    popen_cli("cancel", str(run_dir)),
+                    popen_cli("status", str(run_dir), "--json"),
+                ]
                 outputs = [call.communicate(timeout=120) for call in calls]  # each has met a failing squeue
                 undisturbed = not controllers()  # no other user of the lab started slurmctld meanwhile
             if undisturbed:
@@ -284,7 +322,10 @@ def test_nightly_and_cancel_refuse_while_slurmctld_is_down(slurm_lab, lab_data, 
         (nightly, cancel, status) = [(call.returncode, *output) for call, output in zip(calls, outputs)]
         assert nightly[0] == 1, nightly
         decision = json.loads(nightly[1])
-        assert decision["action"] == "refuse" and f"cannot rule out that job(s) {job_id} are queued or running" in decision["why"]
+        assert (
+            decision["action"] == "refuse"
+            and f"cannot rule out that job(s) {job_id} are queued or running" in decision["why"]
+        )
         assert cancel[0] == 1 and "nothing cancelled" in cancel[2], cancel
         shown = json.loads(status[1])
         assert shown["active"] and shown["warning"] and "Slurm did not answer" in shown["warning"]
@@ -308,7 +349,9 @@ def test_two_chains_of_one_run_take_turns(slurm_lab, lab_data, step_seconds, tmp
     submit(run_dir, lab_data, "--time", "5", "--max-steps", str(steps))
     first = started(run_dir)
     plan = RunPlan.load(run_dir)
-    second = queue_stages(plan, RunDir.of(run_dir), [stage_spec(plan, TRAIN)], say=lambda m: None, chain_start=1).jobs[0][1]
+    second = queue_stages(plan, RunDir.of(run_dir), [stage_spec(plan, TRAIN)], say=lambda m: None, chain_start=1).jobs[
+        0
+    ][1]
     reason = subprocess.run(["squeue", "-h", "-j", second, "-o", "%r"], capture_output=True, text=True).stdout.strip()
     assert reason == "Dependency", reason
     status = wait_idle(run_dir, timeout=6 * 60)
@@ -388,7 +431,9 @@ def test_a_requeued_job_held_by_slurm_is_seen_and_cancelled(slurm_lab, lab_data,
         subprocess.run(["scontrol", "requeuehold", "state=SpecialExit", job_id], check=True)
         ledger = Ledger(run_dir / "ledger.sqlite")
         wait_until(lambda: ledger.attempts("train")[0].outcome != "running", 60, "the attempt to end")
-        status = wait_until(lambda: (s := run_status(run_dir))["jobs"][0]["state"] == "SPECIAL_EXIT" and s, 60, "the hold")
+        status = wait_until(
+            lambda: (s := run_status(run_dir))["jobs"][0]["state"] == "SPECIAL_EXIT" and s, 60, "the hold"
+        )
         assert status["active"] and (status["jobs"][0]["alive"], status["jobs"][0]["ended"]) == (True, "held"), status
         done = run_cli("nightly", "--run", str(run_dir), "--json")
         assert json.loads(done.stdout)["action"] == "none", done.stdout + done.stderr
@@ -403,8 +448,18 @@ def test_a_requeued_job_held_by_slurm_is_seen_and_cancelled(slurm_lab, lab_data,
 def test_cancel_leaves_completed_array_stages_alone(slurm_lab, tmp_path):
     """sacct keys array tasks as 79_0, 79_1: a completed array stage was once cancelled and listed as active."""
     run_dir = tmp_path / "array"
-    done = run_cli("submit", "--profile", "tiny", "--cluster", "slurm-lab", "--run-dir", str(run_dir),
-                   "--set", "stages=[consolidate]", "--wait")
+    done = run_cli(
+        "submit",
+        "--profile",
+        "tiny",
+        "--cluster",
+        "slurm-lab",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "stages=[consolidate]",
+        "--wait",
+    )
     assert done.returncode in (0, 1), done.stdout + done.stderr
     status = run_status(run_dir)
     assert [(j["stage"], j["state"]) for j in status["jobs"]] == [("consolidate", "COMPLETED")], status["jobs"]

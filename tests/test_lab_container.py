@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from orchestrator.status import run_status
-
 from conftest import REPO, run_cli
 from test_lab_chain import checkpoint_steps, data_args, logged_steps, wait_idle
+
+from orchestrator.status import run_status
 
 pytestmark = pytest.mark.slurm
 CLUSTER = "slurm-lab-container"
@@ -39,13 +38,28 @@ def test_the_tiny_pipeline_runs_inside_the_container_on_two_lab_nodes(slurm_lab:
         assert "runtime bubblewrap" in log.read_text()
 
 
-def test_a_chain_across_a_time_limit_resumes_inside_the_container(slurm_lab: None, lab_data: dict[str, Any],
-                                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_a_chain_across_a_time_limit_resumes_inside_the_container(
+    slurm_lab: None, lab_data: dict[str, Any], tmp_path: Path
+) -> None:
     """One-minute jobs: the time limit's USR2 reaches the trainer inside bubblewrap, which saves and exits; the next
     job of the chain resumes from that checkpoint."""
     run_dir = tmp_path / "chain"
-    done = run_cli("submit", "--profile", "tiny", "--cluster", CLUSTER, "--run-dir", str(run_dir), *data_args(lab_data),
-                   "--chain", "3", "--time", "1", "--max-steps", "150")  # fmt: skip
+    done = run_cli(
+        "submit",
+        "--profile",
+        "tiny",
+        "--cluster",
+        CLUSTER,
+        "--run-dir",
+        str(run_dir),
+        *data_args(lab_data),
+        "--chain",
+        "3",
+        "--time",
+        "1",
+        "--max-steps",
+        "150",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     status = wait_idle(run_dir, timeout=8 * 60)
     trained = [j for j in status["jobs"] if (j["steps_end"] or 0) > (j["steps_start"] or 0)]

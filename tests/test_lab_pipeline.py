@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 from orchestrator.collect.parse import read_logs
 from orchestrator.ledger import Ledger
 from orchestrator.status import run_status
-
-from conftest import run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -36,14 +35,35 @@ def test_tiny_pipeline_on_two_lab_nodes_learns_and_resumes_exactly(slurm_lab, tm
     whole = losses(run_dir)
     assert sorted(whole) == list(range(60))
     assert whole[59] < whole[0] - 2.0, f"loss did not fall: {whole[0]} -> {whole[59]}"
-    assert (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text())["final_step"] == 59
+    assert (run_dir / "metrics.json").exists() and json.loads((run_dir / "metrics.json").read_text())[
+        "final_step"
+    ] == 59
 
     # The same plan on the same (already tokenized) data, split into two jobs of 30 steps each.
     split_dir = tmp_path / "split"
-    whole_data = ["--set", f"data.train_prefixes={json.dumps([str(run_dir / 'data' / 'preprocessed' / f'c4-train.en_{k}_text_document') for k in (0, 1)])}",
-                  "--set", f"data.validation_prefixes={json.dumps([str(run_dir / 'data' / 'preprocessed' / 'c4-validation.en_text_document')])}"]  # fmt: skip
-    done = run_cli("submit", "--profile", "tiny", "--cluster", "slurm-lab", "--run-dir", str(split_dir), "--set", "data.source=preprocessed",
-                   *whole_data, "--chain", "2", "--set", "chain.steps_per_job=30", "--wait")  # fmt: skip
+    whole_data = [
+        "--set",
+        f"data.train_prefixes={json.dumps([str(run_dir / 'data' / 'preprocessed' / f'c4-train.en_{k}_text_document') for k in (0, 1)])}",
+        "--set",
+        f"data.validation_prefixes={json.dumps([str(run_dir / 'data' / 'preprocessed' / 'c4-validation.en_text_document')])}",
+    ]
+    done = run_cli(
+        "submit",
+        "--profile",
+        "tiny",
+        "--cluster",
+        "slurm-lab",
+        "--run-dir",
+        str(split_dir),
+        "--set",
+        "data.source=preprocessed",
+        *whole_data,
+        "--chain",
+        "2",
+        "--set",
+        "chain.steps_per_job=30",
+        "--wait",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     attempts = Ledger(split_dir / "ledger.sqlite").attempts("train")
     assert [(a.start_step, a.end_step, a.outcome) for a in attempts] == [(None, 30, "partition"), (30, 60, "done")]

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.mlperf.checkpoints import StartError, StartPoint, check_start, checkpoint_steps, nemo_checkpoint_problem, start_point
+from orchestrator.mlperf.checkpoints import (
+    StartError,
+    StartPoint,
+    check_start,
+    checkpoint_steps,
+    nemo_checkpoint_problem,
+    start_point,
+)
 from orchestrator.plan import PlanError
 from orchestrator.settings import RunSettings
 
@@ -18,9 +25,13 @@ CONTINUED = "/continual/checkpoint-seed-1234-par-2-300-steps/checkpoint"
 def test_the_reference_starts() -> None:
     assert start_point(use_ckpt=False, from_hf=True, model_ckpt=None, start_steps=0) == StartPoint("scratch")
     # FROM_HF=1: the converted Llama 3.1 weights, a fresh optimizer, step 0 (a benchmark run)
-    assert start_point(use_ckpt=True, from_hf=True, model_ckpt="/m/ckpt", start_steps=0) == StartPoint("weights", "/m/ckpt")
+    assert start_point(use_ckpt=True, from_hf=True, model_ckpt="/m/ckpt", start_steps=0) == StartPoint(
+        "weights", "/m/ckpt"
+    )
     # FROM_HF=0: an earlier chain's checkpoint continued exactly, at the step its name says
-    assert start_point(use_ckpt=True, from_hf=False, model_ckpt=CONTINUED, start_steps=300) == StartPoint("full", CONTINUED, 300)
+    assert start_point(use_ckpt=True, from_hf=False, model_ckpt=CONTINUED, start_steps=300) == StartPoint(
+        "full", CONTINUED, 300
+    )
 
 
 @pytest.mark.parametrize(
@@ -30,11 +41,20 @@ def test_the_reference_starts() -> None:
         (True, True, None, 0, "USE_CKPT=1 without MODEL_CKPT", "set MODEL_CKPT"),
         (True, True, "/m/ckpt", 300, "START_STEPS=300 with FROM_HF=1", "FROM_HF=0 with MODEL_CKPT="),
         (True, False, CONTINUED, 200, "START_STEPS=200 but MODEL_CKPT=", "START_STEPS=300"),
-        (True, False, "/x/model_name=0--val_loss=5.71-step=99-consumed_samples=115200.0-last", 0, "holds 100", "START_STEPS=100"),
+        (
+            True,
+            False,
+            "/x/model_name=0--val_loss=5.71-step=99-consumed_samples=115200.0-last",
+            0,
+            "holds 100",
+            "START_STEPS=100",
+        ),
         (True, False, "/m/ckpt", -1, "START_STEPS=-1", "0 or more"),
     ],
 )
-def test_refused_combinations_name_the_variables_and_the_fix(use_ckpt, from_hf, model_ckpt, start_steps, names, fix) -> None:
+def test_refused_combinations_name_the_variables_and_the_fix(
+    use_ckpt, from_hf, model_ckpt, start_steps, names, fix
+) -> None:
     with pytest.raises(StartError) as caught:
         start_point(use_ckpt=use_ckpt, from_hf=from_hf, model_ckpt=model_ckpt, start_steps=start_steps)
     assert names in caught.value.message and fix in caught.value.fix

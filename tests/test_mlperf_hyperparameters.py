@@ -11,12 +11,24 @@ from orchestrator.mlperf.schedule import Schedule
 
 # The keys pretrain_llama31.py logs (its `configs` dict, then seed and init_checkpoint_step), in its order.
 REFERENCE_KEYS = [
-    "global_batch_size", "gradient_accumulation_steps", "max_sequence_length", "eval_samples",
-    "opt_name", "opt_base_learning_rate", "opt_adamw_beta_1", "opt_adamw_beta_2", "opt_adamw_epsilon",
-    "opt_adamw_weight_decay", "opt_gradient_clip_norm", "opt_end_learning_rate",
-    "opt_learning_rate_warmup_steps", "opt_learning_rate_decay_steps", "opt_learning_rate_decay_schedule",
-    "seed", "init_checkpoint_step",
-]  # fmt: skip
+    "global_batch_size",
+    "gradient_accumulation_steps",
+    "max_sequence_length",
+    "eval_samples",
+    "opt_name",
+    "opt_base_learning_rate",
+    "opt_adamw_beta_1",
+    "opt_adamw_beta_2",
+    "opt_adamw_epsilon",
+    "opt_adamw_weight_decay",
+    "opt_gradient_clip_norm",
+    "opt_end_learning_rate",
+    "opt_learning_rate_warmup_steps",
+    "opt_learning_rate_decay_steps",
+    "opt_learning_rate_decay_schedule",
+    "seed",
+    "init_checkpoint_step",
+]
 
 
 def test_keys_are_the_reference_keys_in_order() -> None:
@@ -65,8 +77,12 @@ def test_a_run_logs_its_plans_numbers_where_they_differ_from_the_rules() -> None
     rules = reference_hyperparameters(Schedule(1152), dp=8, mbs=1, seed=plan.train.seed, start_step=480)
     assert params == rules  # the 405B profile trains with the rules' numbers: DP 8 = 2304 GPUs / (TP8 PP9 CP4)
 
-    override = build_plan("llama31_405b", "h100-pyxis", {**base, "train.optim.lr": 1e-4, "train.seq_length": 4096},
-                          run_dir="/tmp/unused/run")  # fmt: skip
+    override = build_plan(
+        "llama31_405b",
+        "h100-pyxis",
+        {**base, "train.optim.lr": 1e-4, "train.seq_length": 4096},
+        run_dir="/tmp/unused/run",
+    )
     params = run_hyperparameters(override, start_step=0)
     assert (params["opt_base_learning_rate"], params["max_sequence_length"]) == (1e-4, 4096)
     with pytest.raises(ValueError, match="not an MLPerf plan"):

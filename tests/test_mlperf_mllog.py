@@ -73,11 +73,25 @@ def test_event_order_is_the_reference_callbacks(tmp_path: Path) -> None:
     records = [json.loads(line.removeprefix(":::MLLOG ")) for line in log.path.read_text().splitlines()]
     keys = [r["key"] for r in records if r["key"] in RUN_EVENTS]
     assert keys == [
-        "cache_clear", "init_start", "init_stop", "run_start", "epoch_start", "block_start",
-        "block_stop", "eval_start", "eval_accuracy", "eval_stop", "block_start",
-        "block_stop", "eval_start", "eval_accuracy", "eval_stop",
-        "epoch_stop", "run_stop", "train_samples",
-    ]  # fmt: skip
+        "cache_clear",
+        "init_start",
+        "init_stop",
+        "run_start",
+        "epoch_start",
+        "block_start",
+        "block_stop",
+        "eval_start",
+        "eval_accuracy",
+        "eval_stop",
+        "block_start",
+        "block_stop",
+        "eval_start",
+        "eval_accuracy",
+        "eval_stop",
+        "epoch_stop",
+        "run_stop",
+        "train_samples",
+    ]
     by_key = {r["key"]: r for r in records}
     assert by_key["run_stop"]["metadata"]["status"] == "success"
     assert by_key["eval_accuracy"]["metadata"]["samples_count"] == 256 * 1152
@@ -187,11 +201,22 @@ def test_a_job_log_is_named_for_the_partition_job_and_attempt_and_starts_the_ini
     plan = build_plan("llama31_405b", "h100-pyxis", base, run_id="r405", run_dir=tmp_path / "run")
     env = {"SLURM_JOB_ID": "4242", "ORCHESTRATOR_CHAIN_INDEX": "3", "SLURM_RESTART_COUNT": "1"}
     log = open_job_log(plan, JobEnvironment.current(env))
-    assert log is not None and log.path == tmp_path / "run" / "mlperf" / f"mlperf_r405_seed{plan.train.seed}_par3_4242_r1.log"
+    assert (
+        log is not None
+        and log.path == tmp_path / "run" / "mlperf" / f"mlperf_r405_seed{plan.train.seed}_par3_4242_r1.log"
+    )
     log.close()
     lines = [json.loads(line.removeprefix(":::MLLOG ")) for line in log.path.read_text().splitlines()]
-    assert [(r["key"], r["event_type"]) for r in lines] == [("cache_clear", "POINT_IN_TIME"), ("init_start", "INTERVAL_START")]
+    assert [(r["key"], r["event_type"]) for r in lines] == [
+        ("cache_clear", "POINT_IN_TIME"),
+        ("init_start", "INTERVAL_START"),
+    ]
 
-    other = open_job_log(plan, JobEnvironment.current({**env, "RANK": "5", "WORLD_SIZE": "8"}))  # every rank gets a logger; only rank 0 writes
+    other = open_job_log(
+        plan, JobEnvironment.current({**env, "RANK": "5", "WORLD_SIZE": "8"})
+    )  # every rank gets a logger; only rank 0 writes
     assert other is not None and not other.enabled and len(list((tmp_path / "run" / "mlperf").iterdir())) == 1
-    assert open_job_log(build_plan("llama3_8b", "h100-pyxis", base, run_dir=tmp_path / "r8"), JobEnvironment.current(env)) is None
+    assert (
+        open_job_log(build_plan("llama3_8b", "h100-pyxis", base, run_dir=tmp_path / "r8"), JobEnvironment.current(env))
+        is None
+    )

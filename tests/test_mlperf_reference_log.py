@@ -9,12 +9,12 @@ formula at this GBS, samples counts, init_checkpoint_step) and rejects exactly t
 
 from __future__ import annotations
 
+from mlperf_helpers import SCALE_KEYS, failing_keys
+from reference_helpers import VOCAB, markov_documents, train, write_dataset
+
 from orchestrator.mlperf.compliance import check_compliance
 from orchestrator.mlperf.mllog import read_mllog
 from orchestrator.plan import build_plan
-
-from mlperf_helpers import SCALE_KEYS, failing_keys
-from reference_helpers import VOCAB, markov_documents, train, write_dataset
 
 
 def test_reference_run_writes_a_log_the_checker_accepts_but_for_the_benchmark_scale(tmp_path):
@@ -22,21 +22,40 @@ def test_reference_run_writes_a_log_the_checker_accepts_but_for_the_benchmark_sc
     write_dataset(data / "train", markov_documents(200, seed=11))
     write_dataset(data / "valid", markov_documents(60, seed=13))
     run_dir = tmp_path / "run"
-    plan = build_plan("tiny", "local", {
-        "data.source": "preprocessed", "data.train_prefixes": [str(data / "train")],
-        "data.validation_prefixes": [str(data / "valid")],
-        "model.arch.vocab_size": VOCAB, "model.tokenizer.vocab_size": VOCAB, "model.arch.hidden_size": 64, "model.arch.ffn_hidden_size": 176,
-        "model.arch.num_layers": 2, "layout.tasks_per_node": 1, "layout.micro_batch_size": 2,
-        "train.global_batch_size": 16, "train.seq_length": 32,
-        # The rules' schedule at GBS 16 (outside [1152, 9216], hence allow_new_rcp), but evaluations every 32
-        # sequences over 32, the first after 64, and a target the untrained model meets: the run stops there.
-        "mlperf.allow_new_rcp": True, "mlperf.eval_every_samples": 32, "mlperf.eval_samples": 32,
-        "mlperf.start_eval_at_samples": 64, "mlperf.target_log_ppl": 9.0,
-    }, run_id="mlperf-tiny", run_dir=run_dir)  # fmt: skip
+    plan = build_plan(
+        "tiny",
+        "local",
+        {
+            "data.source": "preprocessed",
+            "data.train_prefixes": [str(data / "train")],
+            "data.validation_prefixes": [str(data / "valid")],
+            "model.arch.vocab_size": VOCAB,
+            "model.tokenizer.vocab_size": VOCAB,
+            "model.arch.hidden_size": 64,
+            "model.arch.ffn_hidden_size": 176,
+            "model.arch.num_layers": 2,
+            "layout.tasks_per_node": 1,
+            "layout.micro_batch_size": 2,
+            "train.global_batch_size": 16,
+            "train.seq_length": 32,
+            # The rules' schedule at GBS 16 (outside [1152, 9216], hence allow_new_rcp), but evaluations every 32
+            # sequences over 32, the first after 64, and a target the untrained model meets: the run stops there.
+            "mlperf.allow_new_rcp": True,
+            "mlperf.eval_every_samples": 32,
+            "mlperf.eval_samples": 32,
+            "mlperf.start_eval_at_samples": 64,
+            "mlperf.target_log_ppl": 9.0,
+        },
+        run_id="mlperf-tiny",
+        run_dir=run_dir,
+    )
     schedule = plan.mlperf_schedule()
     assert schedule is not None and (schedule.first_eval_step, schedule.eval_interval_steps) == (4, 2)
     assert (plan.train.optim.lr, plan.train.optim.warmup_steps, plan.train.max_steps) == (
-        schedule.base_lr, schedule.warmup_steps, schedule.max_steps)
+        schedule.base_lr,
+        schedule.warmup_steps,
+        schedule.max_steps,
+    )
     run_dir.mkdir()
     (run_dir / "plan.json").write_text(plan.to_json())
 

@@ -19,12 +19,11 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import REPO
-from mlperf_helpers import SMALL_405B
-from nemo_stack import fdl
-
 from megatron.core import parallel_state
 from megatron.core.datasets import helpers
 from megatron.core.datasets.indexed_dataset import IndexedDataset
+from mlperf_helpers import SMALL_405B
+from nemo_stack import fdl
 
 from orchestrator.atomic import atomic_write_text
 from orchestrator.plan import RunPlan, build_plan
@@ -50,8 +49,12 @@ def one_process_group(tmp_path_factory: pytest.TempPathFactory):
 
 
 def mlperf_plan(tmp_path: Path, lab_data: dict[str, Any], seed: int, **more: Any) -> RunPlan:
-    return build_plan("llama31_405b", "h100-pyxis", {**lab_data, **MLPERF, "train.seed": seed,
-                      "data.index_cache_dir": str(tmp_path / "index"), **more}, run_dir=tmp_path / f"run-{seed}")  # fmt: skip
+    return build_plan(
+        "llama31_405b",
+        "h100-pyxis",
+        {**lab_data, **MLPERF, "train.seed": seed, "data.index_cache_dir": str(tmp_path / "index"), **more},
+        run_dir=tmp_path / f"run-{seed}",
+    )
 
 
 def datasets(plan: RunPlan) -> Any:
@@ -115,16 +118,26 @@ def test_the_index_stage_publishes_the_training_index_and_a_training_job_only_lo
     assert "index" in plan.stages and nemo_index.seeds(plan) == [1234, 4321]
     with pytest.raises(RuntimeError, match="data index of seed 1234 is not complete"):
         nemo_index.check_ready(plan)
-    done = subprocess.run([sys.executable, "-m", nemo_index.MODULE, "--run-dir", plan.run_dir, "--threads", "2"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", nemo_index.MODULE, "--run-dir", plan.run_dir, "--threads", "2"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert all(nemo_index.is_complete(plan, seed) for seed in (1234, 4321)) and nemo_index.complete_reason(plan)
     cache = Path(plan.data.index_cache_dir)
     published = {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.is_file()}
     assert published and not [p for p in cache.iterdir() if p.name.startswith(".build-")]
     nemo_index.check_ready(plan)  # a training job of this seed starts
-    again = subprocess.run([sys.executable, "-m", nemo_index.MODULE, "--run-dir", plan.run_dir], capture_output=True,
-                           text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)  # fmt: skip
+    again = subprocess.run(
+        [sys.executable, "-m", nemo_index.MODULE, "--run-dir", plan.run_dir],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
+    )
     assert again.returncode == 0 and "is complete" in again.stdout  # skipped: nothing rebuilt
     # what a training job's data module does with the cache: loads every index, writes nothing
     datasets(plan)

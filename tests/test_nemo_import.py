@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from nemo_stack import fdl, llm
 
 from orchestrator.plan import build_plan
@@ -39,8 +38,14 @@ class FakeImporter:
         self.fail_with = fail_with
 
     def __call__(self, model: Any, source: str, output_path: Path) -> Path:
-        self.calls.append({"model": model, "source": source, "output_path": output_path,
-                           **{k: os.environ.get(k) for k in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}})  # fmt: skip
+        self.calls.append(
+            {
+                "model": model,
+                "source": source,
+                "output_path": output_path,
+                **{k: os.environ.get(k) for k in ("HF_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")},
+            }
+        )
         if self.fail_with:
             raise RuntimeError(self.fail_with)
         (output_path / "weights").mkdir(parents=True)

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from nemo_stack import fdl, llm  # first: a missing stack fails these tests with the fix
-
 from megatron.core import parallel_state
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.transformer_config import TransformerConfig
 from nemo.collections.llm.gpt.model.base import local_layer_spec as nemo_local_layer_spec
+from nemo_stack import fdl, llm  # first: a missing stack fails these tests with the fix
 
 from orchestrator.data.indexed import IndexedDatasetWriter
 from orchestrator.plan import build_plan
@@ -47,8 +46,15 @@ def model_parallel(tmp_path_factory: pytest.TempPathFactory):
 
 
 def attention(mask_type: AttnMaskType, **config: object) -> SDPAttention:
-    cfg = TransformerConfig(num_layers=2, hidden_size=HEADS * HEAD_DIM, num_attention_heads=HEADS, num_query_groups=GROUPS,
-                            use_cpu_initialization=True, attention_dropout=0.0, **config)  # fmt: skip
+    cfg = TransformerConfig(
+        num_layers=2,
+        hidden_size=HEADS * HEAD_DIM,
+        num_attention_heads=HEADS,
+        num_query_groups=GROUPS,
+        use_cpu_initialization=True,
+        attention_dropout=0.0,
+        **config,
+    )
     return SDPAttention(cfg, layer_number=2, attn_mask_type=mask_type, attention_type="self")
 
 
@@ -115,12 +121,25 @@ def test_only_the_core_attention_changes(model_parallel: None) -> None:
     assert repr(ours) == repr(nemos)
 
 
-def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_switched_recipe_builds_sdpa_attention(
+    model_parallel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The llama3_8b proxy's recipe, switched: the model NeMo builds from it uses SDPA, no fusion needs TE, and its
     forward step runs on batches without an attention mask."""
-    plan = build_plan("llama3_8b", "h100-pyxis", {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"],
-                      "model.arch.num_layers": 2, "layout.cp": 1, "layout.tp": 2, "layout.sequence_parallel": True,
-                      "train.global_batch_size": 8}, run_dir=tmp_path / "run")  # fmt: skip
+    plan = build_plan(
+        "llama3_8b",
+        "h100-pyxis",
+        {
+            "data.source": "preprocessed",
+            "data.train_prefixes": ["/d/a"],
+            "model.arch.num_layers": 2,
+            "layout.cp": 1,
+            "layout.tp": 2,
+            "layout.sequence_parallel": True,
+            "train.global_batch_size": 8,
+        },
+        run_dir=tmp_path / "run",
+    )
     recipe = build_recipe(plan)
     use_local_spec(recipe)
     assert recipe.trainer.strategy.sequence_parallel is False  # torch.nn norms refuse it
@@ -130,8 +149,16 @@ def test_switched_recipe_builds_sdpa_attention(model_parallel: None, tmp_path: P
     assert not (config.apply_rope_fusion or config.gradient_accumulation_fusion or config.persist_layer_norm)
 
     small = copy.deepcopy(recipe.model.config)
-    for name, value in dict(hidden_size=64, ffn_hidden_size=128, num_attention_heads=HEADS, num_query_groups=GROUPS,
-                            vocab_size=256, use_cpu_initialization=True, bf16=False, params_dtype=torch.float32).items():  # fmt: skip
+    for name, value in dict(
+        hidden_size=64,
+        ffn_hidden_size=128,
+        num_attention_heads=HEADS,
+        num_query_groups=GROUPS,
+        vocab_size=256,
+        use_cpu_initialization=True,
+        bf16=False,
+        params_dtype=torch.float32,
+    ).items():
         setattr(small, name, value)
     model = llm.GPTModel(fdl.build(small))
     model.configure_model()
@@ -153,21 +180,33 @@ class CpuStreams:
     def wait_stream(self, other: object) -> None:
         pass
 
-    def record_event(self) -> "CpuStreams":
+    def record_event(self) -> CpuStreams:
         return self
 
     def synchronize(self) -> None:
         pass
 
 
-def test_switched_moe_recipe_trains_all_128_experts_on_a_cpu(model_parallel: None, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_switched_moe_recipe_trains_all_128_experts_on_a_cpu(
+    model_parallel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """qwen3_30b_a3b without TE: the recipe's config builds (it raised ImportError of fused_permute before), and a
     2-layer model with all 128 experts, top-8 routing, the recipe's alltoall dispatcher and load-balancing loss runs a
     forward and backward pass (hidden 64 and no recomputation, which needs CUDA's RNG, so that it fits a CPU test)."""
-    plan = build_plan("qwen3_30b_a3b", "h100-pyxis", {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"],
-                      "model.arch.num_layers": 2, "layout.tp": 1, "layout.pp": 1, "layout.ep": 1,
-                      "train.global_batch_size": 8}, run_dir=tmp_path / "run")
+    plan = build_plan(
+        "qwen3_30b_a3b",
+        "h100-pyxis",
+        {
+            "data.source": "preprocessed",
+            "data.train_prefixes": ["/d/a"],
+            "model.arch.num_layers": 2,
+            "layout.tp": 1,
+            "layout.pp": 1,
+            "layout.ep": 1,
+            "train.global_batch_size": 8,
+        },
+        run_dir=tmp_path / "run",
+    )
     recipe = build_recipe(plan)
     use_local_spec(recipe)
     config = fdl.build(recipe.model.config)
@@ -177,10 +216,21 @@ def test_switched_moe_recipe_trains_all_128_experts_on_a_cpu(model_parallel: Non
     assert "MoE: SequentialMLP experts" in announcement(recipe)
 
     small = copy.deepcopy(recipe.model.config)
-    for name, value in dict(hidden_size=64, ffn_hidden_size=128, moe_ffn_hidden_size=32, num_attention_heads=HEADS,
-                            num_query_groups=GROUPS, kv_channels=HEAD_DIM, vocab_size=256, recompute_granularity=None,
-                            recompute_method=None, recompute_num_layers=None, use_cpu_initialization=True, bf16=False,
-                            params_dtype=torch.float32).items():
+    for name, value in dict(
+        hidden_size=64,
+        ffn_hidden_size=128,
+        moe_ffn_hidden_size=32,
+        num_attention_heads=HEADS,
+        num_query_groups=GROUPS,
+        kv_channels=HEAD_DIM,
+        vocab_size=256,
+        recompute_granularity=None,
+        recompute_method=None,
+        recompute_num_layers=None,
+        use_cpu_initialization=True,
+        bf16=False,
+        params_dtype=torch.float32,
+    ).items():
         setattr(small, name, value)
     streams = CpuStreams()
     monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")  # RoPE's table and the router's weight go there
@@ -209,8 +259,13 @@ def test_data_module_skips_the_mask(tmp_path: Path) -> None:
     prefix = tmp_path / "doc"
     with IndexedDatasetWriter(prefix, np.uint16) as writer:
         writer.add_document(np.arange(1, 300))
-    data = llm.PreTrainingDataModule(paths=[str(prefix)], seq_length=128, global_batch_size=8, micro_batch_size=1,
-                                     tokenizer=SimpleNamespace(eod=0, vocab_size=300))  # no download in __init__
+    data = llm.PreTrainingDataModule(
+        paths=[str(prefix)],
+        seq_length=128,
+        global_batch_size=8,
+        micro_batch_size=1,
+        tokenizer=SimpleNamespace(eod=0, vocab_size=300),
+    )  # no download in __init__
     assert data.create_attention_mask  # NeMo's default without TE
     skip_attention_masks(data)
     assert not data.create_attention_mask

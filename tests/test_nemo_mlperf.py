@@ -14,16 +14,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import lightning.pytorch as pl
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from mlperf_helpers import SCALE_KEYS, failing_keys
+from nemo_stack import fdl
 from torch.utils.data import DataLoader
 
-from nemo_stack import fdl
-
-from mlperf_helpers import SCALE_KEYS, failing_keys
 from orchestrator.contract import JobEnvironment
 from orchestrator.mlperf.compliance import check_compliance
 from orchestrator.mlperf.hyperparameters import run_hyperparameters
@@ -39,14 +37,22 @@ pytestmark = [pytest.mark.nemo, pytest.mark.usefixtures("fresh_signals")]
 DATA = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
 # GBS 16 (outside [1152, 9216], hence allow_new_rcp): the rules' formulas at this batch, but an evaluation every 32
 # sequences over 32, the first after 64, so the schedule is first after 4 steps, then every 2, on 2 batches.
-SMALL = {**DATA, "train.global_batch_size": 16, "train.seq_length": 64, "mlperf.allow_new_rcp": True,
-         "mlperf.eval_every_samples": 32, "mlperf.eval_samples": 32, "mlperf.start_eval_at_samples": 64}  # fmt: skip
+SMALL = {
+    **DATA,
+    "train.global_batch_size": 16,
+    "train.seq_length": 64,
+    "mlperf.allow_new_rcp": True,
+    "mlperf.eval_every_samples": 32,
+    "mlperf.eval_samples": 32,
+    "mlperf.start_eval_at_samples": 64,
+}
 HIGH = 9.0  # a validation loss far from the target
 
 
 def small_plan(tmp_path: Path, **overrides: Any) -> RunPlan:
-    return build_plan("llama3_8b", "h100-pyxis", {**SMALL, **overrides}, run_id="mlperf-small",
-                      run_dir=tmp_path / "run")  # fmt: skip
+    return build_plan(
+        "llama3_8b", "h100-pyxis", {**SMALL, **overrides}, run_id="mlperf-small", run_dir=tmp_path / "run"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ the harness
@@ -113,8 +119,15 @@ class Job:
     """One training job of ``plan`` with the recipe's callbacks (NeMo's TimingCallback, MlperfControl, StopControl)
     and the recipe's validation settings, in plain Lightning's Trainer on the CPU (the stand-in for NeMo's)."""
 
-    def __init__(self, plan: RunPlan, *, mlperf: bool = True, signal_at: int | None = None,
-                 extra: Iterable[pl.Callback] = (), env: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        plan: RunPlan,
+        *,
+        mlperf: bool = True,
+        signal_at: int | None = None,
+        extra: Iterable[pl.Callback] = (),
+        env: dict[str, str] | None = None,
+    ):
         recipe = build_recipe(plan)
         configs = {fdl.get_callable(c).__name__: c for c in recipe.trainer.callbacks}
         configs["TimingCallback"].log_tokens_per_sec = False  # tokens/s needs Megatron's micro-batch calculator
@@ -126,15 +139,22 @@ class Job:
         else:
             self.stop.eval_schedule = None  # Lightning's own validation cadence, for comparison
         self.probe = Probe(signal_at)
-        self.ckpt = ModelCheckpoint(dirpath=plan.train.ckpt_dir, save_last=True, save_top_k=0,
-                                    save_on_train_epoch_end=True)  # fmt: skip
+        self.ckpt = ModelCheckpoint(
+            dirpath=plan.train.ckpt_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
+        )
         ours = [self.timing, *extra, self.probe, *([self.mlperf] if self.mlperf else []), self.stop]
         self.trainer = pl.Trainer(
-            accelerator="cpu", devices=1, max_steps=recipe.trainer.max_steps,
-            val_check_interval=recipe.trainer.val_check_interval, limit_val_batches=recipe.trainer.limit_val_batches,
-            num_sanity_val_steps=0, callbacks=[*ours, self.ckpt], logger=False, enable_progress_bar=False,
+            accelerator="cpu",
+            devices=1,
+            max_steps=recipe.trainer.max_steps,
+            val_check_interval=recipe.trainer.val_check_interval,
+            limit_val_batches=recipe.trainer.limit_val_batches,
+            num_sanity_val_steps=0,
+            callbacks=[*ours, self.ckpt],
+            logger=False,
+            enable_progress_bar=False,
             enable_model_summary=False,
-        )  # fmt: skip
+        )
         self.plan = plan
 
     def fit(self, module: Toy | None = None, *, max_steps: int, resume: Path | None = None) -> Job:
@@ -181,8 +201,9 @@ def test_gbs_1152_evaluates_after_240_steps_then_every_16_in_the_stand_in_traine
 
 
 def test_a_plan_that_is_not_mlperf_keeps_its_own_validation(tmp_path: Path) -> None:
-    plan = build_plan("llama3_8b", "h100-pyxis", {**DATA, "train.val_interval": 50, "train.val_batches": 2},
-                      run_dir=tmp_path / "run")  # fmt: skip
+    plan = build_plan(
+        "llama3_8b", "h100-pyxis", {**DATA, "train.val_interval": 50, "train.val_batches": 2}, run_dir=tmp_path / "run"
+    )
     summary = summarize(build_recipe(plan))
     assert summary["mlperf"] is None and "MlperfControl" not in summary["trainer"]["callbacks"]
     assert (summary["trainer"]["val_check_interval"], summary["trainer"]["limit_val_batches"]) == (50, 2)
@@ -206,8 +227,9 @@ def test_the_small_schedule_and_a_job_stopped_on_an_evaluation_step_that_resumes
     assert (first.stop.reason, first.stop.saved_step, saved_step(first.last)) == ("steps_per_job", 6, 6)
     assert first.exit_status() == entry.EXIT_STOPPED and not (Path(plan.run_dir) / "DONE").exists()
 
-    second = Job(plan, env={"SLURM_JOB_ID": "101", "ORCHESTRATOR_CHAIN_INDEX": "1"}).fit(max_steps=13,
-                                                                                           resume=first.last)  # fmt: skip
+    second = Job(plan, env={"SLURM_JOB_ID": "101", "ORCHESTRATOR_CHAIN_INDEX": "1"}).fit(
+        max_steps=13, resume=first.last
+    )
     assert second.probe.validated == [8, 10, 12]  # step 6 was evaluated by the first job: no repeat
     logs = sorted((Path(plan.run_dir) / "mlperf").glob("*.log"), key=lambda p: "par1" in p.name)
     chain = chain_result([read_mllog(log) for log in logs])  # refuses an evaluation logged twice
@@ -280,9 +302,22 @@ def test_the_log_records_the_run_as_the_reference_does(tmp_path: Path) -> None:
     records = [json.loads(line.removeprefix(":::MLLOG ")) for line in path.read_text().splitlines()]
     events = [r["key"] for r in records if r["key"] in RUN_EVENTS]
     evaluation = ["block_stop", "eval_start", "eval_accuracy", "eval_stop"]
-    assert events == ["cache_clear", "init_start", "init_stop", "run_start", "epoch_start", "block_start",
-                      *evaluation, "block_start", *evaluation, "block_start", *evaluation,
-                      "epoch_stop", "run_stop", "train_samples"]  # fmt: skip
+    assert events == [
+        "cache_clear",
+        "init_start",
+        "init_stop",
+        "run_start",
+        "epoch_start",
+        "block_start",
+        *evaluation,
+        "block_start",
+        *evaluation,
+        "block_start",
+        *evaluation,
+        "epoch_stop",
+        "run_stop",
+        "train_samples",
+    ]
 
 
 def test_the_checker_accepts_the_log_but_for_the_benchmark_scale(tmp_path: Path) -> None:
@@ -312,7 +347,6 @@ def test_the_trainer_context_of_nemo_checkpoints_carries_the_callback(tmp_path: 
     from nemo import lightning as nl
     from nemo.lightning.io import load_context
     from nemo.lightning.io.pl import TrainerContext
-
     from nemo_stack import llm
 
     plan = small_plan(tmp_path)

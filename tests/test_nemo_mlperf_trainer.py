@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from mlperf_helpers import SCALE_KEYS, SMALL_405B, failing_keys
+
 from orchestrator.atomic import atomic_write_text
 from orchestrator.mlperf.compliance import check_compliance
 from orchestrator.mlperf.mllog import chain_result, read_mllog
@@ -37,15 +37,18 @@ def cpu_gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-node local cluster profile that declares one GPU (the nemo backend's requirement); the harness runs it
     on the CPU."""
     path = tmp_path_factory.mktemp("cluster") / "cpu-as-gpu.yaml"
-    path.write_text("description: one CPU standing in for a GPU\nscheduler: local\ngpus_per_node: 1\n"
-                    "gpu_memory_gb: 80\nmax_nodes: 1\ntime_limit: '01:00:00'\nsignal_grace_s: 60\n")  # fmt: skip
+    path.write_text(
+        "description: one CPU standing in for a GPU\nscheduler: local\ngpus_per_node: 1\n"
+        "gpu_memory_gb: 80\nmax_nodes: 1\ntime_limit: '01:00:00'\nsignal_grace_s: 60\n"
+    )
     return path
 
 
 def small_405b(tmp_path: Path, lab_data: dict[str, Any], cluster: Path, **overrides: Any) -> RunPlan:
     overrides = {"data.index_cache_dir": str(tmp_path / "index"), **overrides}
-    plan = build_plan("llama31_405b", cluster, {**lab_data, **SMALL_405B, **overrides}, run_id="mlperf-cpu",
-                      run_dir=tmp_path / "run")  # fmt: skip
+    plan = build_plan(
+        "llama31_405b", cluster, {**lab_data, **SMALL_405B, **overrides}, run_id="mlperf-cpu", run_dir=tmp_path / "run"
+    )
     Path(plan.run_dir).parent.mkdir(parents=True, exist_ok=True)
     Path(plan.run_dir).mkdir(parents=True)
     atomic_write_text(Path(plan.run_dir) / "plan.json", plan.to_json())
@@ -54,18 +57,35 @@ def small_405b(tmp_path: Path, lab_data: dict[str, Any], cluster: Path, **overri
 
 def build_index(plan: RunPlan) -> None:
     """The run's index stage, as its job runs it (it needs no CUDA)."""
-    done = subprocess.run([sys.executable, "-m", "orchestrator.train.nemo_index", "--run-dir", plan.run_dir],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.train.nemo_index", "--run-dir", plan.run_dir],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def job(plan: RunPlan, job_id: str, chain_index: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
     """One training job of the run, as the step script starts it (rank variables, the job's identity)."""
-    run_env = dict(os.environ, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(29400 + int(job_id) % 500), SLURM_JOB_ID=job_id,
-                   ORCHESTRATOR_CHAIN_INDEX=str(chain_index), **env)  # fmt: skip
-    done = subprocess.run([sys.executable, str(HARNESS), "--run-dir", plan.run_dir], capture_output=True, text=True,
-                          env=run_env, timeout=600)  # fmt: skip
+    run_env = dict(
+        os.environ,
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(29400 + int(job_id) % 500),
+        SLURM_JOB_ID=job_id,
+        ORCHESTRATOR_CHAIN_INDEX=str(chain_index),
+        **env,
+    )
+    done = subprocess.run(
+        [sys.executable, str(HARNESS), "--run-dir", plan.run_dir],
+        capture_output=True,
+        text=True,
+        env=run_env,
+        timeout=600,
+    )
     Path(plan.run_dir, f"job-{job_id}.log").write_text(done.stdout + done.stderr)
     return done
 
@@ -97,7 +117,10 @@ def test_a_chain_of_two_jobs_evaluates_on_the_rules_schedule_inside_nemos_traine
     assert (done["final_step"], done["reason"]) == (12, "max_steps reached")
 
     logs = sorted(Path(plan.run_dir, "mlperf").glob("*.log"), key=lambda p: "par1" in p.name)
-    assert [p.name for p in logs] == ["mlperf_mlperf-cpu_seed1234_par0_501.log", "mlperf_mlperf-cpu_seed1234_par1_502.log"]
+    assert [p.name for p in logs] == [
+        "mlperf_mlperf-cpu_seed1234_par0_501.log",
+        "mlperf_mlperf-cpu_seed1234_par1_502.log",
+    ]
     runs = [read_mllog(p) for p in logs]
     chain = chain_result(runs)  # refuses an evaluation logged twice or out of order
     assert [samples // 8 for samples, _ in chain.evals] == [4, 6, 8, 10, 12]
@@ -150,8 +173,17 @@ def test_from_hf_0_resumes_another_runs_checkpoint_in_full_at_start_steps(
     assert job(earlier, "601").returncode == 0 and latest_step(earlier.train.ckpt_dir) == 6
     (ckpt,) = [p for p in Path(earlier.train.ckpt_dir).iterdir() if p.name.endswith("-last")]
 
-    later = small_405b(tmp_path / "b", lab_data, cpu_gpu_cluster, **{"train.init_from": str(ckpt), "train.init_mode": "full",
-                       "train.init_step": 6, "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip
+    later = small_405b(
+        tmp_path / "b",
+        lab_data,
+        cpu_gpu_cluster,
+        **{
+            "train.init_from": str(ckpt),
+            "train.init_mode": "full",
+            "train.init_step": 6,
+            "data.index_cache_dir": earlier.data.index_cache_dir,
+        },
+    )
     build_index(later)  # the same data, seed and counts: complete already, nothing rebuilt
     done = job(later, "602")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -162,15 +194,34 @@ def test_from_hf_0_resumes_another_runs_checkpoint_in_full_at_start_steps(
 
     # the same start in a plan that saves nothing (on the GPU, the 405B proxy's job past a full disk): NeMo's
     # AutoResume restores it, the job trains on the schedule and leaves no checkpoint
-    quiet = small_405b(tmp_path / "d", lab_data, cpu_gpu_cluster, **{"train.init_from": str(ckpt), "train.init_mode": "full",
-                       "train.init_step": 6, "train.save_checkpoints": False, "chain.jobs": 1,
-                       "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip
+    quiet = small_405b(
+        tmp_path / "d",
+        lab_data,
+        cpu_gpu_cluster,
+        **{
+            "train.init_from": str(ckpt),
+            "train.init_mode": "full",
+            "train.init_step": 6,
+            "train.save_checkpoints": False,
+            "chain.jobs": 1,
+            "data.index_cache_dir": earlier.data.index_cache_dir,
+        },
+    )
     done = job(quiet, "604")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert evaluated(done) == [8, 10, 12] and not any(Path(quiet.train.ckpt_dir).glob("*"))
 
     shutil.copytree(ckpt, tmp_path / "renamed-checkpoint")  # a name that says nothing of its step
-    wrong = small_405b(tmp_path / "c", lab_data, cpu_gpu_cluster, **{"train.init_from": str(tmp_path / "renamed-checkpoint"),
-                       "train.init_mode": "full", "train.init_step": 4, "data.index_cache_dir": earlier.data.index_cache_dir})  # fmt: skip
+    wrong = small_405b(
+        tmp_path / "c",
+        lab_data,
+        cpu_gpu_cluster,
+        **{
+            "train.init_from": str(tmp_path / "renamed-checkpoint"),
+            "train.init_mode": "full",
+            "train.init_step": 4,
+            "data.index_cache_dir": earlier.data.index_cache_dir,
+        },
+    )
     failed = job(wrong, "603")
     assert failed.returncode != 0 and "starts at step 6, the plan at step 4" in failed.stdout + failed.stderr

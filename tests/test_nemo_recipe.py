@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from nemo_stack import fdl, llm, serialization  # noqa: F401 - one import of the stack (~20 s)
 
 from orchestrator.plan import build_plan, parse_assignment, validate
@@ -20,10 +19,23 @@ from orchestrator.train.nemo_recipe import ARCH_FIELDS, MOE_FIELDS, build_recipe
 
 pytestmark = pytest.mark.nemo
 
-SEED_MODELS = ["llama3_8b", "llama3_70b", "llama31_8b", "llama31_405b", "qwen3_8b", "qwen25_7b", "qwen3_30b_a3b",
-               "qwen2_72b", "qwen25_72b"]  # fmt: skip
-DATA = {"data.source": "preprocessed", "data.train_prefixes": ["/data/c4-train.en_6_text_document", "/data/c4-train.en_7_text_document"],
-        "data.train_weights": [25.0, 75.0], "data.index_cache_dir": "/npy_index"}  # fmt: skip
+SEED_MODELS = [
+    "llama3_8b",
+    "llama3_70b",
+    "llama31_8b",
+    "llama31_405b",
+    "qwen3_8b",
+    "qwen25_7b",
+    "qwen3_30b_a3b",
+    "qwen2_72b",
+    "qwen25_72b",
+]
+DATA = {
+    "data.source": "preprocessed",
+    "data.train_prefixes": ["/data/c4-train.en_6_text_document", "/data/c4-train.en_7_text_document"],
+    "data.train_weights": [25.0, 75.0],
+    "data.index_cache_dir": "/npy_index",
+}
 
 
 def plan_for(model: str, tmp_path: Path, overrides: dict[str, Any] | None = None, check: bool = True):
@@ -81,7 +93,12 @@ def test_recipe_carries_the_plan(model: str, tmp_path: Path) -> None:
     o, plan_o = s["optimizer"], train.optim
     assert (o["lr"], o["min_lr"], o["warmup_steps"]) == (plan_o.lr, plan_o.min_lr, plan_o.warmup_steps)
     assert (o["weight_decay"], o["beta1"], o["beta2"], o["eps"], o["clip_grad"]) == (
-        plan_o.weight_decay, plan_o.beta1, plan_o.beta2, plan_o.eps, plan_o.clip_grad)  # fmt: skip
+        plan_o.weight_decay,
+        plan_o.beta1,
+        plan_o.beta2,
+        plan_o.eps,
+        plan_o.clip_grad,
+    )
 
     c = s["checkpoint"]
     assert c["dir"] == train.ckpt_dir == str(tmp_path / model / "checkpoints")
@@ -125,11 +142,24 @@ def test_a_vocabulary_other_than_the_tokenizers_is_the_one_trained(tmp_path: Pat
 
 
 def test_set_overrides_flow_into_the_recipe(tmp_path: Path) -> None:
-    sets = ["layout.tp=2", "layout.pp=2", "layout.sequence_parallel=false", "layout.micro_batch_size=2",
-            "layout.recompute=full", "layout.recompute_num_layers=4", "train.global_batch_size=64",
-            "train.seq_length=4096", "train.max_steps=50", "train.seed=42", "train.ckpt_interval=25",
-            "train.val_interval=10", "train.val_batches=3", "train.optim.lr=1e-4", "model.arch.num_layers=8",
-            "chain.steps_per_job=20"]  # fmt: skip
+    sets = [
+        "layout.tp=2",
+        "layout.pp=2",
+        "layout.sequence_parallel=false",
+        "layout.micro_batch_size=2",
+        "layout.recompute=full",
+        "layout.recompute_num_layers=4",
+        "train.global_batch_size=64",
+        "train.seq_length=4096",
+        "train.max_steps=50",
+        "train.seed=42",
+        "train.ckpt_interval=25",
+        "train.val_interval=10",
+        "train.val_batches=3",
+        "train.optim.lr=1e-4",
+        "model.arch.num_layers=8",
+        "chain.steps_per_job=20",
+    ]
     plan = plan_for("llama31_8b", tmp_path, dict(parse_assignment(a) for a in sets))
     s = summarize(build_recipe(plan, deadline=1_900_000_000.0))
     assert (s["parallel"]["tp"], s["parallel"]["pp"], s["parallel"]["sequence_parallel"]) == (2, 2, False)
@@ -151,8 +181,12 @@ def test_405b_takes_the_mlperf_reference_settings(tmp_path: Path) -> None:
     recipe = build_recipe(plan)
     s = summarize(recipe)
     assert (s["parallel"]["tp"], s["parallel"]["pp"], s["parallel"]["vp"], s["parallel"]["cp"]) == (8, 9, 7, 4)
-    assert s["parallel"]["ddp"] == {"check_for_nan_in_grad": True, "grad_reduce_in_fp32": True,
-                                    "overlap_grad_reduce": True, "overlap_param_gather": True}  # fmt: skip
+    assert s["parallel"]["ddp"] == {
+        "check_for_nan_in_grad": True,
+        "grad_reduce_in_fp32": True,
+        "overlap_grad_reduce": True,
+        "overlap_param_gather": True,
+    }
     # 126 layers split evenly over PP9 x VP7, but 126 + embedding + loss = 128 would not: Megatron refuses that
     assert not s["parallel"]["account_for_embedding_in_pipeline_split"]
     assert not s["parallel"]["account_for_loss_in_pipeline_split"]
@@ -197,8 +231,11 @@ def test_405b_on_blackwell_uses_the_b200_user_buffers(tmp_path: Path) -> None:
 def test_separate_validation_prefixes_replace_the_split(tmp_path: Path) -> None:
     val = "/data/c4-validation-91205-samples.en_text_document"
     d = summarize(build_recipe(plan_for("llama31_8b", tmp_path, {"data.validation_prefixes": [val]})))["data"]
-    assert d["paths"] == {"train": [25.0, DATA["data.train_prefixes"][0], 75.0, DATA["data.train_prefixes"][1]],
-                          "validation": [val], "test": [val]}  # fmt: skip
+    assert d["paths"] == {
+        "train": [25.0, DATA["data.train_prefixes"][0], 75.0, DATA["data.train_prefixes"][1]],
+        "validation": [val],
+        "test": [val],
+    }
     assert d["split"] is None
 
 
@@ -211,8 +248,11 @@ def test_init_from_restores_weights_only_or_resumes_in_full(tmp_path: Path) -> N
         "load_artifacts": False,
     }
     assert r["resume_if_exists"] and r["directory"].endswith("checkpoints")  # this run's own checkpoints come first
-    full = {"train.init_from": "/c/checkpoint-seed-1-par-0-300-steps/checkpoint", "train.init_mode": "full",
-            "train.init_step": 300}  # fmt: skip
+    full = {
+        "train.init_from": "/c/checkpoint-seed-1-par-0-300-steps/checkpoint",
+        "train.init_mode": "full",
+        "train.init_step": 300,
+    }
     r = summarize(build_recipe(plan_for("llama31_8b", tmp_path, full)))["resume"]
     # config.sh's FROM_HF=0: NeMo resumes that checkpoint as its own (weights, optimizer, step, schedule, data)
     assert r["restore"] is None and r["path"] == full["train.init_from"]
@@ -223,7 +263,14 @@ def test_continual_pretraining_preset(tmp_path: Path) -> None:
     s = summarize(build_recipe(plan))
     o = s["optimizer"]
     assert (o["lr"], o["warmup_steps"], o["min_lr"], o["weight_decay"], o["beta1"], o["beta2"], o["clip_grad"]) == (
-        2.5e-5, 15, 2.5e-6, 0.1, 0.9, 0.95, 1.0)  # fmt: skip
+        2.5e-5,
+        15,
+        2.5e-6,
+        0.1,
+        0.9,
+        0.95,
+        1.0,
+    )
     assert s["model"]["rotary_base"] == 500_000  # Llama 3.1's, which the imported weights were trained with
     assert s["resume"]["restore"]["path"] == str(Path(plan.run_dir) / "imported" / "meta-llama--Llama-3.1-8B")
     assert s["resume"]["restore"]["load_optim_state"] is False  # fresh optimizer
@@ -244,8 +291,12 @@ def test_an_mlperf_plan_shorter_than_one_evaluation_interval_still_starts(tmp_pa
     """Lightning refuses a ``val_check_interval`` longer than the epoch before step 0 (the 405B seed proxy, 24 steps
     at GBS 8 where the rules evaluate every 2304, died so on the GPU): the trainer's interval is capped at max_steps
     and the plan warns that no evaluation falls in the run."""
-    plan = plan_for("llama31_405b", tmp_path, {"train.global_batch_size": 8, "train.max_steps": 24,
-                                               "mlperf.allow_new_rcp": True}, check=False)  # fmt: skip
+    plan = plan_for(
+        "llama31_405b",
+        tmp_path,
+        {"train.global_batch_size": 8, "train.max_steps": 24, "mlperf.allow_new_rcp": True},
+        check=False,
+    )
     schedule = plan.mlperf_schedule()
     assert schedule.eval_interval_steps > 24 and summarize(build_recipe(plan))["trainer"]["val_check_interval"] == 24
     assert any(p.field == "train.max_steps" and p.severity == "warning" for p in validate(plan))
@@ -256,7 +307,11 @@ def test_no_checkpoints_when_the_plan_says_so(tmp_path: Path) -> None:
     proxy's second job died in NeMo's setup without it; test_nemo_mlperf_trainer.py resumes such a plan)."""
     ckpt = summarize(build_recipe(plan_for("qwen3_8b", tmp_path, {"train.save_checkpoints": False})))["checkpoint"]
     assert (ckpt["every_n_train_steps"], ckpt["train_time_interval"], ckpt["save_last"], ckpt["save_top_k"]) == (
-        None, None, False, 0)  # fmt: skip
+        None,
+        None,
+        False,
+        0,
+    )
     assert not ckpt["save_on_train_epoch_end"] and not ckpt["save_optim_on_train_end"]
 
 

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import torch
-
 from nemo_stack import fdl
 
 from orchestrator.plan import build_plan
@@ -27,8 +25,12 @@ GBS = 128
 
 
 def make_plan(tmp_path: Path, **overrides: Any):
-    base = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"], "train.global_batch_size": GBS,
-            "train.max_steps": 100}  # fmt: skip
+    base = {
+        "data.source": "preprocessed",
+        "data.train_prefixes": ["/d/a"],
+        "train.global_batch_size": GBS,
+        "train.max_steps": 100,
+    }
     return build_plan("llama3_8b", "h100-pyxis", {**base, **overrides}, run_dir=tmp_path / "run")
 
 
@@ -70,8 +72,10 @@ class FakeTrainer:
             self.progress.increment_processed,
         ):
             event()
-        self.callback_metrics = {"step": torch.tensor(float(self.global_step)),
-                                 "consumed_samples": torch.tensor(float((self.global_step + 1) * GBS))}  # fmt: skip
+        self.callback_metrics = {
+            "step": torch.tensor(float(self.global_step)),
+            "consumed_samples": torch.tensor(float((self.global_step + 1) * GBS)),
+        }
         self.global_step += 1
 
     def batch_end(self, stop: StopControl) -> None:

@@ -21,7 +21,13 @@ def llama3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_references_that_name_a_package_are_packaged() -> None:
     assert is_packaged("mistral-common:tokenizer.model.v1")
     assert is_packaged("llama-models:llama3") and is_packaged("llama-models:llama3.1")
-    for other in ("meta-llama/Meta-Llama-3-8B", "/abs/tokenizer.model", "llama-models:llama2", "mistral-common:", "x:y"):
+    for other in (
+        "meta-llama/Meta-Llama-3-8B",
+        "/abs/tokenizer.model",
+        "llama-models:llama2",
+        "mistral-common:",
+        "x:y",
+    ):
         assert not is_packaged(other)
 
 
@@ -42,15 +48,25 @@ def test_mixtral_v1_is_the_packaged_file_copied_once(tmp_path: Path) -> None:
 
 def test_llama3_folder_gives_metas_ids_on_real_text(llama3: Path) -> None:
     """The converted Hugging Face tokenizer against Meta's own (tiktoken over the same ranks), on the sample corpus."""
-    from transformers import AutoTokenizer
-
     from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
+    from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(str(llama3))
     meta = MetaTokenizer(_llama_models_file())
     texts = [r["text"] for r in sample.documents(random.Random("llama3"), 300)]
-    texts += ["", " ", "a  b\n\n c", "héllo wörld — “quoted” …", "日本語のテキスト", "emoji 🙂 ok", "x" * 3000, "1234567"]
-    assert [hf.encode(t, add_special_tokens=False) for t in texts] == [meta.encode(t, bos=False, eos=False) for t in texts]
+    texts += [
+        "",
+        " ",
+        "a  b\n\n c",
+        "héllo wörld — “quoted” …",
+        "日本語のテキスト",
+        "emoji 🙂 ok",
+        "x" * 3000,
+        "1234567",
+    ]
+    assert [hf.encode(t, add_special_tokens=False) for t in texts] == [
+        meta.encode(t, bos=False, eos=False) for t in texts
+    ]
     assert (len(hf), hf.bos_token_id, hf.eos_token_id) == (128256, 128000, 128001)
     assert hf("hello world").input_ids == [128000, 15339, 1917]  # BOS from the post-processor, as Meta's folders
 
@@ -60,11 +76,24 @@ def test_llama3_and_31_differ_only_in_the_names_of_special_tokens(llama3: Path, 
 
     v3 = AutoTokenizer.from_pretrained(str(llama3))
     v31 = AutoTokenizer.from_pretrained(str(materialise("llama-models:llama3.1", tmp_path)))
-    assert v3.get_vocab().keys() - v31.get_vocab().keys() == {f"<|reserved_special_token_{i}|>" for i in (248, 249, 250)}
-    assert v31.get_vocab().keys() - v3.get_vocab().keys() == {"<|finetune_right_pad_id|>", "<|eom_id|>", "<|python_tag|>"}
+    assert v3.get_vocab().keys() - v31.get_vocab().keys() == {
+        f"<|reserved_special_token_{i}|>" for i in (248, 249, 250)
+    }
+    assert v31.get_vocab().keys() - v3.get_vocab().keys() == {
+        "<|finetune_right_pad_id|>",
+        "<|eom_id|>",
+        "<|python_tag|>",
+    }
     assert v3.convert_ids_to_tokens([128004, 128008, 128010]) == [
-        "<|reserved_special_token_2|>", "<|reserved_special_token_4|>", "<|reserved_special_token_5|>"]
-    assert v31.convert_ids_to_tokens([128004, 128008, 128010]) == ["<|finetune_right_pad_id|>", "<|eom_id|>", "<|python_tag|>"]
+        "<|reserved_special_token_2|>",
+        "<|reserved_special_token_4|>",
+        "<|reserved_special_token_5|>",
+    ]
+    assert v31.convert_ids_to_tokens([128004, 128008, 128010]) == [
+        "<|finetune_right_pad_id|>",
+        "<|eom_id|>",
+        "<|python_tag|>",
+    ]
     text = "plain prose\nwith lines, digits 2024 and <|eot_id|>; then <|eom_id|>."
     ids3, ids31 = v3.encode(text, add_special_tokens=False), v31.encode(text, add_special_tokens=False)
     assert 128009 in ids3 and 128009 in ids31  # <|eot_id|> is special in both

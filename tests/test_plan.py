@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_cli
 
 from orchestrator.plan import PlanError, RunPlan, build_plan, parse_assignment, validate
 from orchestrator.profiles import MODELS, get_model
-
-from conftest import run_cli
 
 
 def test_405b_plan_json_carries_the_mlperf_shape(tmp_path):
@@ -22,7 +21,8 @@ def test_405b_plan_json_carries_the_mlperf_shape(tmp_path):
     assert body["derived"]["world_size"] == 288 * 8
     # the layout, batch and memory are valid; only the site's C4 shards are not on this machine (said before any queue)
     assert [(p["field"], p["message"].split(" does not")[0]) for p in body["problems"]] == [
-        ("consolidate stage", "path /lustre/data/c4/en")]
+        ("consolidate stage", "path /lustre/data/c4/en")
+    ]
     assert done.returncode == 2 and not (tmp_path / "r").exists(), "plan must not write anything"
 
 
@@ -82,13 +82,26 @@ def test_global_batch_not_divisible_by_micro_batch_times_dp(tmp_path):
 
 def test_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path):
     problems = _errors("8b", "h100-pyxis", tmp_path, **{"model.arch.vocab_size": 32000})
-    assert any(p.startswith("model.arch.vocab_size: vocabulary 32000 is smaller than the tokenizer's 128256") for p in problems)
+    assert any(
+        p.startswith("model.arch.vocab_size: vocabulary 32000 is smaller than the tokenizer's 128256") for p in problems
+    )
 
 
 def test_memory_estimate_refuses_a_layout_that_cannot_fit(tmp_path):
-    problems = _errors("llama3_70b", "h100-pyxis", tmp_path, **{"layout.tp": 1, "layout.pp": 1, "layout.cp": 1,
-                                                                  "layout.vp": None, "layout.sequence_parallel": False,
-                                                                  "layout.nodes": 1, "train.global_batch_size": 64})
+    problems = _errors(
+        "llama3_70b",
+        "h100-pyxis",
+        tmp_path,
+        **{
+            "layout.tp": 1,
+            "layout.pp": 1,
+            "layout.cp": 1,
+            "layout.vp": None,
+            "layout.sequence_parallel": False,
+            "layout.nodes": 1,
+            "train.global_batch_size": 64,
+        },
+    )
     (memory,) = [p for p in problems if "GiB per GPU" in p]
     assert "> 80 GiB" in memory and "recompute=full" in memory
 
@@ -118,8 +131,20 @@ def test_assignments_parse_as_yaml_scalars_but_keep_strings_verbatim():
 
 
 def test_a_preset_applies_before_set(tmp_path):
-    done = run_cli("plan", "--profile", "8b", "--cluster", "h100-pyxis", "--run-dir", str(tmp_path / "r"), "--json",
-                   "--preset", "cpt-llama31-8b", "--set", "train.max_steps=20")  # fmt: skip
+    done = run_cli(
+        "plan",
+        "--profile",
+        "8b",
+        "--cluster",
+        "h100-pyxis",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--json",
+        "--preset",
+        "cpt-llama31-8b",
+        "--set",
+        "train.max_steps=20",
+    )
     assert done.returncode == 0, done.stderr
     body = json.loads(done.stdout)
     assert body["train"]["optim"]["lr"] == 2.5e-5 and body["train"]["hf_model_id"] == "meta-llama/Llama-3.1-8B"
@@ -132,6 +157,8 @@ def test_an_environment_value_is_text_as_typed(tmp_path):
     assert parse_assignment("env.OMP_NUM_THREADS=15") == ("env.OMP_NUM_THREADS", "15")
     assert parse_assignment("cluster.env.UMASK=0022") == ("cluster.env.UMASK", "0022")
     assert parse_assignment("env.X='15'") == ("env.X", "15")  # the old workaround still means the same
-    done = run_cli("plan", "--profile", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "env.OMP_NUM_THREADS=15", "--json")
+    done = run_cli(
+        "plan", "--profile", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "env.OMP_NUM_THREADS=15", "--json"
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["env"] == {"OMP_NUM_THREADS": "15"}

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import nemo_python
 import sentencepiece
+from conftest import nemo_python
 
 from orchestrator.data import indexed, preprocess, preprocess_job, sample
 from orchestrator.data.preprocess_job import PreprocessConfig, PreprocessError
@@ -25,11 +25,49 @@ from orchestrator.data.tokenizer import SentencePieceTokenizer, TokenizerSpec
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = REPO / "tests" / "fixtures" / "megatron"
 EDGE_TEXTS = [
-    "", " ", "  ", "a", " a", "a ", "a  b", "  a  b  ", "\n", "a\n b", "a \n b", "\t x\t", "x\u2581 y", "\u2581",
-    "1234567 89", "héllo wörld — “quoted” …", "日本語のテキスト です", "emoji 🙂🙂 ok", "a\x00b c", "\r\n x \r", "   ",
-    "x" * 5000, "end.\nNext line", "a\u00a0b c", "tab\tsep words", " leading", "trailing ", "multi   space   run",
-    "<s> </s> <unk> [INST]", "\u3000 ideographic space", "x\x00  y", "a\x00 b", "a \x00b",
-    "\n\nx", "x\n", "x\n\n", "a  \nb", "  \n  x", "\n ", "x \n\n y", "a\nb\nc d\ne", " \n", "\n",
+    "",
+    " ",
+    "  ",
+    "a",
+    " a",
+    "a ",
+    "a  b",
+    "  a  b  ",
+    "\n",
+    "a\n b",
+    "a \n b",
+    "\t x\t",
+    "x\u2581 y",
+    "\u2581",
+    "1234567 89",
+    "héllo wörld — “quoted” …",
+    "日本語のテキスト です",
+    "emoji 🙂🙂 ok",
+    "a\x00b c",
+    "\r\n x \r",
+    "   ",
+    "x" * 5000,
+    "end.\nNext line",
+    "a\u00a0b c",
+    "tab\tsep words",
+    " leading",
+    "trailing ",
+    "multi   space   run",
+    "<s> </s> <unk> [INST]",
+    "\u3000 ideographic space",
+    "x\x00  y",
+    "a\x00 b",
+    "a \x00b",
+    "\n\nx",
+    "x\n",
+    "x\n\n",
+    "a  \nb",
+    "  \n  x",
+    "\n ",
+    "x \n\n y",
+    "a\nb\nc d\ne",
+    " \n",
+    "\n",
 ]
 
 
@@ -89,7 +127,27 @@ def test_ids_equal_sentencepiece_on_random_strings_of_the_characters_that_matter
     """Spaces, newlines, the space symbol, NUL, digits, accents, emoji, in every order: the cache must not care."""
     tokenizer = SentencePieceTokenizer(mixtral_v1())
     reference = sentencepiece.SentencePieceProcessor(model_file=mixtral_v1())
-    alphabet = [" ", " ", " ", "\n", "a", "b", "the", "ing", "\u2581", "\x00", "é", "1", "\t", "🙂", ".", "\r", "(", "日", "\x01"]
+    alphabet = [
+        " ",
+        " ",
+        " ",
+        "\n",
+        "a",
+        "b",
+        "the",
+        "ing",
+        "\u2581",
+        "\x00",
+        "é",
+        "1",
+        "\t",
+        "🙂",
+        ".",
+        "\r",
+        "(",
+        "日",
+        "\x01",
+    ]
     rng = random.Random(7)
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(4000)]
     assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
@@ -98,7 +156,7 @@ def test_ids_equal_sentencepiece_on_random_strings_of_the_characters_that_matter
 DIVERSE_TEXTS = [
     "Lincoln, Abraham (1809-1865), 16th President; see https://en.wikipedia.org/wiki/Abraham_Lincoln.",
     "Call +1 (555) 010-2030 or mail info@example.com before 2019-04-25T12:57:54Z: $1,299.99 (-15%)!",
-    "Zo[\"o]l.), esp. Helix pomatia -- Bacon. [1913 Webster]\n\n   2. To renounce;\tto forswear...",
+    'Zo["o]l.), esp. Helix pomatia -- Bacon. [1913 Webster]\n\n   2. To renounce;\tto forswear...',
     "naïve café Ærø Øresund Straße İstanbul ıi ǅ Ω≈ç√ ∫˜µ≤≥÷ ½ ¼ ¾ № ™ © ® € £ ¥",
     "北京是中国的首都。東京は日本の首都です。서울은 한국의 수도입니다. Москва — столица России.",
     "combining e\u0301 a\u0308 n\u0303; zero width\u200bjoiner\u200d; bidi \u202eabc\u202c; bom \ufeff.",
@@ -140,15 +198,25 @@ def test_ids_equal_sentencepiece_for_a_bpe_model_without_byte_fallback(tmp_path:
     batches of unseen words that hold one are encoded word by word, and the ids stay SentencePiece's."""
     prefix = tmp_path / "m"
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(real_texts[:300]), model_prefix=str(prefix), vocab_size=400, minloglevel=2,
-        model_type="bpe", normalization_rule_name="identity", remove_extra_whitespaces=False, byte_fallback=False,
+        sentence_iterator=iter(real_texts[:300]),
+        model_prefix=str(prefix),
+        vocab_size=400,
+        minloglevel=2,
+        model_type="bpe",
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        byte_fallback=False,
     )
     tokenizer = SentencePieceTokenizer(f"{prefix}.model")
     assert tokenizer.fast_path_blocker is None
     reference = sentencepiece.SentencePieceProcessor(model_file=f"{prefix}.model")
     rng = random.Random(11)
     alphabet = [" ", "  ", "\n", "the", "e", "1", "7", "日本", "🙂", "é", "\x01", "Ω", ".", ",", "(", ")"]
-    texts = DIVERSE_TEXTS + EDGE_TEXTS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
+    texts = (
+        DIVERSE_TEXTS
+        + EDGE_TEXTS
+        + ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))) for _ in range(2000)]
+    )
     assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
     assert tokenizer.encode(texts) == [reference.encode_as_ids(t) for t in texts]
 
@@ -165,13 +233,22 @@ def test_mixtral_v1_is_the_32000_vocabulary_and_v3_shifts_every_ordinary_id_by_7
 
 @pytest.mark.parametrize(
     "trainer_flags, blocker",
-    [({"model_type": "unigram"}, "not a BPE model"), ({"model_type": "bpe", "normalization_rule_name": "nmt_nfkc"}, "normalizer")],
+    [
+        ({"model_type": "unigram"}, "not a BPE model"),
+        ({"model_type": "bpe", "normalization_rule_name": "nmt_nfkc"}, "normalizer"),
+    ],
 )
-def test_the_word_cache_is_refused_where_it_could_differ(tmp_path: Path, real_texts: list[str], trainer_flags: dict, blocker: str) -> None:
+def test_the_word_cache_is_refused_where_it_could_differ(
+    tmp_path: Path, real_texts: list[str], trainer_flags: dict, blocker: str
+) -> None:
     """Models whose segmentation is not provably local are encoded whole by SentencePiece (and still exactly)."""
     prefix = tmp_path / "m"
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(real_texts[:300]), model_prefix=str(prefix), vocab_size=300, minloglevel=2, **trainer_flags
+        sentence_iterator=iter(real_texts[:300]),
+        model_prefix=str(prefix),
+        vocab_size=300,
+        minloglevel=2,
+        **trainer_flags,
     )
     tokenizer = SentencePieceTokenizer(f"{prefix}.model")
     assert tokenizer.fast_path_blocker is not None and blocker in tokenizer.fast_path_blocker
@@ -191,7 +268,9 @@ def test_output_is_byte_identical_to_megatron_preprocess_data(tmp_path: Path, va
     assert manifest["outputs"]["text"]["documents"] == 160 and manifest["outputs"]["text"]["sequences"] == 159
 
 
-def test_workers_and_blocks_do_not_change_the_bytes_and_gzip_input_equals_plain(tmp_path: Path, real_texts: list[str]) -> None:
+def test_workers_and_blocks_do_not_change_the_bytes_and_gzip_input_equals_plain(
+    tmp_path: Path, real_texts: list[str]
+) -> None:
     records = [{"text": t, "url": f"u{i}"} for i, t in enumerate(real_texts[:400])]
     plain = write_jsonl(tmp_path / "in.jsonl", records)
     packed = write_jsonl(tmp_path / "in.json.gz", records, compress=True)
@@ -206,7 +285,9 @@ def test_workers_and_blocks_do_not_change_the_bytes_and_gzip_input_equals_plain(
 
 
 def test_several_json_keys_write_one_dataset_each(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "first body", "title": "A title"}, {"text": "second", "title": "B"}])
+    path = write_jsonl(
+        tmp_path / "in.jsonl", [{"text": "first body", "title": "A title"}, {"text": "second", "title": "B"}]
+    )
     cfg = config(tmp_path, path, json_keys=("text", "title"))
     preprocess.preprocess(cfg, live_progress=False)
     reference = sentencepiece.SentencePieceProcessor(model_file=mixtral_v1())
@@ -272,8 +353,18 @@ def test_the_manifest_makes_a_rerun_skip_and_a_changed_job_redo(tmp_path: Path) 
     assert not preprocess_job.is_complete(cfg)
     first = preprocess.preprocess(cfg, live_progress=False)
     assert preprocess_job.is_complete(cfg)
-    argv = ["--input", path, "--output-prefix", cfg.output_prefix, "--tokenizer-type", "SentencePieceTokenizer",
-            "--tokenizer-model", mixtral_v1(), "--workers", "7"]  # fmt: skip
+    argv = [
+        "--input",
+        path,
+        "--output-prefix",
+        cfg.output_prefix,
+        "--tokenizer-type",
+        "SentencePieceTokenizer",
+        "--tokenizer-model",
+        mixtral_v1(),
+        "--workers",
+        "7",
+    ]
     assert preprocess_job.is_complete(preprocess_job.config_from_argv(argv))  # what a pipeline asks of a stage's argv
     assert not preprocess_job.is_complete(preprocess_job.config_from_argv([*argv, "--append-eod"]))
     assert first["input"]["sha256"].startswith("sha256:") and first["tokenizer"]["vocab_size"] == 32000
@@ -300,7 +391,11 @@ def test_a_rerun_after_a_kill_removes_what_the_killed_run_left(tmp_path: Path) -
     (out / ".data.partial-k1ll3d" / "worker-1-0.bin").write_bytes(b"\0" * 10)
     (out / ".data_text_document.bin.tmp-77-abcd").write_bytes(b"\0" * 10)
     preprocess.preprocess(cfg, live_progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["data.manifest.json", "data_text_document.bin", "data_text_document.idx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "data.manifest.json",
+        "data_text_document.bin",
+        "data_text_document.idx",
+    ]
 
 
 # --- command line ---------------------------------------------------------------------------------------------
@@ -314,24 +409,64 @@ def parse(*argv: str):
 
 def test_nemo_engine_prints_mlperfs_reference_command(capsys: pytest.CaptureFixture[str]) -> None:
     args = parse(
-        "--input", "/dataset/c4-train.en_6.json.gz", "--output-prefix", "/outputs/c4-train.en_6",
-        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", "/tokenizer", "--workers", "128", "--engine", "nemo",
+        "--input",
+        "/dataset/c4-train.en_6.json.gz",
+        "--output-prefix",
+        "/outputs/c4-train.en_6",
+        "--tokenizer-type",
+        "HuggingFaceTokenizer",
+        "--tokenizer-model",
+        "/tokenizer",
+        "--workers",
+        "128",
+        "--engine",
+        "nemo",
     )
     assert preprocess.run(args) == 0
     argv = shlex.split(capsys.readouterr().out)
     assert argv == [
-        "python3", preprocess.NEMO_SCRIPT, "--input", "/dataset/c4-train.en_6.json.gz", "--output-prefix",
-        "/outputs/c4-train.en_6", "--json-keys", "text", "--dataset-impl", "mmap", "--workers", "128",
-        "--tokenizer-library", "huggingface", "--tokenizer-type", "/tokenizer",
+        "python3",
+        preprocess.NEMO_SCRIPT,
+        "--input",
+        "/dataset/c4-train.en_6.json.gz",
+        "--output-prefix",
+        "/outputs/c4-train.en_6",
+        "--json-keys",
+        "text",
+        "--dataset-impl",
+        "mmap",
+        "--workers",
+        "128",
+        "--tokenizer-library",
+        "huggingface",
+        "--tokenizer-type",
+        "/tokenizer",
     ]
 
 
 def test_the_command_line_runs_standalone_with_megatrons_flags(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello world"}])
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.data.preprocess", "--input", str(path), "--output-prefix", str(tmp_path / "p"),
-         "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", mixtral_v1(), "--workers", "1", "--append-eod"],
-        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.data.preprocess",
+            "--input",
+            str(path),
+            "--output-prefix",
+            str(tmp_path / "p"),
+            "--tokenizer-type",
+            "SentencePieceTokenizer",
+            "--tokenizer-model",
+            mixtral_v1(),
+            "--workers",
+            "1",
+            "--append-eod",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     assert done.returncode == 0, done.stderr
     assert "1 documents" in done.stderr and "docs/s" in done.stderr and "tokens/s" in done.stderr
@@ -375,7 +510,9 @@ print(json.dumps({
 
 
 @pytest.mark.nemo
-def test_mlperf_nemo_path_ids_equal_sentencepiece_except_literal_special_tokens(tmp_path: Path, real_texts: list[str]) -> None:
+def test_mlperf_nemo_path_ids_equal_sentencepiece_except_literal_special_tokens(
+    tmp_path: Path, real_texts: list[str]
+) -> None:
     """MLPerf tokenizes with NeMo: the slow Hugging Face LlamaTokenizer over the Mixtral folder, no BOS.
 
     On real text it gives SentencePiece's ids; it differs only where the text spells a special token (``</s>``),
@@ -390,7 +527,10 @@ def test_mlperf_nemo_path_ids_equal_sentencepiece_except_literal_special_tokens(
     texts_file.write_text(json.dumps(texts))
     done = subprocess.run(
         [python, "-c", HF_CHECK, mixtral_v1(), str(tmp_path / "tok"), str(texts_file)],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -449,21 +589,42 @@ def test_llama3_data_path_is_byte_identical_to_nemos_tool(tmp_path: Path) -> Non
     plan = build_plan("llama3_8b", "h100-pyxis", {"model.tokenizer.model": str(folder)}, run_dir=tmp_path / "plan")
     stage_job = preprocess_configs(plan)[0]  # the preprocess stage's own job for this tokenizer
     flags = stage_job.to_argv()
-    assert flags[4:12] == ["--json-keys", "text", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(folder),
-                           "--tokenizer-hf-no-use-fast", "--tokenizer-hf-no-include-special-tokens"]  # fmt: skip
+    assert flags[4:12] == [
+        "--json-keys",
+        "text",
+        "--tokenizer-type",
+        "HuggingFaceTokenizer",
+        "--tokenizer-model",
+        str(folder),
+        "--tokenizer-hf-no-use-fast",
+        "--tokenizer-hf-no-include-special-tokens",
+    ]
     nemo = str(tmp_path / "nemo" / "c4")
     (tmp_path / "nemo").mkdir()
-    done = subprocess.run([python, "-c", NEMO_TOOL, str(folder), str(corpus), nemo], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=600)
+    done = subprocess.run(
+        [python, "-c", NEMO_TOOL, str(folder), str(corpus), nemo],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"class": "PreTrainedTokenizerFast", "vocab_size": 128256,
-                                                                "eos_id": 128001}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "class": "PreTrainedTokenizerFast",
+        "vocab_size": 128256,
+        "eos_id": 128001,
+    }
     for variant, eod in (("plain", []), ("eod", ["--append-eod"])):
         ours = str(tmp_path / "ours" / variant)
         job = dataclasses.replace(stage_job, input=corpus, output_prefix=ours, workers=2, append_eod=bool(eod))
         argv = job.to_argv()
-        done = subprocess.run([sys.executable, "-m", "orchestrator", "preprocess", *argv], capture_output=True,
-                              text=True, cwd=REPO, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestrator", "preprocess", *argv],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         assert files_of(ours + "_text_document") == files_of(f"{nemo}-{variant}"), variant
     dataset = indexed.IndexedDataset(f"{nemo}-eod")

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference_helpers import make_plan, markov_documents, write_dataset
 
 from orchestrator.data.indexed import IndexedDataset
 from orchestrator.train.reference import data
-from reference_helpers import make_plan, markov_documents, write_dataset
 
 SEQ = 16
 
@@ -97,9 +97,15 @@ def test_split_gives_disjoint_train_and_validation_documents(tmp_path: Path) -> 
     docs = [np.full(20, i + 1) for i in range(10)]  # document i is all token i+1
     prefix = write_dataset(tmp_path / "ds", docs)
     plan = make_plan(
-        tmp_path / "run", tmp_path / "data", **{"data.train_prefixes": [prefix], "data.train_weights": [1.0],
-                                               "data.validation_prefixes": [], "data.split": "80,20,0"},
-    )  # fmt: skip
+        tmp_path / "run",
+        tmp_path / "data",
+        **{
+            "data.train_prefixes": [prefix],
+            "data.train_weights": [1.0],
+            "data.validation_prefixes": [],
+            "data.split": "80,20,0",
+        },
+    )
     train, valid = data.train_samples(plan), data.validation_samples(plan)
     assert valid is not None
     train_tokens = set(np.concatenate([train[i] for i in range(200)]).tolist())
@@ -122,7 +128,10 @@ def test_micro_batches_partition_the_global_batch_across_ranks(tmp_path: Path) -
 
 
 def test_missing_prefix_names_the_field(tmp_path: Path) -> None:
-    plan = make_plan(tmp_path / "run", tmp_path / "data", **{"data.train_prefixes": [str(tmp_path / "nope")],
-                                                            "data.train_weights": [1.0]})  # fmt: skip
+    plan = make_plan(
+        tmp_path / "run",
+        tmp_path / "data",
+        **{"data.train_prefixes": [str(tmp_path / "nope")], "data.train_weights": [1.0]},
+    )
     with pytest.raises(FileNotFoundError, match=r"data.train_prefixes\[0\].*preprocess"):
         data.train_samples(plan)

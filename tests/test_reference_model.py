@@ -11,8 +11,14 @@ from orchestrator.profiles import Architecture, Optimizer, get_model
 from orchestrator.train.reference.model import Transformer, rope_frequencies
 from orchestrator.train.reference.trainer import lr_at
 
-SMALL = {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 160, "num_attention_heads": 4, "num_query_groups": 2,
-         "vocab_size": 97}  # fmt: skip
+SMALL = {
+    "num_layers": 2,
+    "hidden_size": 64,
+    "ffn_hidden_size": 160,
+    "num_attention_heads": 4,
+    "num_query_groups": 2,
+    "vocab_size": 97,
+}
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_helpers import Result, command, free_port, make_plan, parse_lines, train, trainer_env
 
 from orchestrator import logline
 from orchestrator.plan import RunPlan
 from orchestrator.train import checkpoint
 from orchestrator.train.reference.trainer import EXIT_STOPPED, lr_at
-from reference_helpers import Result, command, free_port, make_plan, parse_lines, train, trainer_env
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,8 +85,13 @@ def test_chained_jobs_and_a_kill_mid_checkpoint_reproduce_the_uninterrupted_run(
     first = train(run_dir)
     assert first.returncode == EXIT_STOPPED and checkpoint.latest_step(ckpt_dir) == 4, first.stderr
 
-    proc = subprocess.Popen(command(run_dir), env=trainer_env(ORCHESTRATOR_CKPT_WRITE_DELAY_S="60"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command(run_dir),
+        env=trainer_env(ORCHESTRATOR_CKPT_WRITE_DELAY_S="60"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     partial = ckpt_dir / ".tmp-step-00000008" / "model.pt"
     deadline = time.monotonic() + 60
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -120,8 +125,9 @@ def test_stop_signals_save_exit_75_and_the_next_job_continues(workdir: Path) -> 
     make_plan(run_dir, workdir / "data", **{"train.max_steps": 100_000, "train.val_interval": None})
     start = 0
     for sig in (signal.SIGUSR2, signal.SIGTERM):
-        proc = subprocess.Popen(command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         seen = []
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -149,9 +155,20 @@ def test_two_ranks_over_gloo_match_one_rank(workdir: Path, baseline: tuple[Path,
     make_plan(run_dir, workdir / "data", **{"layout.tasks_per_node": 2})
     port = str(free_port())
     procs = [
-        subprocess.Popen(command(run_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=trainer_env(
-            SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_TASKS_PER_NODE="2",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+        subprocess.Popen(
+            command(run_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=trainer_env(
+                SLURM_PROCID=str(rank),
+                SLURM_NTASKS="2",
+                SLURM_LOCALID=str(rank),
+                SLURM_TASKS_PER_NODE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port,
+            ),
+        )
         for rank in range(2)
     ]
     outs = [p.communicate(timeout=150) for p in procs]
@@ -207,8 +224,12 @@ def test_init_from_loads_weights_and_starts_at_step_0(workdir: Path, baseline: t
 def test_a_full_init_continues_that_run_at_its_step(workdir: Path, baseline: tuple[Path, Result]) -> None:
     """config.sh's FROM_HF=0: another run's checkpoint resumed in full (step, optimizer, data position)."""
     run_dir = workdir / "continued"
-    start = {"train.init_from": str(baseline[0] / "checkpoints"), "train.init_mode": "full", "train.init_step": 12,
-             "train.max_steps": 14}  # fmt: skip
+    start = {
+        "train.init_from": str(baseline[0] / "checkpoints"),
+        "train.init_mode": "full",
+        "train.init_step": 12,
+        "train.max_steps": 14,
+    }
     make_plan(run_dir, workdir / "data", **start)
     result = train(run_dir)
     assert result.returncode == 0, result.stderr
@@ -244,7 +265,9 @@ def test_a_stop_signal_while_the_trainer_exits_leaves_a_clean_exit(workdir: Path
     itself) once killed it during interpreter shutdown: exit 140 under srun, "User defined signal 2"."""
     run_dir = workdir / "late-signal"
     make_plan(run_dir, workdir / "data", **{"train.max_steps": 2, "train.val_interval": None})
-    proc = subprocess.Popen(command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command(run_dir), env=trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("[orchestrator] done:"):

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_cli
 
 from orchestrator.plan import build_plan
 from orchestrator.profiles import MODELS, cluster_names, profiles_dir
 from orchestrator.render import check_env, render_all, sbatch_value
-
-from conftest import run_cli
 
 HOSTILE = """a b "c" $(touch PWNED) `touch PWNED2` ; 'd' \\ $HOME"""
 
@@ -42,13 +41,28 @@ def test_every_profile_cluster_pair_renders_clean_bash_and_shellcheck(tmp_path):
 
 def test_render_405b_on_the_pyxis_site_writes_the_four_stage_scripts(tmp_path):
     out = tmp_path / "out"
-    done = run_cli("render", "--profile", "405b", "--cluster", "h100-pyxis", "--out", str(out), "--run-dir", str(tmp_path / "run"))
+    done = run_cli(
+        "render", "--profile", "405b", "--cluster", "h100-pyxis", "--out", str(out), "--run-dir", str(tmp_path / "run")
+    )
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["consolidate.sbatch", "index.sbatch", "plan.json", "preprocess.sbatch",
-                                                     "train.sbatch"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [
+        "consolidate.sbatch",
+        "index.sbatch",
+        "plan.json",
+        "preprocess.sbatch",
+        "train.sbatch",
+    ]
     train = (out / "train.sbatch").read_text()
-    assert "#SBATCH --nodes=288" in train and "#SBATCH --ntasks-per-node=8" in train and "#SBATCH --gpus-per-node=8" in train
-    assert "#SBATCH --signal=B:USR2@600" in train and "#SBATCH --requeue" in train and "#SBATCH --open-mode=append" in train
+    assert (
+        "#SBATCH --nodes=288" in train
+        and "#SBATCH --ntasks-per-node=8" in train
+        and "#SBATCH --gpus-per-node=8" in train
+    )
+    assert (
+        "#SBATCH --signal=B:USR2@600" in train
+        and "#SBATCH --requeue" in train
+        and "#SBATCH --open-mode=append" in train
+    )
     assert "--container-image=nvcr.io/nvidia/nemo:25.09.00" in train
     assert 'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in train
     assert "-m orchestrator.train.nemo" in train
@@ -57,7 +71,9 @@ def test_render_405b_on_the_pyxis_site_writes_the_four_stage_scripts(tmp_path):
     assert "#SBATCH --array=6-8" in (out / "consolidate.sbatch").read_text(), "merged outputs 6, 7 and validation (8)"
     assert "--gpus-per-node" not in preprocess, "tokenization needs no GPU"
     index = (out / "index.sbatch").read_text()
-    assert "#SBATCH --nodes=1" in index and "--gpus-per-node" not in index and "-m orchestrator.train.nemo_index" in index
+    assert (
+        "#SBATCH --nodes=1" in index and "--gpus-per-node" not in index and "-m orchestrator.train.nemo_index" in index
+    )
 
 
 def _hostile_cluster(tmp_path: Path) -> Path:
@@ -72,11 +88,15 @@ def test_hostile_values_reach_the_environment_literally(tmp_path):
     plan = build_plan("tiny", str(_hostile_cluster(tmp_path)), run_dir=tmp_path / "run $(x) 'q'")
     (train,) = [s for s in render_all(plan) if s.stage == "train"]
     export = next(line for line in train.text.splitlines() if line.startswith("export ODD_VALUE="))
-    shown = subprocess.run(["bash", "-c", f'{export}; printf %s "$ODD_VALUE"'], capture_output=True, text=True, cwd=tmp_path)
+    shown = subprocess.run(
+        ["bash", "-c", f'{export}; printf %s "$ODD_VALUE"'], capture_output=True, text=True, cwd=tmp_path
+    )
     assert shown.stdout == HOSTILE
     assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
     run_dir_line = next(line for line in train.text.splitlines() if line.startswith("export ORCHESTRATOR_RUN_DIR="))
-    shown = subprocess.run(["bash", "-c", f'{run_dir_line}; printf %s "$ORCHESTRATOR_RUN_DIR"'], capture_output=True, text=True)
+    shown = subprocess.run(
+        ["bash", "-c", f'{run_dir_line}; printf %s "$ORCHESTRATOR_RUN_DIR"'], capture_output=True, text=True
+    )
     assert shown.stdout == str(tmp_path / "run $(x) 'q'")
 
 

@@ -5,19 +5,39 @@ from __future__ import annotations
 import os
 import subprocess
 
+from conftest import REPO
+from mlperf_helpers import mlperf_site
+
 from orchestrator.settings import RunSettings
 
-from mlperf_helpers import mlperf_site
-from conftest import REPO
-
 MLPERF_ENV = {
-    "USER": "someone", "HOST": "login.example", "ACCOUNT": "acct", "PARTITION": "gpu", "TIME": "02:00:00",
-    "NNODES": "36", "GPUS_PER_NODE": "8", "MAX_RETRIES": "2", "IMAGE": "nvcr.io/nvidia/nemo:25.09.00",
-    "PREPROCESSED_PATH": "/data/preproc", "TMP_NPY_INDEX": "/data/npy", "TOKENIZER_PATH": "/data/tokenizer",
-    "MODEL_CKPT": "/ckpt/405b", "CONTINUAL_CKPT": "/ckpt/continual", "USE_CKPT": "1", "FROM_HF": "1",
-    "SAVE_CKPT": "1", "SIZE": "405b", "GBS": "1152", "MBS": "1", "MAX_STEPS": "100", "EVAL_EVERY": "18432",
-    "START_STEPS": "0", "NEXP": "2", "NPAR": "3", "SEEDS": "7 8",
-}  # fmt: skip
+    "USER": "someone",
+    "HOST": "login.example",
+    "ACCOUNT": "acct",
+    "PARTITION": "gpu",
+    "TIME": "02:00:00",
+    "NNODES": "36",
+    "GPUS_PER_NODE": "8",
+    "MAX_RETRIES": "2",
+    "IMAGE": "nvcr.io/nvidia/nemo:25.09.00",
+    "PREPROCESSED_PATH": "/data/preproc",
+    "TMP_NPY_INDEX": "/data/npy",
+    "TOKENIZER_PATH": "/data/tokenizer",
+    "MODEL_CKPT": "/ckpt/405b",
+    "CONTINUAL_CKPT": "/ckpt/continual",
+    "USE_CKPT": "1",
+    "FROM_HF": "1",
+    "SAVE_CKPT": "1",
+    "SIZE": "405b",
+    "GBS": "1152",
+    "MBS": "1",
+    "MAX_STEPS": "100",
+    "EVAL_EVERY": "18432",
+    "START_STEPS": "0",
+    "NEXP": "2",
+    "NPAR": "3",
+    "SEEDS": "7 8",
+}
 
 
 def _settings(env: dict[str, str], monkeypatch) -> RunSettings:
@@ -40,7 +60,10 @@ def test_mlperf_config_maps_onto_the_plan(monkeypatch, tmp_path):
     assert plan.cluster.container.image == "nvcr.io/nvidia/nemo:25.09.00"
     assert (plan.chain.jobs, plan.chain.steps_per_job, plan.chain.max_retries) == (3, 100, 2)
     assert plan.data.source == "preprocessed" and plan.stages == ("index", "train")
-    assert plan.data.train_prefixes == ("/data/preproc/c4-train.en_6_text_document", "/data/preproc/c4-train.en_7_text_document")
+    assert plan.data.train_prefixes == (
+        "/data/preproc/c4-train.en_6_text_document",
+        "/data/preproc/c4-train.en_7_text_document",
+    )
     assert plan.data.validation_prefixes == ("/data/preproc/c4-validation-91205-samples.en_text_document",)
     assert plan.data.index_cache_dir == "/data/npy"
     assert (plan.train.init_from, plan.train.init_mode, plan.train.init_step) == ("/ckpt/405b", "weights", 0)
@@ -49,13 +72,23 @@ def test_mlperf_config_maps_onto_the_plan(monkeypatch, tmp_path):
 
 
 def test_env_and_cli_build_the_same_plan(monkeypatch, tmp_path):
-    env = {"SIZE": "405b", "NNODES": "36", "GPUS_PER_NODE": "8", "TIME": "02:00:00", "NPAR": "2", "JOB_DIR": str(tmp_path),
-           "RUN_ID": "same", "PREPROCESSED_PATH": "/data/preproc"}  # fmt: skip
+    env = {
+        "SIZE": "405b",
+        "NNODES": "36",
+        "GPUS_PER_NODE": "8",
+        "TIME": "02:00:00",
+        "NPAR": "2",
+        "JOB_DIR": str(tmp_path),
+        "RUN_ID": "same",
+        "PREPROCESSED_PATH": "/data/preproc",
+    }
     (from_env,) = _settings(env, monkeypatch).to_request().build()
     from orchestrator.settings import RunRequest
 
     overrides = dict(_settings(env, monkeypatch).to_request().overrides)
-    (from_cli,) = RunRequest(profile="405b", cluster="h100-pyxis", overrides=overrides, runs_root=str(tmp_path), run_id="same").build()
+    (from_cli,) = RunRequest(
+        profile="405b", cluster="h100-pyxis", overrides=overrides, runs_root=str(tmp_path), run_id="same"
+    ).build()
     a, b = from_env.model_dump(), from_cli.model_dump()
     a.pop("created"), b.pop("created")
     assert a == b
@@ -75,8 +108,15 @@ def test_run_llama31_dry_run_with_a_bad_layout_fails_and_writes_nothing(tmp_path
 def test_run_llama31_dry_run_prints_scripts_and_writes_nothing(tmp_path):
     job_dir = tmp_path / "jobs"
     job_dir.mkdir()
-    env = {**os.environ, **MLPERF_ENV, **mlperf_site(tmp_path), "JOB_DIR": str(job_dir), "DRY_RUN": "1", "NEXP": "1",
-           "SEEDS": ""}  # fmt: skip
+    env = {
+        **os.environ,
+        **MLPERF_ENV,
+        **mlperf_site(tmp_path),
+        "JOB_DIR": str(job_dir),
+        "DRY_RUN": "1",
+        "NEXP": "1",
+        "SEEDS": "",
+    }
     env["PYTHON"] = __import__("sys").executable
     done = subprocess.run(["bash", str(REPO / "run_llama31.sh")], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
@@ -86,8 +126,16 @@ def test_run_llama31_dry_run_prints_scripts_and_writes_nothing(tmp_path):
 
 def test_a_dry_run_names_the_inputs_that_do_not_exist_and_exits_2(tmp_path):
     """config.sh paths that are not there are said before anything is queued, not after the queue wait."""
-    env = {**os.environ, **MLPERF_ENV, "JOB_DIR": str(tmp_path), "DRY_RUN": "1", "NEXP": "1", "SEEDS": "",
-           "PREPROCESSED_PATH": str(tmp_path / "nowhere"), "PYTHON": __import__("sys").executable}  # fmt: skip
+    env = {
+        **os.environ,
+        **MLPERF_ENV,
+        "JOB_DIR": str(tmp_path),
+        "DRY_RUN": "1",
+        "NEXP": "1",
+        "SEEDS": "",
+        "PREPROCESSED_PATH": str(tmp_path / "nowhere"),
+        "PYTHON": __import__("sys").executable,
+    }
     done = subprocess.run(["bash", str(REPO / "run_llama31.sh")], capture_output=True, text=True, env=env)
     assert done.returncode == 2
     assert f"dataset (.bin/.idx) {tmp_path / 'nowhere'}/c4-train.en_6_text_document does not exist" in done.stderr
@@ -98,7 +146,9 @@ def test_config_sh_example_is_valid_bash_and_sources_cleanly():
     example = REPO / "config.sh.example"
     assert subprocess.run(["bash", "-n", str(example)]).returncode == 0
     assert subprocess.run(["shellcheck", str(example)], capture_output=True).returncode == 0
-    shown = subprocess.run(["bash", "-c", f"source {example} && echo $SIZE $NNODES $GBS $EVAL_EVERY"], capture_output=True, text=True)
+    shown = subprocess.run(
+        ["bash", "-c", f"source {example} && echo $SIZE $NNODES $GBS $EVAL_EVERY"], capture_output=True, text=True
+    )
     assert shown.stdout.split() == ["405b", "288", "1152", "18432"]
 
 

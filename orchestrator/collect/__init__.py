@@ -9,7 +9,7 @@ metrics.csv, the PNGs and report.md; ``suite`` summarises many runs; ``cli`` is 
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, BaselineError, load_baselines
 from orchestrator.collect.metrics import RunMetrics, compute_metrics

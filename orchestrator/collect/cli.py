@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, ContextManager, Sequence
 
 from rich.console import Console
 
@@ -84,7 +84,7 @@ def _fail(message: str) -> int:
     return EXIT_UNUSABLE
 
 
-def _progress(paths: Sequence[Path]) -> tuple[ContextManager, Callable[[int], None] | None]:
+def _progress(paths: Sequence[Path]) -> tuple[AbstractContextManager, Callable[[int], None] | None]:
     """A byte progress bar with rates on a terminal; nothing otherwise."""
     if not sys.stderr.isatty():
         return nullcontext(), None

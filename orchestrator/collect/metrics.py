@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, count
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, Verdict, judge, relative_diff
 from orchestrator.collect.parse import SourceStats, StepSeries

@@ -25,10 +25,11 @@ import os
 import re
 import struct
 from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence, overload
+from typing import BinaryIO, NamedTuple, overload
 
 MARKER = b"Training epoch "
 HEADER = re.compile(rb"Training epoch \d+, iteration \d+/(\d+)")

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from orchestrator.collect import collect_logs
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, choose
@@ -22,7 +23,6 @@ from orchestrator.collect.flops import architecture_flops_per_token
 from orchestrator.collect.metrics import RunMetrics
 from orchestrator.rundir import RunDir
 from orchestrator.stages import TRAIN
-
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from orchestrator.collect.baseline import DEFAULT_THRESHOLD, Baseline, choose, judge, relative_diff
 from orchestrator.collect.metrics import json_safe
@@ -123,8 +124,17 @@ def summarise(
     ]
 
 
-COLUMNS = ("model", "run", "steps", "throughput (tokens/s/GPU)", "final loss", "baseline loss", "loss Δ",
-           "throughput Δ", "verdict")  # fmt: skip
+COLUMNS = (
+    "model",
+    "run",
+    "steps",
+    "throughput (tokens/s/GPU)",
+    "final loss",
+    "baseline loss",
+    "loss Δ",
+    "throughput Δ",
+    "verdict",
+)
 
 
 def row_cells(row: SuiteRow) -> list[str]:

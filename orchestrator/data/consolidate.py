@@ -29,10 +29,11 @@ import re
 import sys
 import threading
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import orchestrator
 from orchestrator.atomic import atomic_output, atomic_write_json, remove_stale_siblings
@@ -115,7 +116,9 @@ def _contiguous(c4_path: Path, split: str, found: dict[int, int]) -> tuple[int, 
     """(count, total) of a split's shards, which must be 00000..count-1 of one total; else an error naming gaps."""
     totals = sorted(set(found.values()))
     if len(totals) > 1:
-        raise ConsolidationError(f"{c4_path}: c4-{split} shards of different totals ({', '.join(f'-of-{t:05d}' for t in totals)})")
+        raise ConsolidationError(
+            f"{c4_path}: c4-{split} shards of different totals ({', '.join(f'-of-{t:05d}' for t in totals)})"
+        )
     total = totals[0]
     count = max(found) + 1
     beyond = sorted(i for i in found if i >= total)
@@ -157,14 +160,22 @@ def consolidation(
     if train_count % train_outputs:
         complete = -(-train_count // train_outputs) * train_outputs
         needed = list(range(train_count, complete))
-        hint = f"missing {_names('train', needed, train_total)}" if complete <= train_total else "use another TRAIN_OUTPUTS"
+        hint = (
+            f"missing {_names('train', needed, train_total)}"
+            if complete <= train_total
+            else "use another TRAIN_OUTPUTS"
+        )
         raise ConsolidationError(
             f"{c4}: {train_count} train shards (00000..{train_count - 1:05d}) do not split into TRAIN_OUTPUTS="
             f"{train_outputs} equal groups; {hint}"
         )
     per_output = train_count // train_outputs
     units = [
-        Unit(k, train_file(k), tuple(_shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)))
+        Unit(
+            k,
+            train_file(k),
+            tuple(_shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)),
+        )
         for k in range(train_outputs)
     ]
     validation = tuple(_shard_name("validation", i, valid_total) for i in range(valid_count))
@@ -232,7 +243,9 @@ class _CountingWriter:
         self.sink.flush()
 
 
-def _concatenate(work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> list[dict[str, Any]]:
+def _concatenate(
+    work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]
+) -> list[dict[str, Any]]:
     """Copy each shard's bytes to ``out`` while inflating them to check integrity and count documents."""
     records = []
     for name in unit.inputs:
@@ -255,7 +268,9 @@ def _concatenate(work: Consolidation, unit: Unit, out: _CountingWriter, advance:
     return records
 
 
-def _head(work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]) -> tuple[list[dict[str, Any]], int]:
+def _head(
+    work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]
+) -> tuple[list[dict[str, Any]], int]:
     """The first ``unit.head_lines`` lines of the shards, recompressed (MLPerf: ``zcat | head -n N | gzip``)."""
     assert unit.head_lines is not None
     wanted = unit.head_lines
@@ -282,7 +297,9 @@ def _head(work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callab
     return records, unit.head_lines - wanted
 
 
-def run_unit(work: Consolidation, index: int, force: bool = False, advance: Callable[[int, int], None] | None = None) -> str:
+def run_unit(
+    work: Consolidation, index: int, force: bool = False, advance: Callable[[int, int], None] | None = None
+) -> str:
     """Make output ``index`` unless it is complete; return ``"skipped"`` or ``"done"``.
 
     Raises :class:`ConsolidationError` naming the shard when an input is damaged; the output is then not written.
@@ -302,7 +319,9 @@ def run_unit(work: Consolidation, index: int, force: bool = False, advance: Call
                 inputs = _concatenate(work, unit, out, advance)
                 documents = sum(i["documents"] for i in inputs)
                 if out.size != sum(i["size"] for i in inputs):
-                    raise ConsolidationError(f"{final}: wrote {out.size} bytes, the shards hold {sum(i['size'] for i in inputs)}")
+                    raise ConsolidationError(
+                        f"{final}: wrote {out.size} bytes, the shards hold {sum(i['size'] for i in inputs)}"
+                    )
             else:
                 inputs, documents = _head(work, unit, out, advance)
     except CorruptInput as exc:
@@ -328,7 +347,9 @@ def run_unit(work: Consolidation, index: int, force: bool = False, advance: Call
     return "done"
 
 
-def run_all(work: Consolidation, indices: list[int], force: bool = False, jobs: int = 1, live_progress: bool | None = None) -> list[str]:
+def run_all(
+    work: Consolidation, indices: list[int], force: bool = False, jobs: int = 1, live_progress: bool | None = None
+) -> list[str]:
     """Make the given outputs, ``jobs`` at a time; return the error messages (empty when all succeeded)."""
     total = sum((work.c4_path / name).stat().st_size for i in indices for name in work.units[i].inputs)
     progress = RateProgress("consolidate", total, {"raw_bytes": "B/s gzip", "documents": "docs/s"}, live=live_progress)
@@ -369,21 +390,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags default to MLPerf's environment variables (C4_PATH, MERGED_C4_PATH, TRAIN_OUTPUTS, N_VALIDATION_SAMPLES)."""
     parser.add_argument("--c4-path", default=os.environ.get("C4_PATH"), help="C4 en 3.0.1 shards (default: $C4_PATH)")
     parser.add_argument(
-        "--merged-c4-path", "--merged-path", dest="merged_c4_path", default=os.environ.get("MERGED_C4_PATH"),
+        "--merged-c4-path",
+        "--merged-path",
+        dest="merged_c4_path",
+        default=os.environ.get("MERGED_C4_PATH"),
         help="output folder (default: $MERGED_C4_PATH)",
     )
-    parser.add_argument("--train-outputs", type=int, default=_env_int("TRAIN_OUTPUTS", DEFAULT_TRAIN_OUTPUTS), help="train files (default 8)")
+    parser.add_argument(
+        "--train-outputs",
+        type=int,
+        default=_env_int("TRAIN_OUTPUTS", DEFAULT_TRAIN_OUTPUTS),
+        help="train files (default 8)",
+    )
     parser.add_argument(
         "--n-validation-samples",
         type=int,
         default=_env_int("N_VALIDATION_SAMPLES", DEFAULT_VALIDATION_SAMPLES),
         help="documents in the validation subset (default 91205; 0: no subset)",
     )
-    parser.add_argument("--task-index", type=int, default=None, help="make only this output (a Slurm array task); default all")
+    parser.add_argument(
+        "--task-index", type=int, default=None, help="make only this output (a Slurm array task); default all"
+    )
     parser.add_argument("--list", action="store_true", help="print the units (index, output, shards) and exit")
     parser.add_argument("--count", action="store_true", help="print the number of units (the array size) and exit")
     parser.add_argument("--force", action="store_true", help="redo outputs even when complete")
-    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="outputs made at once when making all")
+    parser.add_argument(
+        "--jobs", type=int, default=min(4, os.cpu_count() or 1), help="outputs made at once when making all"
+    )
 
 
 @dataclass(frozen=True)
@@ -397,8 +430,16 @@ class ConsolidateConfig:
 
     def to_argv(self) -> list[str]:
         """The command-line flags of this job (``--task-index`` picks a unit)."""
-        return ["--c4-path", str(self.c4_path), "--merged-path", str(self.merged_path),
-                "--train-outputs", str(self.train_outputs), "--n-validation-samples", str(self.n_validation_samples)]  # fmt: skip
+        return [
+            "--c4-path",
+            str(self.c4_path),
+            "--merged-path",
+            str(self.merged_path),
+            "--train-outputs",
+            str(self.train_outputs),
+            "--n-validation-samples",
+            str(self.n_validation_samples),
+        ]
 
     def resolve(self) -> Consolidation:
         """The units, from the shards on disk; raises :class:`ConsolidationError` naming what is missing."""
@@ -423,7 +464,9 @@ def config_from_args(args: argparse.Namespace) -> ConsolidateConfig:
     """The job a command line describes (the inverse of :meth:`ConsolidateConfig.to_argv`)."""
     if not args.c4_path or not args.merged_c4_path:
         raise ConsolidationError("set C4_PATH and MERGED_C4_PATH (or --c4-path and --merged-c4-path)")
-    return ConsolidateConfig(Path(args.c4_path), Path(args.merged_c4_path), args.train_outputs, args.n_validation_samples)
+    return ConsolidateConfig(
+        Path(args.c4_path), Path(args.merged_c4_path), args.train_outputs, args.n_validation_samples
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -456,7 +499,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.data.consolidate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.data.consolidate", description=__doc__.split("\n\n")[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

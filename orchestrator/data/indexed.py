@@ -18,8 +18,8 @@ import os
 import shutil
 import struct
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -159,7 +159,7 @@ class IndexedDatasetWriter:
             self._closed = True
         self._bin_tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "IndexedDatasetWriter":
+    def __enter__(self) -> IndexedDatasetWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -40,9 +40,27 @@ def _reserved(first: int, last: int) -> list[str]:
 
 #: The 256 special tokens after the 128000 BPE ranks (ids 128000-128255), as Meta's Hugging Face folders name them.
 LLAMA3_SPECIAL_TOKENS = {
-    "llama3": [_BOS, _EOS, *_reserved(0, 3), *_HEADERS, "<|reserved_special_token_4|>", "<|eot_id|>", *_reserved(5, 250)],
-    "llama3.1": [_BOS, _EOS, *_reserved(0, 1), "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>", *_HEADERS,
-                 "<|eom_id|>", "<|eot_id|>", "<|python_tag|>", *_reserved(3, 247)],
+    "llama3": [
+        _BOS,
+        _EOS,
+        *_reserved(0, 3),
+        *_HEADERS,
+        "<|reserved_special_token_4|>",
+        "<|eot_id|>",
+        *_reserved(5, 250),
+    ],
+    "llama3.1": [
+        _BOS,
+        _EOS,
+        *_reserved(0, 1),
+        "<|finetune_right_pad_id|>",
+        "<|reserved_special_token_2|>",
+        *_HEADERS,
+        "<|eom_id|>",
+        "<|eot_id|>",
+        "<|python_tag|>",
+        *_reserved(3, 247),
+    ],
 }
 #: Context lengths the Hugging Face folders record (only a warning threshold for tokenizing).
 LLAMA3_MAX_LENGTH = {"llama3": 8192, "llama3.1": 131072}
@@ -70,7 +88,9 @@ def _parse(reference: str) -> _Source:
         return _Source(reference, package, "mistral_common", f"data/{name}", name)
     if package == "llama-models" and name in LLAMA3_SPECIAL_TOKENS:
         return _Source(reference, package, "llama_models", "llama3/tokenizer.model", name, flavour=name)
-    known = ", ".join(["mistral-common:<file in mistral_common/data>"] + [f"llama-models:{n}" for n in LLAMA3_SPECIAL_TOKENS])
+    known = ", ".join(
+        ["mistral-common:<file in mistral_common/data>"] + [f"llama-models:{n}" for n in LLAMA3_SPECIAL_TOKENS]
+    )
     raise PackagedTokenizerError(f"{reference!r}: unknown packaged tokenizer; known: {known}")
 
 
@@ -149,7 +169,9 @@ def _folder_is_current(folder: Path, wanted: dict[str, str]) -> bool:
     if any(manifest.get(key) != value for key, value in wanted.items()):
         return False
     files = manifest.get("files") or {}
-    return bool(files) and all((folder / name).is_file() and _sha256(folder / name) == sha for name, sha in files.items())
+    return bool(files) and all(
+        (folder / name).is_file() and _sha256(folder / name) == sha for name, sha in files.items()
+    )
 
 
 @contextlib.contextmanager
@@ -170,29 +192,39 @@ def _write_llama3_folder(model_file: Path, flavour: str, folder: Path) -> dict[s
     pre-split pattern, the flavour's special tokens, BOS prepended by the post-processor. Returns {file: sha256}."""
     try:
         import blobfile  # noqa: F401 - tiktoken 0.7 reads local files through it
+        from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
         from tokenizers import processors
         from transformers import PreTrainedTokenizerFast
         from transformers.convert_slow_tokenizer import TikTokenConverter
-
-        from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
     except ImportError as exc:
         raise PackagedTokenizerError(
             f"llama-models:{flavour} is converted by transformers, which reads it with tiktoken and blobfile: "
             f"pip install transformers tiktoken blobfile ({exc})"
         ) from None
     special = LLAMA3_SPECIAL_TOKENS[flavour]
-    converter = TikTokenConverter(vocab_file=str(model_file), pattern=MetaTokenizer.pat_str, additional_special_tokens=special)
-    with _tiktoken_cache_off():  # tiktoken caches by path, not content: another llama-models at this path would be stale
+    converter = TikTokenConverter(
+        vocab_file=str(model_file), pattern=MetaTokenizer.pat_str, additional_special_tokens=special
+    )
+    with (
+        _tiktoken_cache_off()
+    ):  # tiktoken caches by path, not content: another llama-models at this path would be stale
         backend = converter.converted()
     bos_id = backend.token_to_id(_BOS)
-    backend.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single=f"{_BOS}:0 $A:0", pair=f"{_BOS}:0 $A:0 {_BOS}:1 $B:1",
-                                      special_tokens=[(_BOS, bos_id)]),
-    ])
+    backend.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{_BOS}:0 $A:0", pair=f"{_BOS}:0 $A:0 {_BOS}:1 $B:1", special_tokens=[(_BOS, bos_id)]
+            ),
+        ]
+    )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=_BOS, eos_token=_EOS, model_input_names=["input_ids", "attention_mask"],
-        model_max_length=LLAMA3_MAX_LENGTH[flavour], clean_up_tokenization_spaces=True,
+        tokenizer_object=backend,
+        bos_token=_BOS,
+        eos_token=_EOS,
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=LLAMA3_MAX_LENGTH[flavour],
+        clean_up_tokenization_spaces=True,
     )
     folder.mkdir(parents=True)
     tokenizer.save_pretrained(str(folder))

@@ -43,13 +43,6 @@ import orjson
 import orchestrator
 from orchestrator.atomic import atomic_write_json, remove_stale_siblings
 from orchestrator.data import indexed
-from orchestrator.data.progress import RateProgress
-from orchestrator.data.stream import (
-    JSONL_SUFFIXES,
-    CorruptInput,
-    content_blocks,
-    line_blocks,
-)
 from orchestrator.data.preprocess_job import (
     MANIFEST_KIND,
     MANIFEST_VERSION,
@@ -60,6 +53,13 @@ from orchestrator.data.preprocess_job import (
     file_identity,
     is_complete,
     read_manifest,
+)
+from orchestrator.data.progress import RateProgress
+from orchestrator.data.stream import (
+    JSONL_SUFFIXES,
+    CorruptInput,
+    content_blocks,
+    line_blocks,
 )
 from orchestrator.data.tokenizer import HUGGINGFACE_TYPES, Tokenizer, TokenizerError, TokenizerSpec
 
@@ -129,7 +129,10 @@ def _parse_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, s
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError as exc:
-                return None, f"{key!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x}), which is not valid Unicode"
+                return (
+                    None,
+                    f"{key!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x}), which is not valid Unicode",
+                )
         values.append(value)
     return values, ""
 
@@ -203,7 +206,9 @@ class _Merger:
             data = os.pread(fd, size, offset)
             if len(data) != size:
                 raise PreprocessError(f"{path}: partial file shorter than reported ({len(data)} < {size} bytes)")
-            self.writers[key].add_documents(np.frombuffer(data, dtype=self.dtype), np.frombuffer(lengths, dtype=np.int32))
+            self.writers[key].add_documents(
+                np.frombuffer(data, dtype=self.dtype), np.frombuffer(lengths, dtype=np.int32)
+            )
         self.documents += result.documents
         self.text_bytes += result.text_bytes
         self.tokens += result.tokens
@@ -272,7 +277,9 @@ def preprocess(config: PreprocessConfig, force: bool = False, live_progress: boo
         tokenizer.check_eod()
     identity = tokenizer.identity()
     if not force and is_complete(config, identity):
-        print(f"{config.manifest_path}: complete for this input and flags; skipping (--force redoes it)", file=sys.stderr)
+        print(
+            f"{config.manifest_path}: complete for this input and flags; skipping (--force redoes it)", file=sys.stderr
+        )
         manifest = read_manifest(config)
         assert manifest is not None
         return manifest
@@ -314,7 +321,12 @@ def preprocess(config: PreprocessConfig, force: bool = False, live_progress: boo
                 raw_mark, handle = pending.popleft()
                 result = handle.get()
                 merger.add(result)
-                progress.update(raw_mark - merged_raw, documents=result.documents, text_bytes=result.text_bytes, tokens=result.tokens)
+                progress.update(
+                    raw_mark - merged_raw,
+                    documents=result.documents,
+                    text_bytes=result.text_bytes,
+                    tokens=result.tokens,
+                )
                 merged_raw = raw_mark
 
             try:
@@ -396,7 +408,10 @@ def run(args: argparse.Namespace) -> int:
             print(shlex.join(nemo_command(config)))
             return 0
         if args.partitions != 1:
-            print("note: --partitions is not needed by the native engine; documents keep their input order", file=sys.stderr)
+            print(
+                "note: --partitions is not needed by the native engine; documents keep their input order",
+                file=sys.stderr,
+            )
         preprocess(config, force=args.force)
     except (PreprocessError, TokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -405,7 +420,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.data.preprocess", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.data.preprocess", description=__doc__.split("\n\n")[0]
+    )
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

@@ -72,8 +72,18 @@ class PreprocessConfig:
     def to_argv(self) -> list[str]:
         """The command-line flags of exactly this job (:func:`config_from_argv` reads them back)."""
         tok = self.tokenizer
-        argv = ["--input", str(self.input), "--output-prefix", self.output_prefix, "--json-keys", *self.json_keys,
-                "--tokenizer-type", tok.tokenizer_type, "--tokenizer-model", tok.tokenizer_model]  # fmt: skip
+        argv = [
+            "--input",
+            str(self.input),
+            "--output-prefix",
+            self.output_prefix,
+            "--json-keys",
+            *self.json_keys,
+            "--tokenizer-type",
+            tok.tokenizer_type,
+            "--tokenizer-model",
+            tok.tokenizer_model,
+        ]
         if not tok.hf_use_fast:
             argv.append("--tokenizer-hf-no-use-fast")
         if not tok.hf_include_special_tokens:
@@ -131,14 +141,19 @@ def is_complete(config: PreprocessConfig, tokenizer_identity: dict[str, Any] | N
         return False
     if tokenizer_identity is not None and manifest["tokenizer"] != tokenizer_identity:
         return False
-    if tokenizer_identity is None and _manifest_tokenizer_files(manifest["tokenizer"]) != tokenizer_files(config.tokenizer):
+    if tokenizer_identity is None and _manifest_tokenizer_files(manifest["tokenizer"]) != tokenizer_files(
+        config.tokenizer
+    ):
         return False
     for key in config.json_keys:
         out = manifest["outputs"].get(key)
         prefix = config.output(key)
         if out is None or not indexed.exists(prefix):
             return False
-        if indexed.bin_path(prefix).stat().st_size != out["bin_bytes"] or indexed.idx_path(prefix).stat().st_size != out["idx_bytes"]:
+        if (
+            indexed.bin_path(prefix).stat().st_size != out["bin_bytes"]
+            or indexed.idx_path(prefix).stat().st_size != out["idx_bytes"]
+        ):
             return False
     return True
 
@@ -165,8 +180,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--split-sentences", action="store_true", help=argparse.SUPPRESS)
     group = parser.add_argument_group("tokenizer")
     group.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    group.add_argument("--tokenizer-model", required=True, help="SentencePiece .model file, or Hugging Face tokenizer folder")
-    group.add_argument("--tokenizer-hf-no-use-fast", action="store_true", help="Hugging Face: the slow (Python) tokenizer")
+    group.add_argument(
+        "--tokenizer-model", required=True, help="SentencePiece .model file, or Hugging Face tokenizer folder"
+    )
+    group.add_argument(
+        "--tokenizer-hf-no-use-fast", action="store_true", help="Hugging Face: the slow (Python) tokenizer"
+    )
     group.add_argument(
         "--tokenizer-hf-no-include-special-tokens",
         action="store_true",
@@ -176,16 +195,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output data")
     group.add_argument("--output-prefix", required=True, help="writes <prefix>_<key>_document.bin/.idx")
     group = parser.add_argument_group("runtime")
-    group.add_argument("--workers", type=int, default=available_cpus(), help="worker processes (default: the cores available)")
-    group.add_argument("--partitions", type=int, default=1, help="accepted for compatibility; not needed (input order is kept)")
-    group.add_argument("--keep-sequential-samples", action="store_true", help="accepted for compatibility; always true here")
-    group.add_argument("--log-interval", type=int, default=1000, help="accepted for compatibility; progress is time-based")
-    group.add_argument("--engine", choices=("native", "nemo"), default="native", help="nemo: print NeMo's command instead")
+    group.add_argument(
+        "--workers", type=int, default=available_cpus(), help="worker processes (default: the cores available)"
+    )
+    group.add_argument(
+        "--partitions", type=int, default=1, help="accepted for compatibility; not needed (input order is kept)"
+    )
+    group.add_argument(
+        "--keep-sequential-samples", action="store_true", help="accepted for compatibility; always true here"
+    )
+    group.add_argument(
+        "--log-interval", type=int, default=1000, help="accepted for compatibility; progress is time-based"
+    )
+    group.add_argument(
+        "--engine", choices=("native", "nemo"), default="native", help="nemo: print NeMo's command instead"
+    )
     group.add_argument("--on-bad-record", choices=("fail", "skip"), default="fail")
     group.add_argument("--force", action="store_true", help="redo even if a complete run of this job is on disk")
     group.add_argument("--block-bytes", type=int, default=BLOCK_BYTES, help="input handed to a worker at a time")
     group.add_argument(
-        "--word-cache", type=int, default=DEFAULT_CACHE_ENTRIES, help="SentencePiece word-cache entries per worker (0: off)"
+        "--word-cache",
+        type=int,
+        default=DEFAULT_CACHE_ENTRIES,
+        help="SentencePiece word-cache entries per worker (0: off)",
     )
 
 

@@ -86,7 +86,9 @@ def paragraphs() -> tuple[tuple[str, str], ...]:
 
 def c4_timestamp(rng: random.Random) -> str:
     """A time stamp in C4's format and range (its crawl of April 2019)."""
-    return f"2019-04-{rng.randint(18, 26):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"
+    return (
+        f"2019-04-{rng.randint(18, 26):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}Z"
+    )
 
 
 def documents(rng: random.Random, count: int) -> list[dict[str, str]]:
@@ -128,7 +130,10 @@ def build_corpus(
     """Write a C4 en 3.0.1-layout corpus (train shards 0.., validation shards 0..) and return the shard paths."""
     out = Path(out_dir)
     written = []
-    for split, count, name in (("train", train_shards, train_shard_name), ("validation", validation_shards, validation_shard_name)):
+    for split, count, name in (
+        ("train", train_shards, train_shard_name),
+        ("validation", validation_shards, validation_shard_name),
+    ):
         for index in range(count):
             rng = random.Random(f"{seed}/{split}/{index}")
             path = out / name(index)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 try:  # optional accelerator with zlib's interface
     from isal import isal_zlib as _inflate
@@ -95,9 +95,7 @@ def plain_blocks(
             yield raw
 
 
-def content_blocks(
-    path: str | os.PathLike[str], on_raw: Callable[[bytes], None] | None = None
-) -> Iterator[bytes]:
+def content_blocks(path: str | os.PathLike[str], on_raw: Callable[[bytes], None] | None = None) -> Iterator[bytes]:
     """The file's content, decompressed when its name ends in ``.gz``."""
     return gunzip_blocks(path, on_raw) if is_gzip(path) else plain_blocks(path, on_raw)
 

@@ -33,9 +33,10 @@ import itertools
 import operator
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ class TokenizerSpec:
     hf_include_special_tokens: bool = True
     cache_entries: int = DEFAULT_CACHE_ENTRIES
 
-    def build(self) -> "Tokenizer":
+    def build(self) -> Tokenizer:
         if self.tokenizer_type in SENTENCEPIECE_TYPES:
             return SentencePieceTokenizer(self.tokenizer_model, cache_entries=self.cache_entries)
         if self.tokenizer_type in HUGGINGFACE_TYPES:
@@ -97,7 +98,9 @@ class Tokenizer:
 
     def check_eod(self) -> int:
         if self.eod is None or self.eod < 0:
-            raise TokenizerError(f"{self.identity()['model']}: the tokenizer has no end-of-document token; drop --append-eod")
+            raise TokenizerError(
+                f"{self.identity()['model']}: the tokenizer has no end-of-document token; drop --append-eod"
+            )
         return self.eod
 
     def encode_documents(self, texts: Sequence[str], append_eod: bool) -> tuple[bytes, np.ndarray]:
@@ -172,7 +175,7 @@ class SentencePieceModelInfo:
     escape_whitespaces: bool = True
 
     @classmethod
-    def parse(cls, model: bytes) -> "SentencePieceModelInfo":
+    def parse(cls, model: bytes) -> SentencePieceModelInfo:
         fields: dict[str, Any] = {}
         for number, _, value in _protobuf_fields(model):
             if number == 2:  # TrainerSpec
@@ -340,7 +343,9 @@ class SentencePieceTokenizer(Tokenizer):
         alone = [k for k, item in enumerate(items) if item[-1:] in ("", " ")]
         for k in alone:
             out[k] = np.asarray(encode(items[k]), dtype=dtype).tobytes()
-        joinable = list(itertools.filterfalse(set(alone).__contains__, range(len(items)))) if alone else range(len(items))
+        joinable = (
+            list(itertools.filterfalse(set(alone).__contains__, range(len(items)))) if alone else range(len(items))
+        )
         for start in range(0, len(joinable), _BATCH_ITEMS):
             batch = joinable[start : start + _BATCH_ITEMS]
             texts = list(map(items.__getitem__, batch))
@@ -379,7 +384,11 @@ class HuggingFaceTokenizer(Tokenizer):
     """Megatron's ``HuggingFaceTokenizer``: AutoTokenizer with the special-token set-up Megatron applies."""
 
     def __init__(
-        self, path: str, use_fast: bool = True, include_special_tokens: bool = True, cache_entries: int = DEFAULT_CACHE_ENTRIES
+        self,
+        path: str,
+        use_fast: bool = True,
+        include_special_tokens: bool = True,
+        cache_entries: int = DEFAULT_CACHE_ENTRIES,
     ) -> None:
         try:
             from transformers import AutoTokenizer

@@ -78,8 +78,10 @@ def start_point(*, use_ckpt: bool, from_hf: bool, model_ckpt: str | None, start_
         raise StartError(f"START_STEPS={start_steps} is negative", "the completed steps of MODEL_CKPT (0 or more)")
     if not use_ckpt:
         if start_steps:
-            raise StartError(f"START_STEPS={start_steps} with USE_CKPT=0: a run from random weights starts at step 0",
-                             "START_STEPS=0, or USE_CKPT=1 FROM_HF=0 MODEL_CKPT=<the checkpoint of that step>")  # fmt: skip
+            raise StartError(
+                f"START_STEPS={start_steps} with USE_CKPT=0: a run from random weights starts at step 0",
+                "START_STEPS=0, or USE_CKPT=1 FROM_HF=0 MODEL_CKPT=<the checkpoint of that step>",
+            )
         return StartPoint("scratch")
     if not model_ckpt:
         raise StartError("USE_CKPT=1 without MODEL_CKPT: nothing to start from", "set MODEL_CKPT, or USE_CKPT=0")
@@ -93,8 +95,11 @@ def start_point(*, use_ckpt: bool, from_hf: bool, model_ckpt: str | None, start_
         return StartPoint("weights", model_ckpt)
     named = checkpoint_steps(model_ckpt)
     if named is not None and named != start_steps:
-        raise StartError(f"START_STEPS={start_steps} but MODEL_CKPT={model_ckpt} holds {named} completed steps (its "
-                         "name says so), and FROM_HF=0 resumes that state exactly", f"START_STEPS={named}")  # fmt: skip
+        raise StartError(
+            f"START_STEPS={start_steps} but MODEL_CKPT={model_ckpt} holds {named} completed steps (its "
+            "name says so), and FROM_HF=0 resumes that state exactly",
+            f"START_STEPS={named}",
+        )
     return StartPoint("full", model_ckpt, start_steps)
 
 

@@ -62,12 +62,18 @@ def check_compliance(
             )
     with tempfile.TemporaryDirectory(prefix="mlperf-compliance-") as scratch:
         command = [
-            python, "-m", "mlperf_logging.compliance_checker",
-            "--usage", "training", "--ruleset", ruleset,
-            "--log_output", os.path.join(scratch, "compliance_checker.log"),
+            python,
+            "-m",
+            "mlperf_logging.compliance_checker",
+            "--usage",
+            "training",
+            "--ruleset",
+            ruleset,
+            "--log_output",
+            os.path.join(scratch, "compliance_checker.log"),
             *(["--werror"] if werror else []),
             str(log.resolve()),
-        ]  # fmt: skip
+        ]
         done = subprocess.run(command, check=False, cwd=scratch, capture_output=True, text=True, timeout=timeout)
     return done.returncode == 0, done.stdout + done.stderr
 

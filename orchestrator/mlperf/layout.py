@@ -28,8 +28,8 @@ import numpy as np
 
 from orchestrator.atomic import fsync_dir
 from orchestrator.data.consolidate import train_file, validation_file
-from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.data.indexed import IndexedDataset
+from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.mlperf.schedule import EVAL_SAMPLES, SEQUENCE_LENGTH
 
 TRAIN_PREFIXES = tuple(Path(dataset_prefix("", train_file(k))).name for k in (6, 7))  # the last 256 of 1024 shards
@@ -147,8 +147,11 @@ def plan_fixup(root: str | os.PathLike[str], unneeded: Unneeded = "keep") -> Pla
             plan.changes.append(Change("move", path, root / UNUSED_DIR / path.name, "not read by the benchmark"))
         else:
             plan.changes.append(Change("delete", path, why="not read by the benchmark (--unneeded delete)"))
-    known = {f"{p}.{e}" for p in (*TRAIN_PREFIXES, VALIDATION_PREFIX, MISSPELLED_PREFIX, STAGING_PREFIX,
-                                  *UNNEEDED_PREFIXES) for e in EXTENSIONS} | {UNUSED_DIR}  # fmt: skip
+    known = {
+        f"{p}.{e}"
+        for p in (*TRAIN_PREFIXES, VALIDATION_PREFIX, MISSPELLED_PREFIX, STAGING_PREFIX, *UNNEEDED_PREFIXES)
+        for e in EXTENSIONS
+    } | {UNUSED_DIR}
     others = sorted(p.name for p in root.iterdir() if p.name not in known)
     if others:
         plan.notes.append(f"other entries left alone: {', '.join(others)}")

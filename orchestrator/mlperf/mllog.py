@@ -64,9 +64,23 @@ ABORTED = "aborted"
 
 #: Keys that mark the course of a run; every other point-in-time key is a parameter (submission, hyper-parameter).
 RUN_EVENTS = frozenset(
-    {CACHE_CLEAR, INIT_START, INIT_STOP, RUN_START, RUN_STOP, EPOCH_START, EPOCH_STOP, BLOCK_START, BLOCK_STOP,
-     EVAL_START, EVAL_STOP, EVAL_ACCURACY, TRAIN_SAMPLES, "tracked_stats"}
-)  # fmt: skip
+    {
+        CACHE_CLEAR,
+        INIT_START,
+        INIT_STOP,
+        RUN_START,
+        RUN_STOP,
+        EPOCH_START,
+        EPOCH_STOP,
+        BLOCK_START,
+        BLOCK_STOP,
+        EVAL_START,
+        EVAL_STOP,
+        EVAL_ACCURACY,
+        TRAIN_SAMPLES,
+        "tracked_stats",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -259,8 +273,12 @@ def open_job_log(plan: RunPlan, job: JobEnvironment) -> MlperfLogger | None:
     if schedule is None:
         return None
     name = log_filename(plan.run_id, plan.train.seed, job.chain_index or 0, job.job_id, attempt=job.restart)
-    logger = MlperfLogger(Path(plan.run_dir) / "mlperf" / name, rank=job.global_rank, gbs=schedule.gbs,
-                          target_log_ppl=schedule.target_log_ppl)  # fmt: skip
+    logger = MlperfLogger(
+        Path(plan.run_dir) / "mlperf" / name,
+        rank=job.global_rank,
+        gbs=schedule.gbs,
+        target_log_ppl=schedule.target_log_ppl,
+    )
     logger.on_init_start()
     return logger
 

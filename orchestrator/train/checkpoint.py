@@ -171,8 +171,10 @@ def write_file(path: Path, write: Callable[[Any], object]) -> None:
         if not isinstance(error, OSError):
             raise
         if error.errno == errno.ENOSPC:
-            raise CheckpointError(f"disk full: no space left on device writing {path} ({_space(path.parent)}); "
-                                  "free space there or point train.ckpt_dir elsewhere") from exc
+            raise CheckpointError(
+                f"disk full: no space left on device writing {path} ({_space(path.parent)}); "
+                "free space there or point train.ckpt_dir elsewhere"
+            ) from exc
         raise CheckpointError(f"writing {path} failed: {error.strerror or error}") from exc
 
 
@@ -227,7 +229,9 @@ def publish(tmp: Path, ckpt_dir: str | os.PathLike[str], step: int, meta: dict[s
     final = step_dir(root, step)
     if final.exists():
         raise CheckpointError(f"{final} already exists; a checkpoint is never overwritten")
-    write_file(tmp / META_FILE, lambda handle: handle.write((json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()))
+    write_file(
+        tmp / META_FILE, lambda handle: handle.write((json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    )
     publish_dir(tmp, final)
     atomic_write_text(root / LATEST_FILE, final.name + "\n")
     prune(root)

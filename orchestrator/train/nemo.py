@@ -76,8 +76,13 @@ def run(args: argparse.Namespace) -> int:
     # NeMo takes ~20 s to import; importing it here keeps --help fast and the signal handlers above in force.
     import fiddle as fdl
 
+    from orchestrator.train.nemo_local_spec import (
+        announcement,
+        have_transformer_engine,
+        skip_attention_masks,
+        use_local_spec,
+    )
     from orchestrator.train.nemo_mlperf import MlperfControl
-    from orchestrator.train.nemo_local_spec import announcement, have_transformer_engine, skip_attention_masks, use_local_spec
     from orchestrator.train.nemo_recipe import build_recipe, perf_env, summarize
     from orchestrator.train.nemo_stop import StopControl
 
@@ -131,13 +136,20 @@ def finish(
     an evaluation met the MLPerf target (``target_reached``)."""
     if target_reached or step >= plan.train.max_steps:
         if rank == 0:
-            write_done(plan, step, target_reason(plan.mlperf.target_log_ppl if plan.mlperf else None)
-                       if target_reached else MAX_STEPS_REASON)  # fmt: skip
+            write_done(
+                plan,
+                step,
+                target_reason(plan.mlperf.target_log_ppl if plan.mlperf else None)
+                if target_reached
+                else MAX_STEPS_REASON,
+            )
         return EXIT_DONE
     if reason and saved_step == step:
         if rank == 0:
-            print(f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; "
-                  "the next job resumes", flush=True)  # fmt: skip
+            print(
+                f"stopped at step {step} of {plan.train.max_steps} ({reason}); checkpoint saved; the next job resumes",
+                flush=True,
+            )
         return EXIT_STOPPED
     if rank == 0:
         why = f"stop requested ({reason}) but no checkpoint was saved" if reason else "no stop was requested"

@@ -152,8 +152,14 @@ def build(plan: RunPlan, seed: int, threads: int) -> dict[str, Any]:
             files[path.name] = (root / path.name).stat().st_size
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    manifest = {"kind": MANIFEST_KIND, "key": index_key(plan, seed), "seed": seed, "counts": sample_counts(plan),
-                "files": files, "seconds": round(time.monotonic() - start, 1)}  # fmt: skip
+    manifest = {
+        "kind": MANIFEST_KIND,
+        "key": index_key(plan, seed),
+        "seed": seed,
+        "counts": sample_counts(plan),
+        "files": files,
+        "seconds": round(time.monotonic() - start, 1),
+    }
     atomic_write_json(manifest_path(plan, seed), manifest)
     return manifest
 
@@ -173,8 +179,12 @@ def _init_single_process_group() -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="run directory holding plan.json")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="Megatron's dataset-builder threads (default: the cores this task may use)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="Megatron's dataset-builder threads (default: the cores this task may use)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,8 +198,11 @@ def run(args: argparse.Namespace) -> int:
     for seed in todo:
         manifest = build(plan, seed, args.threads)
         size = sum(manifest["files"].values())
-        print(f"data index of seed {seed}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB in "
-              f"{manifest['seconds']} s -> {cache_dir(plan)} ({manifest_path(plan, seed).name})", flush=True)  # fmt: skip
+        print(
+            f"data index of seed {seed}: {len(manifest['files'])} files, {size / 2**20:.1f} MiB in "
+            f"{manifest['seconds']} s -> {cache_dir(plan)} ({manifest_path(plan, seed).name})",
+            flush=True,
+        )
     return 0
 
 

@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import importlib.util
 from collections.abc import Iterator
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,10 +56,10 @@ class SDPAttention(DotProductAttention):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        attention_mask: Optional[torch.Tensor],
-        attn_mask_type: Optional[AttnMaskType] = None,
-        attention_bias: Optional[torch.Tensor] = None,
-        packed_seq_params: Optional[PackedSeqParams] = None,
+        attention_mask: torch.Tensor | None,
+        attn_mask_type: AttnMaskType | None = None,
+        attention_bias: torch.Tensor | None = None,
+        packed_seq_params: PackedSeqParams | None = None,
     ) -> torch.Tensor:
         if packed_seq_params is not None or attention_bias is not None:
             raise NotImplementedError("SDPAttention: packed sequences and attention bias need Transformer Engine")
@@ -147,11 +147,15 @@ def is_moe(recipe: Any) -> bool:
 
 def announcement(recipe: Any) -> str:
     """The log line that says what :func:`use_local_spec` changed in this recipe."""
-    line = ("nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
-            "(orchestrator.train.nemo_local_spec), no sequence parallelism, no distributed optimizer without Apex")
+    line = (
+        "nemo: Transformer Engine is not installed: Megatron's local layer spec with SDPA attention "
+        "(orchestrator.train.nemo_local_spec), no sequence parallelism, no distributed optimizer without Apex"
+    )
     if is_moe(recipe):
-        line += ("; MoE: SequentialMLP experts (no grouped GEMM), token permutation and router unfused "
-                 f"({recipe.model.config.moe_token_dispatcher_type} dispatcher and load-balancing loss in PyTorch)")
+        line += (
+            "; MoE: SequentialMLP experts (no grouped GEMM), token permutation and router unfused "
+            f"({recipe.model.config.moe_token_dispatcher_type} dispatcher and load-balancing loss in PyTorch)"
+        )
     return line
 
 

@@ -131,8 +131,11 @@ class MlperfControl(Callback):
         schedule_loop(loop, self.schedule)
         if trainer.is_global_zero:
             s = self.schedule
-            print(f"MLPerf evaluation schedule on the trainer's {installed}: after {s.first_eval_step} steps, then "
-                  f"every {s.eval_interval_steps}, over {s.eval_batches} batches", flush=True)
+            print(
+                f"MLPerf evaluation schedule on the trainer's {installed}: after {s.first_eval_step} steps, then "
+                f"every {s.eval_interval_steps}, over {s.eval_batches} batches",
+                flush=True,
+            )
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._running = True

@@ -39,10 +39,10 @@ from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.schedule import Schedule
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Architecture
+from orchestrator.train import stopping
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
 from orchestrator.train.nemo_data import ReferenceOrderGPTDataset
 from orchestrator.train.nemo_mlperf import MlperfControl
-from orchestrator.train import stopping
 from orchestrator.train.nemo_stop import StopControl
 
 #: Plan architecture field -> attribute of NeMo's model config (``Llama31Config8B``, ``Qwen3Config8B``, ...).
@@ -232,10 +232,25 @@ class HorizonCosineAnnealingScheduler(CosineAnnealingScheduler):
     horizon) without changing a single learning rate.
     """
 
-    def __init__(self, horizon_steps: int, warmup_steps: int = 750, constant_steps: int = 80000, min_lr: float = 6e-5,
-                 interval: str = "step", frequency: int = 1, monitor: str = "val_loss"):  # fmt: skip
-        super().__init__(max_steps=horizon_steps, warmup_steps=warmup_steps, constant_steps=constant_steps,
-                         min_lr=min_lr, interval=interval, frequency=frequency, monitor=monitor)  # fmt: skip
+    def __init__(
+        self,
+        horizon_steps: int,
+        warmup_steps: int = 750,
+        constant_steps: int = 80000,
+        min_lr: float = 6e-5,
+        interval: str = "step",
+        frequency: int = 1,
+        monitor: str = "val_loss",
+    ):
+        super().__init__(
+            max_steps=horizon_steps,
+            warmup_steps=warmup_steps,
+            constant_steps=constant_steps,
+            min_lr=min_lr,
+            interval=interval,
+            frequency=frequency,
+            monitor=monitor,
+        )
         self.horizon_steps = horizon_steps
 
     def scheduler(self, model: Any, optimizer: Any) -> Any:
@@ -247,9 +262,10 @@ def _apply_optimizer(recipe: run.Partial, plan: RunPlan) -> None:
     o = plan.train.optim
     if o.horizon_steps is not None:
         recipe.optim.lr_scheduler = run.Config(
-            HorizonCosineAnnealingScheduler, horizon_steps=o.horizon_steps,
+            HorizonCosineAnnealingScheduler,
+            horizon_steps=o.horizon_steps,
             **{k: v for k, v in fdl.ordered_arguments(recipe.optim.lr_scheduler).items() if k != "max_steps"},
-        )  # fmt: skip
+        )
     opt, sched = recipe.optim.config, recipe.optim.lr_scheduler
     opt.lr = o.lr
     opt.weight_decay = o.weight_decay
@@ -346,8 +362,9 @@ def resume_config(plan: RunPlan) -> run.Config:
         if plan.train.init_mode == "full":
             path = start
         else:
-            restore = run.Config(nl.RestoreConfig, path=start, load_model_state=True, load_optim_state=False,
-                                 load_artifacts=False)  # fmt: skip
+            restore = run.Config(
+                nl.RestoreConfig, path=start, load_model_state=True, load_optim_state=False, load_artifacts=False
+            )
     return run.Config(
         nl.AutoResume,
         resume_if_exists=True,

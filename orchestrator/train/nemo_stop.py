@@ -100,7 +100,9 @@ class StopControl(Callback):
 
     def stop_reason(self, trainer: Trainer) -> str | None:
         """Why this step is the last of the job: agreed by all ranks, so they stop at the same step."""
-        late = self.policy.deadline is not None and time.time() + self.time_to_next_stop(trainer) >= self.policy.deadline
+        late = (
+            self.policy.deadline is not None and time.time() + self.time_to_next_stop(trainer) >= self.policy.deadline
+        )
         signalled, late = stopping.any_rank([stopping.received() is not None, late], trainer.strategy.root_device)
         return self.policy.reason(trainer.global_step - (self.start_step or 0), signalled, late)
 

@@ -37,8 +37,8 @@ time, so successive ``val_loss`` values measure one fixed set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -72,9 +72,15 @@ class Component:
     """The samples of one prefix's document range (see the module docstring)."""
 
     def __init__(
-        self, dataset: IndexedDataset, first_doc: int, last_doc: int, seq_length: int, seed: int, salt: int,
+        self,
+        dataset: IndexedDataset,
+        first_doc: int,
+        last_doc: int,
+        seq_length: int,
+        seed: int,
+        salt: int,
         shuffle: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.dataset, self.seq_length, self.shuffle = dataset, seq_length, shuffle
         self._seed = [seed & 0xFFFFFFFF, salt]
         docs = dataset.document_indices

@@ -34,9 +34,12 @@ def rope_frequencies(arch: Architecture) -> torch.Tensor:
 
 
 def _llama31_scaling(
-    inv_freq: torch.Tensor, factor: float = 8.0, low_freq_factor: float = 1.0, high_freq_factor: float = 4.0,
+    inv_freq: torch.Tensor,
+    factor: float = 8.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
     original_context: int = 8192,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Llama 3.1: long wavelengths slowed by ``factor``, short ones kept, a smooth blend in between."""
     wavelen = 2 * math.pi / inv_freq
     low_freq_wavelen = original_context / low_freq_factor

@@ -31,8 +31,9 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,15 +41,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from orchestrator import logline
+from orchestrator.contract import JobEnvironment, deadline
+from orchestrator.mlperf.checkpoints import check_start
 from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.mllog import MlperfLogger, Submission, open_job_log
 from orchestrator.plan import RunPlan
 from orchestrator.profiles import Optimizer
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
-from orchestrator.train import checkpoint
-from orchestrator.contract import JobEnvironment, deadline
-from orchestrator.mlperf.checkpoints import check_start
-from orchestrator.train import stopping
+from orchestrator.train import checkpoint, stopping
 from orchestrator.train.reference import data as datamod
 from orchestrator.train.reference.model import Transformer
 
@@ -128,8 +128,9 @@ def _digest(obj: Any) -> str:
 
 
 class Trainer:
-    def __init__(self, plan: RunPlan, ranks: JobEnvironment, device: torch.device,
-                 mllog: MlperfLogger | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, plan: RunPlan, ranks: JobEnvironment, device: torch.device, mllog: MlperfLogger | None = None
+    ) -> None:
         self.plan, self.ranks, self.device = plan, ranks, device
         self.mllog = mllog
         self.schedule = plan.mlperf_schedule()
@@ -140,8 +141,10 @@ class Trainer:
         self.distributed = ranks.world_size > 1
         if (layout.tp, layout.pp, layout.cp, layout.ep) != (1, 1, 1, 1):
             parallel = f"{layout.tp}/{layout.pp}/{layout.cp}/{layout.ep}"
-            raise ValueError(f"layout: the reference backend is data-parallel only (tp/pp/cp/ep = {parallel}); "
-                             "set them to 1 or use the nemo backend")  # fmt: skip
+            raise ValueError(
+                f"layout: the reference backend is data-parallel only (tp/pp/cp/ep = {parallel}); "
+                "set them to 1 or use the nemo backend"
+            )
         if ranks.world_size != plan.world_size:
             raise ValueError(
                 f"launched with {ranks.world_size} ranks ({ranks.launcher}) but the plan's layout is "
@@ -149,12 +152,16 @@ class Trainer:
                 "launch as many tasks as the plan says, or re-plan"
             )
         if train.optim.min_lr > train.optim.lr:
-            raise ValueError(f"train.optim.min_lr={train.optim.min_lr} exceeds train.optim.lr={train.optim.lr}; "
-                             "the cosine decay goes from lr down to min_lr")  # fmt: skip
+            raise ValueError(
+                f"train.optim.min_lr={train.optim.min_lr} exceeds train.optim.lr={train.optim.lr}; "
+                "the cosine decay goes from lr down to min_lr"
+            )
         per_micro = layout.micro_batch_size * ranks.world_size
         if train.global_batch_size % per_micro:
-            raise ValueError(f"train.global_batch_size={train.global_batch_size} is not a multiple of "
-                             f"micro_batch_size x world = {per_micro}")  # fmt: skip
+            raise ValueError(
+                f"train.global_batch_size={train.global_batch_size} is not a multiple of "
+                f"micro_batch_size x world = {per_micro}"
+            )
         self.accumulation = train.global_batch_size // per_micro
         self.autocast = device.type == "cuda" and train.precision == "bf16-mixed"
 
@@ -165,8 +172,11 @@ class Trainer:
         opt = train.optim
         self.optimizer = torch.optim.AdamW(
             [dict(params=decay, weight_decay=opt.weight_decay), dict(params=no_decay, weight_decay=0.0)],
-            lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps, fused=device.type == "cuda",
-        )  # fmt: skip
+            lr=opt.lr,
+            betas=(opt.beta1, opt.beta2),
+            eps=opt.eps,
+            fused=device.type == "cuda",
+        )
         mbs = layout.micro_batch_size
         self.train_batches = datamod.Batches(datamod.train_samples(plan), mbs, ranks.world_size, ranks.global_rank)
         self.val_batches = None
@@ -184,8 +194,9 @@ class Trainer:
         self.val_loss: float | None = None
         self.saved_step = 0  # the state at step 0 is reproducible without a checkpoint
         estimate = plan.memory_estimate()  # a save's duration, until the first save of this job measures one
-        self.stop = stopping.StopPolicy(plan.chain.steps_per_job, deadline(),
-                                        stopping.save_estimate_s(estimate.weights + estimate.optimizer))  # fmt: skip
+        self.stop = stopping.StopPolicy(
+            plan.chain.steps_per_job, deadline(), stopping.save_estimate_s(estimate.weights + estimate.optimizer)
+        )
         self.fingerprint_digest = _digest(fingerprint(plan))
 
     # ---------------------------------------------------------------------------------------- helpers
@@ -254,13 +265,20 @@ class Trainer:
     def _load(self, path: Path, *, full: bool, optimizer: bool) -> dict[str, Any]:
         meta = checkpoint.read_meta(path)
         self._check_fingerprint(path, meta.get("fingerprint", {}), resuming=full)
+
         def read(name: str, device: torch.device | None = self.device) -> Any:
             try:
                 return torch.load(path / name, map_location=device, weights_only=True)
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:  # "failed reading zip archive"
-                what = "is missing" if isinstance(exc, FileNotFoundError) else f"cannot be read ({exc}): truncated or corrupt"
-                raise checkpoint.CheckpointError(f"{path / name} {what}. Restore it, or move {path.name} out of "
-                                                 f"{path.parent} to resume from the checkpoint before it") from exc
+                what = (
+                    "is missing"
+                    if isinstance(exc, FileNotFoundError)
+                    else f"cannot be read ({exc}): truncated or corrupt"
+                )
+                raise checkpoint.CheckpointError(
+                    f"{path / name} {what}. Restore it, or move {path.name} out of "
+                    f"{path.parent} to resume from the checkpoint before it"
+                ) from exc
 
         self.model.load_state_dict(read("model.pt"))
         if optimizer:
@@ -290,8 +308,10 @@ class Trainer:
             )
         differs = arch + sorted(k for k in mine if k != "arch" and k in saved and saved[k] != mine[k])
         if differs and resuming:
-            self.say(f"warning: {path.name} was written with different {', '.join(differs)}; "
-                     "the data stream from here on differs from the original run's")  # fmt: skip
+            self.say(
+                f"warning: {path.name} was written with different {', '.join(differs)}; "
+                "the data stream from here on differs from the original run's"
+            )
         elif differs:
             self.say(f"{path.name} was written with different {', '.join(differs)}")
 
@@ -404,7 +424,9 @@ class Trainer:
         params = run_hyperparameters(plan, start_step=self.step)
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         platform = f"{plan.layout.nodes}x{plan.layout.tasks_per_node}x{device}".replace(" ", "_")
-        self.mllog.on_train_start(self.step, params, Submission(org="orchestrator reference backend", platform=platform))
+        self.mllog.on_train_start(
+            self.step, params, Submission(org="orchestrator reference backend", platform=platform)
+        )
 
     def _mlperf_end(self) -> None:
         if self.mllog is not None:
@@ -414,8 +436,10 @@ class Trainer:
         blend = self.train_batches.samples
         assert isinstance(blend, datamod.Blend)
         weights = "/".join(f"{w:.3g}" for w in blend.weights)
-        text = (f"data: {len(blend.components)} training prefix(es), weights {weights}, "
-                f"{sum(len(c) for c in blend.components)} samples per epoch")  # fmt: skip
+        text = (
+            f"data: {len(blend.components)} training prefix(es), weights {weights}, "
+            f"{sum(len(c) for c in blend.components)} samples per epoch"
+        )
         if self.val_batches is None:
             return text + "; no validation"
         total = len(self.val_batches.samples)
@@ -429,8 +453,12 @@ class Trainer:
         if self.is_main:
             saved = self.plan.train.save_checkpoints
             rd = RunDir.of(self.run_dir)
-            rd.mark_done(self.step, self.consumed, why,
-                         checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if saved else None)  # fmt: skip
+            rd.mark_done(
+                self.step,
+                self.consumed,
+                why,
+                checkpoint=str(checkpoint.step_dir(self.ckpt_dir, self.step)) if saved else None,
+            )
             self.say(f"done: {self.step} steps, consumed_samples={self.consumed}; wrote {rd.done_marker}")
         return 0
 
@@ -470,8 +498,10 @@ class Trainer:
             lr, loss, seconds = self.train_step(model)
             self.log(lr, loss, seconds, first=self.step == first_step)
             if plan.mlperf and seconds > plan.mlperf.step_time_atol_s:
-                raise RuntimeError(f"step {self.step} took {seconds:.0f} s > mlperf.step_time_atol_s="
-                                   f"{plan.mlperf.step_time_atol_s}: a straggler or a hang; stopping the job")  # fmt: skip
+                raise RuntimeError(
+                    f"step {self.step} took {seconds:.0f} s > mlperf.step_time_atol_s="
+                    f"{plan.mlperf.step_time_atol_s}: a straggler or a hang; stopping the job"
+                )
             self.stop.longest_step_s = max(self.stop.longest_step_s, seconds)
             self.step += 1
             self.consumed += train.global_batch_size
@@ -481,8 +511,10 @@ class Trainer:
                     self.mllog.on_eval_start(self.step)
                 self.val_loss = self.validate()
                 self.stop.validation_s = time.perf_counter() - start
-                self.say(f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
-                         f"({train.val_batches} global batches)")  # fmt: skip
+                self.say(
+                    f"validation after step {self.step}: val_loss {logline.format_value(self.val_loss)} "
+                    f"({train.val_batches} global batches)"
+                )
                 if self.mllog and self.mllog.on_eval_end(self.step, self.val_loss):
                     return self._finish(target_reason(plan.mlperf.target_log_ppl))  # type: ignore[union-attr]
             if self.step >= train.max_steps:
