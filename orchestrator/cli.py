@@ -321,7 +321,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _collect_and_report(run_dir: Path) -> int:
-    from orchestrator.collect.run import collect_run_dir
+    from orchestrator.collect.cli import collect_run_dir
 
     return collect_run_dir(run_dir, console)
 

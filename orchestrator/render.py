@@ -25,7 +25,7 @@ import orchestrator
 from orchestrator import container, contract
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
-from orchestrator.stages import StageSpec, stage_specs
+from orchestrator.stages import StageSpec, stage_specs, step_mounts
 
 _SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_@%:/.,=+\-\[\]]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -138,15 +138,6 @@ def python_for_driver(plan: RunPlan) -> str:
 def package_root() -> Path:
     """The folder that holds the ``orchestrator`` package a step imports (mounted at its own path in a container)."""
     return Path(orchestrator.__file__).resolve().parent.parent
-
-
-def step_mounts(plan: RunPlan, spec: StageSpec) -> list[container.Mount]:
-    """What the step's container mounts: the site's, then every path the stage touches, the run directory and the
-    package, each at its own path. Raises :class:`~orchestrator.container.MountError` naming a path no mount can serve."""
-    package = str(Path(orchestrator.__file__).resolve().parent)
-    reads = [*spec.paths.reads, package]
-    writes = [*spec.paths.writes, plan.run_dir]
-    return container.mounts(plan.cluster.container.mounts, reads, writes)
 
 
 def step_env_names(plan: RunPlan) -> list[str]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import orchestrator
+from orchestrator import container
 from orchestrator.data import consolidate, preprocess_job
 from orchestrator.data.tokenizer import TokenizerSpec
 from orchestrator.mlperf.checkpoints import nemo_checkpoint_problem
@@ -83,13 +85,19 @@ class StageSpec:
         return "afterany" if self.chain else "afterok"
 
 
+def step_mounts(plan: RunPlan, spec: StageSpec) -> list[container.Mount]:
+    """What the step's container mounts: the site's, then every path the stage touches, the run directory and the
+    package, each at its own path. Raises :class:`~orchestrator.container.MountError` naming a path no mount can serve."""
+    package = str(Path(orchestrator.__file__).resolve().parent)
+    reads = [*spec.paths.reads, package]
+    writes = [*spec.paths.writes, plan.run_dir]
+    return container.mounts(plan.cluster.container.mounts, reads, writes)
+
+
 def check_inputs(plan: RunPlan) -> list[Problem]:
     """What would fail only after the queue wait: an input that must exist and does not, and a path the cluster's
     container cannot show its step. Looks at the file system, so ``plan``, ``submit`` and the dry run ask it, not
     :func:`~orchestrator.plan.build_plan`."""
-    from orchestrator import container
-    from orchestrator.render import step_mounts
-
     problems: list[Problem] = []
     missing: dict[str, list[str]] = {}  # path -> the stages that need it
     for spec in stage_specs(plan):

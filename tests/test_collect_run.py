@@ -12,7 +12,8 @@ import pytest
 from collect_helpers import step_metrics, write_log
 from rich.console import Console
 
-from orchestrator.collect.run import collect_run, collect_run_dir, find_logs, run_info
+from orchestrator.collect.cli import collect_run_dir
+from orchestrator.collect.run import collect_run, find_logs, run_info
 from orchestrator.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ Rules, metrics.json schema and the FLOPs formula: docs/metrics.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -245,3 +246,9 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def collect_run_dir(run_dir: str | os.PathLike[str], console: Console | None = None) -> int:
+    """``collect RUN`` after a run ends (``submit --wait``, local runs): outputs into the run directory, the table
+    on ``console``, and the command's exit code."""
+    return main([str(run_dir)], console=console)

@@ -157,11 +157,3 @@ def collect_run(
 ) -> RunMetrics:
     """``collect_info`` of a run directory, with the plan's FLOPs per token and GPU peak for MFU."""
     return collect_info(run_info(run_dir, model=model), baselines=baselines, threshold=threshold)
-
-
-def collect_run_dir(run_dir: str | os.PathLike[str], console: Any = None) -> int:
-    """``collect RUN`` after a run ends (``submit --wait``, local runs): outputs into the run directory, the table
-    on ``console`` (a rich Console), and the command's exit code."""
-    from orchestrator.collect.cli import main
-
-    return main([str(run_dir)], console=console)
