@@ -20,6 +20,7 @@ from orchestrator import slurm
 from orchestrator.ledger import Attempt, Job, Ledger
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
+from orchestrator.stages import TRAIN
 
 STRIKE_OUTCOMES = ("failed", "time_limit")
 
@@ -51,7 +52,7 @@ def progress_step(plan: RunPlan) -> int | None:
 def strikes(attempts: list[Attempt]) -> int:
     """Consecutive recent training attempts that ended without progress through their own fault."""
     count = 0
-    for attempt in reversed([a for a in attempts if a.stage == "train" and a.outcome != "running"]):
+    for attempt in reversed([a for a in attempts if a.stage == TRAIN and a.outcome != "running"]):
         if attempt.outcome == "done" or attempt.progressed:
             break
         if attempt.outcome in STRIKE_OUTCOMES:
@@ -91,7 +92,7 @@ def crash_loop(plan: RunPlan, attempts: list[Attempt]) -> StopReason | None:
     count = strikes(attempts)
     if count < plan.chain.max_strikes:
         return None
-    failing = [a for a in attempts if a.stage == "train" and a.outcome in STRIKE_OUTCOMES]
+    failing = [a for a in attempts if a.stage == TRAIN and a.outcome in STRIKE_OUTCOMES]
     last = failing[-1] if failing else None
     reason = (
         f"{count} consecutive training jobs ended without a new checkpoint "
@@ -139,7 +140,7 @@ def _label_requeues(ledger: Ledger, job_id: str) -> None:
         runs = slurm.history(job_id)
     except slurm.SlurmError:
         return
-    mine = [a for a in ledger.attempts("train") if a.job_id == job_id]
+    mine = [a for a in ledger.attempts(TRAIN) if a.job_id == job_id]
     for attempt in mine:
         if attempt.restart < len(runs) - 1 and attempt.outcome in ("preempted", "running"):
             outcome = SACCT_OUTCOMES.get(runs[attempt.restart].base_state)
@@ -155,7 +156,7 @@ def _label_requeues(ledger: Ledger, job_id: str) -> None:
 
 def pending_successors(ledger: Ledger, current_job: str | None) -> list[Job]:
     """Training jobs queued after this one that Slurm still holds; SlurmError when Slurm cannot say."""
-    jobs = [j for j in ledger.jobs("train") if j.cancelled_at is None and j.job_id != current_job]
+    jobs = [j for j in ledger.jobs(TRAIN) if j.cancelled_at is None and j.job_id != current_job]
     current = ledger.job(current_job) if current_job else None
     if current is not None and current.chain_index is not None:
         jobs = [j for j in jobs if (j.chain_index or 0) > current.chain_index]

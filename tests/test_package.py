@@ -122,3 +122,17 @@ def test_every_module_is_imported_or_run() -> None:
     used = {t for targets in _graph(function_level=True).values() for t in targets} | _entry_points()
     unused = {m for m in MODULES if m not in used and not any(u.startswith(f"{m}.") for u in used)}
     assert sorted(unused) == []
+
+
+def test_stop_signals_are_installed_by_one_module_of_the_trainers() -> None:
+    """Both trainers stop through ``orchestrator.train.stopping``: a second recorder would be a second policy."""
+    installers = {
+        m
+        for m, p in MODULES.items()
+        if m.startswith("orchestrator.train.")
+        and any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "signal"
+            for n in ast.walk(ast.parse(p.read_text()))
+        )
+    }
+    assert installers == {"orchestrator.train.stopping"}
