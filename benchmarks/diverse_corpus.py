@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from orchestrator.data import sample  # noqa: E402
+from orchestrator.data.consolidate import shard_name  # noqa: E402
 
 DICTIONARIES = ("gcide", "wn", "foldoc", "jargon")
 _B64 = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")}
@@ -137,7 +138,7 @@ def build(dictd: Path, out_dir: Path, docs: int = 0, seed: int = 1234) -> Path:
         )
     records = documents(dictd, seed)
     chosen = records[:docs] if docs else records
-    path = out_dir / sample.train_shard_name(0)
+    path = out_dir / shard_name("train", 0)
     sample.write_shard(path, chosen)
     text = sum(len(r["text"].encode("utf-8")) for r in chosen)
     print(f"wrote {path}: {len(chosen)} of {len(records)} documents, {text / 1e6:.1f} MB of text", file=sys.stderr)

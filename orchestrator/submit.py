@@ -201,9 +201,10 @@ def prepare_inputs(plan: RunPlan, say: Callable[[str], None]) -> None:
     if plan.data.source != "sample" or plan.data.c4_path is None:
         return
     from orchestrator.data import sample
+    from orchestrator.data.consolidate import C4_SHARDS, found_shards
 
     c4 = Path(plan.data.c4_path)
-    if any(c4.glob("c4-train.*-of-01024.json.gz")):
+    if C4_SHARDS["train"] in found_shards(c4)["train"].values():
         return
     # Two shards per merged output, so that consolidation really merges (as the 4-shard example).
     sample.build_corpus(c4, 2 * plan.data.train_outputs, 1, plan.data.sample_docs_per_shard, plan.train.seed)

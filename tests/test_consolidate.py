@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.data import consolidate, sample
-from orchestrator.data.consolidate import ConsolidationError
+from orchestrator.data.consolidate import ConsolidationError, shard_name
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "consolidate_data.sh"
@@ -22,16 +22,13 @@ SCRIPT = REPO / "consolidate_data.sh"
 def make_shards(folder: Path, train: list[int], validation: tuple[int, ...] = (0,), docs: int = 30) -> Path:
     """Small C4-layout shards; each document names its shard and line so outputs can be checked line by line."""
     folder.mkdir(parents=True, exist_ok=True)
-    for split, indices, name in (
-        ("train", train, sample.train_shard_name),
-        ("validation", validation, sample.validation_shard_name),
-    ):
+    for split, indices in (("train", train), ("validation", validation)):
         for index in indices:
             records = [
                 {"text": f"{split} shard {index} line {line}", "timestamp": "2019-04-25T12:57:54Z", "url": "u"}
                 for line in range(docs)
             ]
-            sample.write_shard(folder / name(index), records)
+            sample.write_shard(folder / shard_name(split, index), records)
     return folder
 
 
@@ -54,8 +51,8 @@ def test_train_shards_split_in_order_into_equal_groups(tmp_path: Path) -> None:
         "c4-validation-45-samples.en.json.gz",
         "c4-validation.en.json.gz",
     ]
-    assert the_plan.units[0].inputs == tuple(sample.train_shard_name(i) for i in range(4))
-    assert the_plan.units[1].inputs == tuple(sample.train_shard_name(i) for i in range(4, 8))
+    assert the_plan.units[0].inputs == tuple(shard_name("train", i) for i in range(4))
+    assert the_plan.units[1].inputs == tuple(shard_name("train", i) for i in range(4, 8))
     assert the_plan.units[2].head_lines == 45
     whole = consolidate.consolidation(c4, tmp_path / "merged", train_outputs=2, n_validation_samples=0)
     assert [u.output for u in whole.units[2:]] == ["c4-validation.en.json.gz"]  # unit 2: what training reads
@@ -78,9 +75,9 @@ def test_mlperf_default_is_eight_outputs_of_128_shards(tmp_path: Path) -> None:
     c4 = tmp_path / "c4"
     c4.mkdir()
     for i in range(1024):
-        (c4 / sample.train_shard_name(i)).touch()
+        (c4 / shard_name("train", i)).touch()
     for i in range(8):
-        (c4 / sample.validation_shard_name(i)).touch()
+        (c4 / shard_name("validation", i)).touch()
     the_plan = consolidate.consolidation(c4, tmp_path / "merged")
     assert [len(u.inputs) for u in the_plan.units[:8]] == [128] * 8
     assert the_plan.units[6].inputs[0] == "c4-train.00768-of-01024.json.gz"  # en_6 and en_7: MLPerf's training data
@@ -108,7 +105,7 @@ def test_missing_shards_and_gaps_are_named_before_anything_is_written(
 @pytest.mark.parametrize("damage", ["corrupt", "truncated", "not gzip"])
 def test_a_damaged_shard_fails_its_output_by_name_and_nothing_is_declared_done(tmp_path: Path, damage: str) -> None:
     c4 = make_shards(tmp_path / "c4", train=list(range(4)), docs=400)
-    victim = c4 / sample.train_shard_name(2)
+    victim = c4 / shard_name("train", 2)
     data = bytearray(victim.read_bytes())
     if damage == "corrupt":
         data[len(data) // 2] ^= 0xFF
@@ -143,7 +140,7 @@ def test_resume_after_an_interrupted_run_redoes_only_the_partial_output(
     real = consolidate.gunzip_blocks
 
     def dies_mid_copy(path, on_raw=None, read_block=consolidate.gunzip_blocks.__defaults__[-1]):  # type: ignore[index]
-        if path.name == sample.train_shard_name(3):
+        if path.name == shard_name("train", 3):
             raise KeyboardInterrupt  # the job is killed while en_1 is half written
         return real(path, on_raw, read_block)
 
@@ -163,7 +160,7 @@ def test_resume_after_an_interrupted_run_redoes_only_the_partial_output(
     assert not list(merged.glob(".c4-train.en_1.json.gz.tmp-*"))
     assert consolidate.is_complete(the_plan)
 
-    os.utime(c4 / sample.train_shard_name(1), ns=(1, 1))  # an input changed since: its output is redone
+    os.utime(c4 / shard_name("train", 1), ns=(1, 1))  # an input changed since: its output is redone
     assert not consolidate.unit_complete(the_plan, the_plan.units[0])
     assert consolidate.run_unit(the_plan, 0) == "done" and consolidate.is_complete(the_plan)
 
@@ -179,7 +176,7 @@ def test_consolidate_data_sh_end_to_end_on_a_four_shard_real_text_corpus(tmp_pat
     shards = sorted(c4.glob("c4-train.*"))
     assert (merged / "c4-train.en_0.json.gz").read_bytes() == shards[0].read_bytes() + shards[1].read_bytes()
     assert (merged / "c4-train.en_1.json.gz").read_bytes() == shards[2].read_bytes() + shards[3].read_bytes()
-    assert (merged / "c4-validation.en.json.gz").read_bytes() == (c4 / sample.validation_shard_name(0)).read_bytes()
+    assert (merged / "c4-validation.en.json.gz").read_bytes() == (c4 / shard_name("validation", 0)).read_bytes()
     subset = merged / "c4-validation-91205-samples.en.json.gz"  # MLPerf's default N: only 60 documents exist
     assert lines_of(subset) == lines_of(merged / "c4-validation.en.json.gz")
     assert "has 60 documents" in done.stderr

@@ -41,6 +41,8 @@ from orchestrator.data.progress import RateProgress
 from orchestrator.data.stream import CorruptInput, gunzip_blocks
 
 SHARD = re.compile(r"^c4-(train|validation)\.(\d{5})-of-(\d{5})\.json\.gz$")
+#: C4 en 3.0.1's shard counts per split (``c4-train.00000-of-01024.json.gz`` ...).
+C4_SHARDS = {"train": 1024, "validation": 8}
 MANIFEST_DIR = ".consolidate"
 MANIFEST_KIND = "orchestrator.consolidate"
 MANIFEST_VERSION = 1
@@ -102,12 +104,23 @@ class Consolidation:
         return self.merged_path / MANIFEST_DIR / f"{unit.output}.json"
 
 
-def _shard_name(split: str, index: int, total: int) -> str:
-    return f"c4-{split}.{index:05d}-of-{total:05d}.json.gz"
+def shard_name(split: str, index: int, total: int | None = None) -> str:
+    """C4's name of shard ``index`` of ``split``, out of ``total`` (default: C4 en 3.0.1's count, :data:`C4_SHARDS`)."""
+    return f"c4-{split}.{index:05d}-of-{total or C4_SHARDS[split]:05d}.json.gz"
+
+
+def found_shards(c4_path: Path) -> dict[str, dict[int, int]]:
+    """The C4 shards in ``c4_path``: split -> shard index -> the total its name gives."""
+    found: dict[str, dict[int, int]] = {split: {} for split in C4_SHARDS}
+    for entry in os.scandir(c4_path):
+        match = SHARD.match(entry.name)
+        if match:
+            found[match[1]][int(match[2])] = int(match[3])
+    return found
 
 
 def _names(split: str, indices: list[int], total: int) -> str:
-    shown = ", ".join(_shard_name(split, i, total) for i in indices[:NAMES_SHOWN])
+    shown = ", ".join(shard_name(split, i, total) for i in indices[:NAMES_SHOWN])
     more = f" and {len(indices) - NAMES_SHOWN} more" if len(indices) > NAMES_SHOWN else ""
     return shown + more
 
@@ -147,11 +160,7 @@ def consolidation(
         raise ConsolidationError(f"TRAIN_OUTPUTS={train_outputs}: give at least 1")
     if n_validation_samples < 0:
         raise ConsolidationError(f"N_VALIDATION_SAMPLES={n_validation_samples}: give 0 (no subset) or more")
-    found: dict[str, dict[int, int]] = {"train": {}, "validation": {}}
-    for entry in os.scandir(c4):
-        match = SHARD.match(entry.name)
-        if match:
-            found[match[1]][int(match[2])] = int(match[3])
+    found = found_shards(c4)
     for split in found:
         if not found[split]:
             raise ConsolidationError(f"C4_PATH {c4}: no c4-{split}.NNNNN-of-NNNNN.json.gz shards (C4 en 3.0.1 layout)")
@@ -174,11 +183,11 @@ def consolidation(
         Unit(
             k,
             train_file(k),
-            tuple(_shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)),
+            tuple(shard_name("train", i, train_total) for i in range(k * per_output, (k + 1) * per_output)),
         )
         for k in range(train_outputs)
     ]
-    validation = tuple(_shard_name("validation", i, valid_total) for i in range(valid_count))
+    validation = tuple(shard_name("validation", i, valid_total) for i in range(valid_count))
     # Unit train_outputs is the validation file training reads: the subset when there is one, else the whole set.
     if n_validation_samples:
         units.append(Unit(len(units), validation_file(n_validation_samples), validation, n_validation_samples))

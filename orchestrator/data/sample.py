@@ -29,22 +29,14 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from orchestrator.data.consolidate import shard_name
+
 #: Parts of the standard library whose strings are not documentation prose.
 SKIPPED_STDLIB_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3", "turtledemo"})
 TRIPLE_QUOTED = re.compile(r'"""(.*?)"""', re.S)
 
-TRAIN_SHARDS_TOTAL = 1024
-VALIDATION_SHARDS_TOTAL = 8
 MEAN_DOCUMENT_CHARS = 2200  # C4 en: ~2.2 KB of text per document
 LENGTH_SIGMA = 0.8  # spread of the log-normal number of paragraphs per document
-
-
-def train_shard_name(index: int) -> str:
-    return f"c4-train.{index:05d}-of-{TRAIN_SHARDS_TOTAL:05d}.json.gz"
-
-
-def validation_shard_name(index: int) -> str:
-    return f"c4-validation.{index:05d}-of-{VALIDATION_SHARDS_TOTAL:05d}.json.gz"
 
 
 def _paragraphs_of(text: str) -> list[str]:
@@ -130,13 +122,10 @@ def build_corpus(
     """Write a C4 en 3.0.1-layout corpus (train shards 0.., validation shards 0..) and return the shard paths."""
     out = Path(out_dir)
     written = []
-    for split, count, name in (
-        ("train", train_shards, train_shard_name),
-        ("validation", validation_shards, validation_shard_name),
-    ):
+    for split, count in (("train", train_shards), ("validation", validation_shards)):
         for index in range(count):
             rng = random.Random(f"{seed}/{split}/{index}")
-            path = out / name(index)
+            path = out / shard_name(split, index)
             write_shard(path, documents(rng, docs_per_shard))
             written.append(path)
     return written

@@ -39,7 +39,7 @@ STAGING_PREFIX = "_" + MISSPELLED_PREFIX  # cleanup.sh's intermediate name
 UNNEEDED_PREFIXES = (
     *(Path(dataset_prefix("", train_file(k))).name for k in range(6)),
     "c4-validation-small.en_text_document",
-    "c4-validation.en_text_document",
+    Path(dataset_prefix("", validation_file(None))).name,
 )
 UNUSED_DIR = "unused"
 EXTENSIONS = ("bin", "idx")
