@@ -41,12 +41,7 @@ SACCT_OUTCOMES = {
 
 def progress_step(plan: RunPlan) -> int | None:
     """The newest complete checkpoint's step count for this run's backend (None: no checkpoint yet)."""
-    ckpt_dir = Path(plan.train.ckpt_dir)
-    if plan.train.backend == "nemo":
-        from orchestrator.train.nemo_checkpoint import latest_step
-    else:
-        from orchestrator.train.checkpoint import latest_step
-    return latest_step(ckpt_dir)
+    return plan.backend.latest_step(Path(plan.train.ckpt_dir))
 
 
 def strikes(attempts: list[Attempt]) -> int:

@@ -35,6 +35,7 @@ from orchestrator.profiles import (
     load_cluster,
     parse_time_limit,
 )
+from orchestrator.train.backends import BACKENDS, Backend
 
 if TYPE_CHECKING:
     from orchestrator.mlperf.schedule import Schedule
@@ -156,6 +157,11 @@ class RunPlan(Strict):
     def lr_horizon_steps(self) -> int:
         """Where the cosine decay ends: the optimizer's own horizon (MLPerf's rules fix one), else ``max_steps``."""
         return self.train.optim.horizon_steps or self.train.max_steps
+
+    @property
+    def backend(self) -> Backend:
+        """The trainer ``train.backend`` names: its program and what it needs of the plan."""
+        return BACKENDS[self.train.backend]
 
     @property
     def tokens_per_step(self) -> int:
@@ -377,7 +383,7 @@ def _fill_data(tree: dict[str, Any], run_dir: Path) -> None:
             "validation_prefixes",
             [dataset_prefix(data["preprocessed_path"], validation_file(data.get("n_validation_samples")))],
         )
-    if tree["train"].get("backend") == "nemo" and not data.get("index_cache_dir"):
+    if _builds_index(tree) and not data.get("index_cache_dir"):
         # shared by every run (and seed) of the site that trains on the same data; TMP_NPY_INDEX overrides
         site_data = Path(os.path.expanduser(tree["cluster"].get("data_root") or "data")).absolute()
         data["index_cache_dir"] = str((run_dir / "data" if source == "sample" else site_data) / "megatron-index")
@@ -447,10 +453,16 @@ def _tokenizer_tag(tree: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", model)[-48:].strip("-")
 
 
+def _builds_index(tree: dict[str, Any]) -> bool:
+    """Whether the tree's backend (not yet validated) trains through NeMo's recipe, whose index is a stage."""
+    backend = BACKENDS.get(tree["train"].get("backend"))
+    return backend is not None and backend.nemo_recipe
+
+
 def _stages(tree: dict[str, Any]) -> list[str]:
     source = tree["data"].get("source", "sample")
     stages = [] if source == "preprocessed" else ["consolidate", "preprocess"]
-    if tree["train"].get("backend") == "nemo":
+    if _builds_index(tree):
         stages.append("index")  # Megatron's sample index, built once before the training jobs (they only load it)
     if tree["train"].get("hf_model_id"):
         stages.append("import")
@@ -588,22 +600,7 @@ def validate(plan: RunPlan) -> list[Problem]:
                 fix=f"use a global batch that is a multiple of {per_step}, or change micro_batch_size / the layout",
             )
         )
-    if train.backend == "nemo" and site.gpus_per_node == 0:
-        add(
-            Problem(
-                field="train.backend",
-                message=f"the nemo backend needs GPU nodes; cluster {site.name!r} has none",
-                fix="use a GPU cluster profile, or --set train.backend=reference for the CPU reference trainer",
-            )
-        )
-    if train.backend == "reference" and (L.tp, L.pp, L.cp, L.ep) != (1, 1, 1, 1):
-        add(
-            Problem(
-                field="layout",
-                message=f"the reference backend is data-parallel only (TP/PP/CP/EP = {L.tp}/{L.pp}/{L.cp}/{L.ep})",
-                fix="--set layout.tp=1 layout.pp=1 layout.cp=1 layout.ep=1, or use the nemo backend",
-            )
-        )
+    problems.extend(trainer_problems(plan))
     if train.init_mode == "full" and not train.init_from:
         add(
             Problem(
@@ -660,6 +657,93 @@ def validate(plan: RunPlan) -> list[Problem]:
         )
     problems.extend(_memory_problems(plan))
     return sorted(problems, key=lambda p: p.severity != "error")
+
+
+def trainer_problems(plan: RunPlan) -> list[Problem]:
+    """What the plan's trainer would refuse at its start. :func:`validate` asks at plan time, so nothing is refused
+    after the queue wait; each trainer asks again at its start (:func:`check_trainer`), for a plan written by hand."""
+    problems: list[Problem] = []
+    add = problems.append
+    L, site, train, backend = plan.layout, plan.cluster, plan.train, plan.backend
+    if backend.gpus_only and site.gpus_per_node == 0:
+        add(
+            Problem(
+                field="train.backend",
+                message=f"the {backend.name} backend needs GPU nodes; cluster {site.name!r} has none",
+                fix="use a GPU cluster profile, or --set train.backend=reference for the CPU reference trainer",
+            )
+        )
+    if not backend.model_parallel and (L.tp, L.pp, L.cp, L.ep) != (1, 1, 1, 1):
+        add(
+            Problem(
+                field="layout",
+                message=f"the {backend.name} backend is data-parallel only (TP/PP/CP/EP = {L.tp}/{L.pp}/{L.cp}/{L.ep})",
+                fix="--set layout.tp=1 layout.pp=1 layout.cp=1 layout.ep=1, or use the nemo backend",
+            )
+        )
+    if train.precision not in backend.precisions:
+        add(
+            Problem(
+                field="train.precision",
+                message=f"train.precision={train.precision!r}: the {backend.name} backend trains in "
+                f"{' or '.join(backend.precisions)}",
+                fix=f"--set train.precision={backend.precisions[0]}, or --set train.backend=reference for fp32",
+            )
+        )
+    if backend.nemo_recipe and not plan.model.recipe:
+        add(
+            Problem(
+                field="model.recipe",
+                message=f"model {plan.model.name!r} has no NeMo recipe",
+                fix="--set train.backend=reference",
+            )
+        )
+    if not plan.data.train_prefixes:
+        add(
+            Problem(
+                field="data.train_prefixes",
+                message="data.train_prefixes is empty: the trainers read Megatron .bin/.idx prefixes",
+                fix="run the preprocess stage or --set data.train_prefixes=[...]",
+            )
+        )
+    if train.optim.min_lr > train.optim.lr:
+        add(
+            Problem(
+                field="train.optim.min_lr",
+                message=f"train.optim.min_lr={train.optim.min_lr} exceeds train.optim.lr={train.optim.lr}; "
+                + (
+                    f"the {backend.name} backend's schedule then rises from lr to min_lr"
+                    if backend.rising_lr
+                    else "the cosine decay goes from lr down to min_lr"
+                ),
+                fix=f"--set train.optim.min_lr={train.optim.lr} or lower",
+                severity="warning" if backend.rising_lr else "error",
+            )
+        )
+    schedule = plan.mlperf_schedule()
+    if (
+        backend.nemo_recipe
+        and schedule is not None
+        and (train.val_interval, train.val_batches) != (schedule.eval_interval_steps, schedule.eval_batches)
+    ):
+        add(
+            Problem(
+                field="train.val_interval",
+                message=f"train.val_interval={train.val_interval}, train.val_batches={train.val_batches}: an MLPerf "
+                f"plan evaluates on the rules' schedule (every {schedule.eval_interval_steps} steps over "
+                f"{schedule.eval_batches} batches at GBS {schedule.gbs}), which mlperf.eval_every_samples, "
+                "mlperf.eval_samples and mlperf.start_eval_at_samples set; else its log would lie",
+                fix="drop the train.val_interval / train.val_batches overrides and set those mlperf keys instead",
+            )
+        )
+    return problems
+
+
+def check_trainer(plan: RunPlan) -> None:
+    """At a trainer's start: raise :class:`PlanError` with :func:`trainer_problems`' errors, if any."""
+    errors = [p for p in trainer_problems(plan) if p.severity == "error"]
+    if errors:
+        raise PlanError(errors)
 
 
 def _memory_problems(plan: RunPlan) -> list[Problem]:

@@ -128,7 +128,7 @@ def check_inputs(plan: RunPlan) -> list[Problem]:
             )
         )
     start = init_checkpoint(plan)
-    if start and plan.train.backend == "nemo" and "import" not in plan.stages and Path(start).exists():
+    if start and plan.backend.nemo_recipe and "import" not in plan.stages and Path(start).exists():
         if problem := nemo_checkpoint_problem(start):
             problems.append(
                 Problem(
@@ -329,7 +329,6 @@ def _train_reads(plan: RunPlan) -> tuple[str, ...]:
 
 def _train(plan: RunPlan) -> StageSpec:
     backend = plan.train.backend
-    module = "orchestrator.train.nemo" if backend == "nemo" else "orchestrator.train.reference"
     done = RunDir.of(plan.run_dir)
 
     def complete() -> str | None:
@@ -340,7 +339,7 @@ def _train(plan: RunPlan) -> StageSpec:
         name=TRAIN,
         summary=f"train ({backend} backend): one srun step over all nodes, one task per "
         f"{'GPU' if plan.cluster.gpus_per_node else 'CPU worker'}, each with its rank from Slurm",
-        command=("-m", module, "--run-dir", plan.run_dir),
+        command=("-m", plan.backend.module, "--run-dir", plan.run_dir),
         time_limit=plan.chain.time_limit,
         nodes=plan.layout.nodes,
         tasks_per_node=plan.layout.tasks_per_node,

@@ -49,9 +49,9 @@ SMALL = {
 HIGH = 9.0  # a validation loss far from the target
 
 
-def small_plan(tmp_path: Path, **overrides: Any) -> RunPlan:
+def small_plan(tmp_path: Path, check: bool = True, **overrides: Any) -> RunPlan:
     return build_plan(
-        "llama3_8b", "h100-pyxis", {**SMALL, **overrides}, run_id="mlperf-small", run_dir=tmp_path / "run"
+        "llama3_8b", "h100-pyxis", {**SMALL, **overrides}, run_id="mlperf-small", run_dir=tmp_path / "run", check=check
     )
 
 
@@ -212,7 +212,10 @@ def test_a_plan_that_is_not_mlperf_keeps_its_own_validation(tmp_path: Path) -> N
 
 
 def test_an_mlperf_plan_refuses_a_validation_cadence_of_its_own(tmp_path: Path) -> None:
-    plan = small_plan(tmp_path, **{"train.val_interval": 5})
+    """Refused at plan time, and by the recipe again for a plan that skipped the check (``check=False``)."""
+    with pytest.raises(ValueError, match="train.val_interval=5.*mlperf.eval_every_samples"):
+        small_plan(tmp_path, **{"train.val_interval": 5})
+    plan = small_plan(tmp_path, **{"train.val_interval": 5}, check=False)
     with pytest.raises(ValueError, match="train.val_interval=5.*mlperf.eval_every_samples"):
         build_recipe(plan)
 

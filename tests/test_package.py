@@ -24,8 +24,14 @@ def _module_name(path: Path) -> str:
 MODULES: dict[str, Path] = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def _type_checking_only(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:``: imports for annotations that never run, so they make no cycle."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
 def _imports(module: str, path: Path) -> Iterator[tuple[str, bool]]:
-    """The package's modules that ``module`` imports, each with whether the import sits inside a function body."""
+    """The package's modules that ``module`` imports, each with whether the import sits inside a function body
+    (imports under ``if TYPE_CHECKING:`` left out)."""
 
     def target(name: str) -> str | None:  # the innermost module of the package a dotted name lies in
         while name not in MODULES and "." in name:
@@ -48,7 +54,8 @@ def _imports(module: str, path: Path) -> Iterator[tuple[str, bool]]:
             for name in names:
                 if (found := target(name)) and found != module:
                     yield found, in_function
-            yield from visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            if not _type_checking_only(child):
+                yield from visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)))
 
     yield from visit(ast.parse(path.read_text(), str(path)), False)
 

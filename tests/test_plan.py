@@ -111,6 +111,24 @@ def test_nemo_backend_needs_gpus(tmp_path):
     assert any(p.startswith("train.backend: the nemo backend needs GPU nodes") for p in problems)
 
 
+def test_what_a_trainer_refuses_at_its_start_is_refused_at_plan_time(tmp_path):
+    """The checks that used to raise only inside the GPU job (after the queue wait), asked by the plan."""
+    data = {"data.source": "preprocessed", "data.train_prefixes": ["/d/a"]}
+    problems = _errors("llama3_8b", "h100-pyxis", tmp_path, **data, **{"train.precision": "fp32"})
+    assert any(
+        p.startswith("train.precision: train.precision='fp32': the nemo backend trains in bf16") for p in problems
+    )
+    (recipe,) = _errors("tiny", "h100-pyxis", tmp_path, **data, **{"train.backend": "nemo"})
+    assert recipe.startswith("model.recipe: model 'tiny' has no NeMo recipe") and "train.backend=reference" in recipe
+    (prefixes,) = _errors("tiny", "local", tmp_path, **{"data.source": "preprocessed"})
+    assert prefixes.startswith("data.train_prefixes: data.train_prefixes is empty")
+    (min_lr,) = _errors("tiny", "local", tmp_path, **data, **{"train.optim.min_lr": 1.0})
+    assert min_lr.startswith("train.optim.min_lr: train.optim.min_lr=1.0 exceeds train.optim.lr")
+    # NeMo's schedule runs a rising LR (a small-GBS MLPerf proxy has one): a warning there, not a refusal
+    plan = build_plan("llama3_8b", "h100-pyxis", {**data, "train.optim.min_lr": 1.0}, run_dir=tmp_path / "n")
+    assert [p.severity for p in validate(plan) if p.field == "train.optim.min_lr"] == ["warning"]
+
+
 def test_unknown_override_key_is_refused_with_the_valid_sections(tmp_path):
     problems = _errors("tiny", "local", tmp_path, **{"trian.max_steps": 3})
     assert "unknown plan section 'trian'" in problems[0] and "train" in problems[0]

@@ -53,6 +53,26 @@ def skipped_evaluations(gbs: int) -> int:
     return (26 * gbs) // 10000 + 12
 
 
+def cosine_annealing_lr(step: int, base: float, low: float, warmup: int, horizon: int) -> float:
+    """LR of the optimizer step with 0-based index ``step``, as NeMo's ``CosineAnnealing`` computes it: the one
+    schedule of both trainers and of the MLPerf log.
+
+    NeMo 2's ``CosineAnnealingScheduler(warmup_steps, constant_steps=0, min_lr, max_steps)`` wraps
+    ``nemo.core.optim.lr_scheduler.CosineAnnealing``: ``base*(step+1)/(warmup+1)`` while ``step <= warmup``
+    (so step 0 trains at ``base/(warmup+1)``, step ``warmup`` at ``base``), then
+    ``min + (base-min)*(1+cos(pi*(step-warmup)/(max-warmup)))/2`` up to ``max_steps`` (``horizon``), then ``min``.
+    """
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    # Same operations in the same order as NeMo, so the floats agree bit for bit.
+    if warmup > 0 and step <= warmup:
+        return base * ((step + 1) / (warmup + 1))
+    if step > horizon:
+        return low
+    mult = 0.5 * (1 + math.cos(math.pi * (step - warmup) / (horizon - warmup)))
+    return (base - low) * mult + low
+
+
 def base_learning_rate(gbs: int) -> float:
     """``8e-5*GBS/1152`` as a float, evaluated as NVIDIA's accepted submissions do (``0.00008*GBS/1152``).
 
@@ -202,23 +222,8 @@ class Schedule:
         return iter(range(self.first_eval_step, last + 1, self.eval_interval_steps))
 
     def lr_at(self, step: int) -> float:
-        """LR of the optimizer step with 0-based index ``step``, as NeMo's ``CosineAnnealing`` computes it.
-
-        NeMo 2's ``CosineAnnealingScheduler(warmup_steps, constant_steps=0, min_lr, max_steps)`` wraps
-        ``nemo.core.optim.lr_scheduler.CosineAnnealing``: ``base*(step+1)/(warmup+1)`` while ``step <= warmup``
-        (so step 0 trains at ``base/(warmup+1)``, step ``warmup`` at ``base``), then
-        ``min + (base-min)*(1+cos(pi*(step-warmup)/(max-warmup)))/2`` up to ``max_steps``, then ``min``.
-        """
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        base, low, warmup, horizon = self.base_lr, self.min_lr, self.warmup_steps, self.max_steps
-        # Same operations in the same order as NeMo, so the floats agree bit for bit.
-        if warmup > 0 and step <= warmup:
-            return base * ((step + 1) / (warmup + 1))
-        if step > horizon:
-            return low
-        mult = 0.5 * (1 + math.cos(math.pi * (step - warmup) / (horizon - warmup)))
-        return (base - low) * mult + low
+        """LR of the optimizer step with 0-based index ``step`` (:func:`cosine_annealing_lr` of the rules' numbers)."""
+        return cosine_annealing_lr(step, self.base_lr, self.min_lr, self.warmup_steps, self.max_steps)
 
     def reached(self, val_loss: float) -> bool:
         """Whether a validation log-perplexity meets the target (``<=``, as the reference and the checker test)."""

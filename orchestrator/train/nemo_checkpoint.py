@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from orchestrator.plan import RunPlan
+if TYPE_CHECKING:  # the plan imports this module (through train.backends)
+    from orchestrator.plan import RunPlan
 
 UNFINISHED_SUFFIX = "-unfinished"
 _STEP = re.compile(r"(?<![A-Za-z0-9_])step=(\d+)(?=-|$)")

@@ -37,7 +37,7 @@ from nemo.utils.exp_manager import TimingCallback
 
 from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.schedule import Schedule
-from orchestrator.plan import RunPlan
+from orchestrator.plan import RunPlan, check_trainer
 from orchestrator.profiles import Architecture
 from orchestrator.train import stopping
 from orchestrator.train.nemo_checkpoint import init_checkpoint, latest_step
@@ -75,16 +75,7 @@ def recipe_module(plan: RunPlan) -> Any:
 
 def build_recipe(plan: RunPlan, *, deadline: float | None = None) -> run.Partial:
     """NeMo's ``pretrain_recipe`` for the plan's model with the plan applied; ``deadline``: ``ORCHESTRATOR_DEADLINE``."""
-    if plan.train.precision != "bf16-mixed":
-        raise ValueError(
-            f"train.precision={plan.train.precision!r}: the nemo backend trains in bf16-mixed, as NeMo's recipes do; "
-            "fix: --set train.precision=bf16-mixed, or --set train.backend=reference for fp32"
-        )
-    if not plan.data.train_prefixes:
-        raise ValueError(
-            "data.train_prefixes is empty: the nemo backend reads Megatron .bin/.idx prefixes; "
-            "fix: run the preprocess stage or --set data.train_prefixes=[...]"
-        )
+    check_trainer(plan)  # asked at plan time too; again here for a plan.json edited since
     recipe = recipe_module(plan).pretrain_recipe(
         dir=str(Path(plan.run_dir) / "nemo"),
         name="train",
@@ -187,7 +178,6 @@ def _apply_trainer(recipe: run.Partial, plan: RunPlan) -> None:
     trainer.num_sanity_val_steps = 0
     schedule = plan.mlperf_schedule()
     if schedule is not None:
-        _check_mlperf_validation(plan, schedule)
         # the cadence; MlperfControl's loop holds back the evaluations before first_eval_step. Lightning refuses an
         # interval longer than the epoch (max_steps batches), so a run shorter than one interval takes max_steps:
         # the scheduled loop evaluates by the rules either way
@@ -203,18 +193,6 @@ def _apply_trainer(recipe: run.Partial, plan: RunPlan) -> None:
     if plan.cluster.scheduler == "slurm":  # ranks from SLURM_*, and no Lightning requeue on SIGUSR1
         plugins.append(run.Config(SLURMEnvironment, auto_requeue=False))
     trainer.plugins = plugins
-
-
-def _check_mlperf_validation(plan: RunPlan, schedule: Schedule) -> None:
-    """An MLPerf plan evaluates as its ``mlperf`` section says; ``train.val_*`` set otherwise would make the log lie."""
-    train = plan.train
-    if (train.val_interval, train.val_batches) != (schedule.eval_interval_steps, schedule.eval_batches):
-        raise ValueError(
-            f"train.val_interval={train.val_interval}, train.val_batches={train.val_batches}: an MLPerf plan "
-            f"evaluates on the rules' schedule (every {schedule.eval_interval_steps} steps over "
-            f"{schedule.eval_batches} batches at GBS {schedule.gbs}); fix: drop those overrides and set "
-            "mlperf.eval_every_samples / mlperf.eval_samples / mlperf.start_eval_at_samples instead"
-        )
 
 
 def _precision(recipe: run.Partial) -> fdl.Config:

@@ -26,7 +26,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import math
 import os
 import pickle
 import sys
@@ -45,7 +44,8 @@ from orchestrator.contract import JobEnvironment, deadline
 from orchestrator.mlperf.checkpoints import check_start
 from orchestrator.mlperf.hyperparameters import run_hyperparameters
 from orchestrator.mlperf.mllog import MlperfLogger, Submission, open_job_log
-from orchestrator.plan import RunPlan
+from orchestrator.mlperf.schedule import cosine_annealing_lr
+from orchestrator.plan import RunPlan, check_trainer
 from orchestrator.profiles import Optimizer
 from orchestrator.rundir import MAX_STEPS_REASON, RunDir, target_reason
 from orchestrator.train import checkpoint, stopping
@@ -89,21 +89,9 @@ def init_distributed(ranks: JobEnvironment) -> torch.device:
 
 
 def lr_at(step: int, optim: Optimizer, max_steps: int) -> float:
-    """NeMo's CosineAnnealing (warm-up, no hold) at 0-based step ``k``, with ``W = warmup_steps``, ``M = max_steps``:
-
-    - ``W > 0 and k <= W``: ``lr * (k + 1) / (W + 1)``
-    - ``k > M``: ``min_lr``
-    - otherwise: ``min_lr + (lr - min_lr) * 0.5 * (1 + cos(pi * (k - W) / (M - W)))``
-
-    This is the LR the optimizer uses for step ``k`` and the ``lr`` printed on its line.
-    """
-    warm = optim.warmup_steps
-    if warm > 0 and step <= warm:
-        return optim.lr * (step + 1) / (warm + 1)
-    if step > max_steps:
-        return optim.min_lr
-    progress = (step - warm) / max(max_steps - warm, 1)
-    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+    """The LR the optimizer uses for 0-based step ``step`` and the ``lr`` printed on its line: NeMo's schedule
+    (:func:`~orchestrator.mlperf.schedule.cosine_annealing_lr`) of the plan's optimizer, ending at ``max_steps``."""
+    return cosine_annealing_lr(step, optim.lr, optim.min_lr, optim.warmup_steps, max_steps)
 
 
 # ------------------------------------------------------------------------------------------------ trainer
@@ -139,22 +127,12 @@ class Trainer:
         self.ckpt_dir = Path(train.ckpt_dir)
         self.is_main = ranks.global_rank == 0
         self.distributed = ranks.world_size > 1
-        if (layout.tp, layout.pp, layout.cp, layout.ep) != (1, 1, 1, 1):
-            parallel = f"{layout.tp}/{layout.pp}/{layout.cp}/{layout.ep}"
-            raise ValueError(
-                f"layout: the reference backend is data-parallel only (tp/pp/cp/ep = {parallel}); "
-                "set them to 1 or use the nemo backend"
-            )
+        check_trainer(plan)  # asked at plan time too; again here for a plan.json edited since
         if ranks.world_size != plan.world_size:
             raise ValueError(
                 f"launched with {ranks.world_size} ranks ({ranks.launcher}) but the plan's layout is "
                 f"{plan.world_size} (layout.nodes={layout.nodes} x layout.tasks_per_node={layout.tasks_per_node}); "
                 "launch as many tasks as the plan says, or re-plan"
-            )
-        if train.optim.min_lr > train.optim.lr:
-            raise ValueError(
-                f"train.optim.min_lr={train.optim.min_lr} exceeds train.optim.lr={train.optim.lr}; "
-                "the cosine decay goes from lr down to min_lr"
             )
         per_micro = layout.micro_batch_size * ranks.world_size
         if train.global_batch_size % per_micro:
