@@ -55,6 +55,9 @@ def _add_plan_arguments(p: argparse.ArgumentParser, *, required: bool = True) ->
     g.add_argument("--chain", type=int, help="training jobs chained with afterany (MLPerf's NPAR)")
     g.add_argument("--time", help="each training job's time limit (Slurm format, e.g. 1 or 04:00:00)")
     g.add_argument("--max-steps", type=int, help="steps of the whole run")
+    g.add_argument(
+        "--stages", help="run only these of the plan's stages, comma-separated, e.g. consolidate (default: all)"
+    )
     g.add_argument("--run-id", help="run id (default: <model>-<date>-<time>)")
     g.add_argument("--run-dir", type=Path, help="run directory (default: <cluster runs_root>/<run id>)")
 
@@ -78,6 +81,8 @@ def _request_from_args(args: argparse.Namespace) -> RunRequest:
     ):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
+    if getattr(args, "stages", None):
+        overrides["stages"] = [name.strip() for name in args.stages.split(",")]
     req = RunRequest(profile=args.profile, cluster=args.cluster, overrides=overrides, run_id=args.run_id)
     if args.run_dir is not None:
         req.runs_root = str(args.run_dir.parent)

@@ -147,16 +147,13 @@ def cron_line(run_dir: Path, at: str) -> str:
     return f"{minute} {hour} * * * cd {shlex.quote(os.getcwd())} && {python} -m orchestrator nightly --run {shlex.quote(str(run_dir))} >> {log} 2>&1"
 
 
-def schedule(run_dir: Path, at: str) -> str:
-    """Queue a small Slurm job that runs the nightly check at ``at`` every day, re-queueing itself first."""
-    from orchestrator import slurm
-    from orchestrator.render import environment, job_name, quote
+def render_nightly(plan: RunPlan, run_dir: Path, at: str) -> str:
+    """The daily check's batch script for the run in ``run_dir``, run at ``at`` (HH:MM)."""
+    from orchestrator.render import environment, job_name
 
-    plan = RunPlan.load(run_dir)
     hour, minute = _hhmm(at)
     rd = RunDir.of(run_dir)
-    script = rd.scripts / "nightly.sbatch"
-    text = (
+    return (
         environment()
         .get_template("nightly.sbatch.j2")
         .render(
@@ -164,12 +161,24 @@ def schedule(run_dir: Path, at: str) -> str:
             cluster=plan.cluster,
             job_name=job_name(plan, "nightly"),
             run_dir=str(rd.path),
-            script=str(script),
+            script=str(rd.scripts / "nightly.sbatch"),
             python=sys.executable,
             at=f"{hour:02d}:{minute:02d}",
             log=str(rd.logs / "nightly-%j.out"),
         )
     )
+
+
+def schedule(run_dir: Path, at: str) -> str:
+    """Queue a small Slurm job that runs the nightly check at ``at`` every day, re-queueing itself first."""
+    from orchestrator import slurm
+    from orchestrator.render import quote
+
+    plan = RunPlan.load(run_dir)
+    hour, minute = _hhmm(at)
+    rd = RunDir.of(run_dir)
+    script = rd.scripts / "nightly.sbatch"
+    text = render_nightly(plan, run_dir, at)
     from orchestrator.atomic import atomic_write_text
 
     atomic_write_text(script, text)

@@ -27,6 +27,7 @@ from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.profiles import (
     Architecture,
     ClusterProfile,
+    Identifier,
     Optimizer,
     Parallelism,
     Strict,
@@ -43,7 +44,7 @@ Stage = Literal["consolidate", "preprocess", "index", "import", "train", "smoke"
 
 
 class ModelSpec(Strict):
-    name: str
+    name: Identifier
     recipe: str | None
     arch: Architecture
     tokenizer: Tokenizer
@@ -118,7 +119,7 @@ class MlperfSpec(Strict):
 
 class RunPlan(Strict):
     schema_version: Literal[1] = 1
-    run_id: str
+    run_id: Identifier
     run_dir: str
     created: str
     model: ModelSpec
@@ -335,11 +336,31 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+#: Plan fields that say which run this is (and what it runs); ``--set`` refuses them, naming the option to use.
+IDENTITY = {
+    "run_id": "use --run-id NAME (config.sh RUN_ID=)",
+    "run_dir": "use --run-dir PATH (config.sh JOB_DIR= for the folder of runs)",
+    "created": "it is the time the plan was made; plan again for a new one",
+    "stages": "use --stages, e.g. --stages consolidate,preprocess",
+}
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``layout.tp=2`` -> ("layout.tp", 2); values are YAML scalars/lists (``true``, ``1e-4``, ``[6, 7]``)."""
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. --set layout.tp=2")
     key, raw = text.split("=", 1)
+    if key.strip().split(".")[0] in IDENTITY:
+        name = key.strip().split(".")[0]
+        raise PlanError(
+            [
+                Problem(
+                    field=name,
+                    message=f"--set {name}: the run's identity is not a plan value to override",
+                    fix=IDENTITY[name],
+                )
+            ]
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -464,6 +485,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def _fix_for(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "remove it or check its spelling (see `python -m orchestrator plan --help`)"
+    if error["type"] == "identifier":
+        return "use only letters, digits, '.', '_' and '-' (e.g. --run-id llama-test-1)"
     if error["type"] == "missing":
         return "set it (--set KEY=VALUE or the matching config.sh variable)"
     return "set a valid value (--set KEY=VALUE)"
