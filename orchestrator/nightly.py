@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import json
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.atomic import locked
 from orchestrator.ledger import Ledger
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
@@ -37,18 +35,6 @@ class Decision:
     why: str
     run_dir: Path | None = None
     jobs: tuple[str, ...] = ()
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock; a second caller waits, then sees what the first one did."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def latest_run(runs_root: Path, model: str) -> Path | None:

@@ -9,6 +9,7 @@ and a fix.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -463,9 +464,14 @@ def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -
 
 
 def _tokenizer_tag(tree: dict[str, Any]) -> str:
-    """A folder-name tag for the tokenizer, so datasets of different tokenizers never mix."""
-    model = str(tree["model"]["tokenizer"]["model"]).rstrip("/")
-    return re.sub(r"[^A-Za-z0-9.]+", "-", model)[-48:].strip("-")
+    """A folder-name tag for everything that decides the tokenized bytes (tokenizer library and model, end-of-document
+    tokens), so runs whose datasets differ never share a folder: readable, then a hash of the whole identity."""
+    tok, eod = tree["model"]["tokenizer"], bool(tree["data"].get("append_eod", False))
+    model = str(tok["model"]).rstrip("/")
+    identity = json.dumps([tok.get("library"), model, eod])
+    readable = re.sub(r"[^A-Za-z0-9.]+", "-", model)[-48:].strip("-")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return f"{readable}-{tok.get('library')}{'-eod' if eod else ''}-{digest}"
 
 
 def _stages(tree: dict[str, Any]) -> list[str]:

@@ -162,3 +162,20 @@ def test_an_environment_value_is_text_as_typed(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["env"] == {"OMP_NUM_THREADS": "15"}
+
+
+def test_datasets_that_differ_in_bytes_never_share_a_folder(tmp_path):
+    """append_eod true and false (or another tokenizer library) once shared preprocessed-<tokenizer>/."""
+
+    def folder(**overrides):
+        plan = build_plan("405b", "h100-pyxis", overrides, run_dir=tmp_path / "r", check=False)
+        return plan.data.preprocessed_path
+
+    plain = folder()
+    assert folder() == plain, "the same plan names the same folder, so runs share their data"
+    others = [
+        folder(**{"data.append_eod": True}),
+        folder(**{"model.tokenizer.library": "huggingface"}),
+        folder(**{"model.tokenizer.model": "/tokenizers/other/tokenizer.model"}),
+    ]
+    assert len({plain, *others}) == 1 + len(others), [plain, *others]
