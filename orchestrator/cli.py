@@ -146,7 +146,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             _print_plan(plan)
             for p in problems:
                 (err if p.severity == "error" else console).print(
-                    f"[{'red' if p.severity == 'error' else 'yellow'}]{p}[/]"
+                    f"[{'red' if p.severity == 'error' else 'yellow'}]{escape(str(p))}[/]"
                 )
         if any(p.severity == "error" for p in problems):
             worst = 2
@@ -504,10 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlanError as exc:
         err.print("[red]the plan is not valid; nothing was written or queued:[/]")
         for problem in exc.problems:
-            err.print(f"[red]{problem}[/]", markup=True)
+            err.print(f"[red]{escape(str(problem))}[/]")
         return 2
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
+    except OSError as exc:  # "error: 2" once: the errno alone
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/] {escape((exc.strerror or str(exc)) + where)}")
+        return 2
+    except (KeyError, ValueError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc.args[0] if exc.args else exc))}")
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

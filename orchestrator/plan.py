@@ -519,12 +519,13 @@ def validate(plan: RunPlan) -> list[Problem]:
         )
     mp = plan.model_parallel
     if world % mp:
-        good = mp * max(1, round(world / mp))
+        step = math.lcm(mp, L.tasks_per_node) // L.tasks_per_node  # nodes whose tasks TP x PP x CP divides
+        nodes = step * max(1, round(L.nodes / step))
         add(
             Problem(
                 field="layout",
                 message=f"TP x PP x CP = {L.tp} x {L.pp} x {L.cp} = {mp} does not divide {where}",
-                fix=f"use a multiple of {mp} tasks (e.g. {math.ceil(good / L.tasks_per_node)} nodes), "
+                fix=f"use a multiple of {step} nodes (--set layout.nodes={nodes}), "
                 f"or a smaller layout (--set layout.tp=.. layout.pp=.. layout.cp=..)",
             )
         )
