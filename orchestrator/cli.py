@@ -64,7 +64,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser, *, required: bool = True) ->
 
 def _request_from_args(args: argparse.Namespace) -> RunRequest:
     if getattr(args, "from_env", False):
-        return RunSettings().to_request()
+        return RunSettings.from_env().to_request()
     overrides: dict[str, Any] = {}
     if getattr(args, "preset", None):
         from orchestrator.train import presets
