@@ -148,10 +148,18 @@ def consolidation(
     if n_validation_samples < 0:
         raise ConsolidationError(f"N_VALIDATION_SAMPLES={n_validation_samples}: give 0 (no subset) or more")
     found: dict[str, dict[int, int]] = {"train": {}, "validation": {}}
+    dangling = []
     for entry in os.scandir(c4):
         match = SHARD.match(entry.name)
-        if match:
+        if match and not entry.is_file():  # a link to nothing (or a folder of that name)
+            dangling.append(entry.name)
+        elif match:
             found[match[1]][int(match[2])] = int(match[3])
+    if dangling:
+        first = c4 / sorted(dangling)[0]
+        target = f" points to {os.readlink(first)}, which does not exist" if first.is_symlink() else " is not a file"
+        more = f" (and {len(dangling) - 1} more)" if len(dangling) > 1 else ""
+        raise ConsolidationError(f"C4_PATH {c4}: {first.name}{target}{more}; fix the link or re-fetch the shard")
     for split in found:
         if not found[split]:
             raise ConsolidationError(f"C4_PATH {c4}: no c4-{split}.NNNNN-of-NNNNN.json.gz shards (C4 en 3.0.1 layout)")
