@@ -1,17 +1,19 @@
 """Atomic file publication: a reader sees the old file or the whole new one, never a half-written one.
 
 Everything other processes read (plans, markers, manifests, checkpoints, data outputs) is written to a
-temporary name in the same directory, flushed to disk, and renamed into place.
+temporary name in the same directory, flushed to disk, and renamed into place. Writers of one output take turns
+under :func:`locked` (``flock`` on a lock file next to it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +24,8 @@ def temporary_sibling(path: Path) -> Path:
 
 
 def remove_stale_siblings(path: Path) -> None:
-    """Delete the temporary siblings of ``path`` (files or folders) left by writers that were killed."""
+    """Delete the temporary siblings of ``path`` (files or folders) left by writers that were killed; call it only
+    under :func:`locked` for ``path``, so that no live writer's files are among them."""
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
@@ -79,3 +82,25 @@ def publish_dir(tmp_dir: str | os.PathLike[str], final_dir: str | os.PathLike[st
     fsync_dir(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def locked(path: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created); a second caller waits, then sees what the first one did.
+
+    ``waiting`` is called once when another holder makes this one wait. ``flock`` serialises processes of one host;
+    on a shared file system it holds across hosts only where the file system supports it (Lustre mounted with
+    ``-o flock``, NFS with a lock manager); elsewhere two hosts can hold it at once.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is not None:
+                waiting()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -55,13 +55,16 @@ def _add_plan_arguments(p: argparse.ArgumentParser, *, required: bool = True) ->
     g.add_argument("--chain", type=int, help="training jobs chained with afterany (MLPerf's NPAR)")
     g.add_argument("--time", help="each training job's time limit (Slurm format, e.g. 1 or 04:00:00)")
     g.add_argument("--max-steps", type=int, help="steps of the whole run")
+    g.add_argument(
+        "--stages", help="run only these of the plan's stages, comma-separated, e.g. consolidate (default: all)"
+    )
     g.add_argument("--run-id", help="run id (default: <model>-<date>-<time>)")
     g.add_argument("--run-dir", type=Path, help="run directory (default: <cluster runs_root>/<run id>)")
 
 
 def _request_from_args(args: argparse.Namespace) -> RunRequest:
     if getattr(args, "from_env", False):
-        return RunSettings().to_request()
+        return RunSettings.from_env().to_request()
     overrides: dict[str, Any] = {}
     if getattr(args, "preset", None):
         from orchestrator.train import presets
@@ -78,6 +81,8 @@ def _request_from_args(args: argparse.Namespace) -> RunRequest:
     ):
         if getattr(args, flag, None) is not None:
             overrides[key] = getattr(args, flag)
+    if getattr(args, "stages", None):
+        overrides["stages"] = [name.strip() for name in args.stages.split(",")]
     req = RunRequest(profile=args.profile, cluster=args.cluster, overrides=overrides, run_id=args.run_id)
     if args.run_dir is not None:
         req.runs_root = str(args.run_dir.parent)
@@ -141,7 +146,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             _print_plan(plan)
             for p in problems:
                 (err if p.severity == "error" else console).print(
-                    f"[{'red' if p.severity == 'error' else 'yellow'}]{p}[/]"
+                    f"[{'red' if p.severity == 'error' else 'yellow'}]{escape(str(p))}[/]"
                 )
         if any(p.severity == "error" for p in problems):
             worst = 2
@@ -499,10 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlanError as exc:
         err.print("[red]the plan is not valid; nothing was written or queued:[/]")
         for problem in exc.problems:
-            err.print(f"[red]{problem}[/]", markup=True)
+            err.print(f"[red]{escape(str(problem))}[/]")
         return 2
-    except (KeyError, ValueError, FileNotFoundError) as exc:
-        err.print(f"[red]error:[/] {exc.args[0] if exc.args else exc}")
+    except OSError as exc:  # "error: 2" once: the errno alone
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/] {escape((exc.strerror or str(exc)) + where)}")
+        return 2
+    except (KeyError, ValueError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc.args[0] if exc.args else exc))}")
         return 2
     except KeyboardInterrupt:
         err.print("interrupted")

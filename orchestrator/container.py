@@ -26,6 +26,10 @@ STEP_SIGNALS = "HUP,INT,TERM,USR1,USR2"
 class MountError(ValueError):
     """A path a stage needs cannot be seen inside its container; the message names the path and the fix."""
 
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -98,12 +102,13 @@ def mounts(site_mounts: Sequence[str], reads: Iterable[str], writes: Iterable[st
 def _folder(path: str) -> str:
     """The folder to mount for ``path``: itself if it is (or will be) a folder, else the folder it is in."""
     if not path.startswith("/"):
-        raise MountError(f"{path!r} is a relative path; a container needs absolute paths (fix: an absolute path)")
+        raise MountError(f"{path!r} is a relative path; a container needs absolute paths (fix: an absolute path)", path)
     if any(part in ("site-packages", "dist-packages") for part in PurePosixPath(path).parts):
         raise MountError(
             f"{path} lies inside a Python installation of the submitting machine; a container has its own "
             "(fix: copy the file under the cluster's data_root, or use a packaged reference such as "
-            "mistral-common:tokenizer.model.v1, which is copied there at submission)"
+            "mistral-common:tokenizer.model.v1, which is copied there at submission)",
+            path,
         )
     folder = (
         path
@@ -113,7 +118,8 @@ def _folder(path: str) -> str:
     if folder == "/" or any(_under(folder, owned) for owned in IMAGE_OWNED):
         raise MountError(
             f"{path}: {folder} belongs to the container image; fix: keep data, checkpoints and "
-            "tokenizers outside /usr, /etc, /bin, /lib and the like"
+            "tokenizers outside /usr, /etc, /bin, /lib and the like",
+            path,
         )
     return folder
 

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import json
 import os
 import shlex
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.atomic import locked
 from orchestrator.ledger import Ledger
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
@@ -37,18 +35,6 @@ class Decision:
     why: str
     run_dir: Path | None = None
     jobs: tuple[str, ...] = ()
-
-
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """An exclusive lock; a second caller waits, then sees what the first one did."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def latest_run(runs_root: Path, model: str) -> Path | None:
@@ -147,16 +133,13 @@ def cron_line(run_dir: Path, at: str) -> str:
     return f"{minute} {hour} * * * cd {shlex.quote(os.getcwd())} && {python} -m orchestrator nightly --run {shlex.quote(str(run_dir))} >> {log} 2>&1"
 
 
-def schedule(run_dir: Path, at: str) -> str:
-    """Queue a small Slurm job that runs the nightly check at ``at`` every day, re-queueing itself first."""
-    from orchestrator import slurm
-    from orchestrator.render import environment, job_name, quote
+def render_nightly(plan: RunPlan, run_dir: Path, at: str) -> str:
+    """The daily check's batch script for the run in ``run_dir``, run at ``at`` (HH:MM)."""
+    from orchestrator.render import environment, job_name
 
-    plan = RunPlan.load(run_dir)
     hour, minute = _hhmm(at)
     rd = RunDir.of(run_dir)
-    script = rd.scripts / "nightly.sbatch"
-    text = (
+    return (
         environment()
         .get_template("nightly.sbatch.j2")
         .render(
@@ -164,12 +147,24 @@ def schedule(run_dir: Path, at: str) -> str:
             cluster=plan.cluster,
             job_name=job_name(plan, "nightly"),
             run_dir=str(rd.path),
-            script=str(script),
+            script=str(rd.scripts / "nightly.sbatch"),
             python=sys.executable,
             at=f"{hour:02d}:{minute:02d}",
             log=str(rd.logs / "nightly-%j.out"),
         )
     )
+
+
+def schedule(run_dir: Path, at: str) -> str:
+    """Queue a small Slurm job that runs the nightly check at ``at`` every day, re-queueing itself first."""
+    from orchestrator import slurm
+    from orchestrator.render import quote
+
+    plan = RunPlan.load(run_dir)
+    hour, minute = _hhmm(at)
+    rd = RunDir.of(run_dir)
+    script = rd.scripts / "nightly.sbatch"
+    text = render_nightly(plan, run_dir, at)
     from orchestrator.atomic import atomic_write_text
 
     atomic_write_text(script, text)

@@ -9,6 +9,7 @@ and a fix.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from orchestrator.data.preprocess_job import dataset_prefix
 from orchestrator.profiles import (
     Architecture,
     ClusterProfile,
+    Identifier,
     Optimizer,
     Parallelism,
     Strict,
@@ -44,7 +46,7 @@ Stage = Literal["consolidate", "preprocess", "index", "import", "train", "smoke"
 
 
 class ModelSpec(Strict):
-    name: str
+    name: Identifier
     recipe: str | None
     arch: Architecture
     tokenizer: Tokenizer
@@ -119,7 +121,7 @@ class MlperfSpec(Strict):
 
 class RunPlan(Strict):
     schema_version: Literal[1] = 1
-    run_id: str
+    run_id: Identifier
     run_dir: str
     created: str
     model: ModelSpec
@@ -341,11 +343,31 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+#: Plan fields that say which run this is (and what it runs); ``--set`` refuses them, naming the option to use.
+IDENTITY = {
+    "run_id": "use --run-id NAME (config.sh RUN_ID=)",
+    "run_dir": "use --run-dir PATH (config.sh JOB_DIR= for the folder of runs)",
+    "created": "it is the time the plan was made; plan again for a new one",
+    "stages": "use --stages, e.g. --stages consolidate,preprocess",
+}
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """``layout.tp=2`` -> ("layout.tp", 2); values are YAML scalars/lists (``true``, ``1e-4``, ``[6, 7]``)."""
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected KEY=VALUE, e.g. --set layout.tp=2")
     key, raw = text.split("=", 1)
+    if key.strip().split(".")[0] in IDENTITY:
+        name = key.strip().split(".")[0]
+        raise PlanError(
+            [
+                Problem(
+                    field=name,
+                    message=f"--set {name}: the run's identity is not a plan value to override",
+                    fix=IDENTITY[name],
+                )
+            ]
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -448,9 +470,14 @@ def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -
 
 
 def _tokenizer_tag(tree: dict[str, Any]) -> str:
-    """A folder-name tag for the tokenizer, so datasets of different tokenizers never mix."""
-    model = str(tree["model"]["tokenizer"]["model"]).rstrip("/")
-    return re.sub(r"[^A-Za-z0-9.]+", "-", model)[-48:].strip("-")
+    """A folder-name tag for everything that decides the tokenized bytes (tokenizer library and model, end-of-document
+    tokens), so runs whose datasets differ never share a folder: readable, then a hash of the whole identity."""
+    tok, eod = tree["model"]["tokenizer"], bool(tree["data"].get("append_eod", False))
+    model = str(tok["model"]).rstrip("/")
+    identity = json.dumps([tok.get("library"), model, eod])
+    readable = re.sub(r"[^A-Za-z0-9.]+", "-", model)[-48:].strip("-")
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+    return f"{readable}-{tok.get('library')}{'-eod' if eod else ''}-{digest}"
 
 
 def _builds_index(tree: dict[str, Any]) -> bool:
@@ -476,6 +503,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def _fix_for(error: Mapping[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "remove it or check its spelling (see `python -m orchestrator plan --help`)"
+    if error["type"] == "identifier":
+        return "use only letters, digits, '.', '_' and '-' (e.g. --run-id llama-test-1)"
     if error["type"] == "missing":
         return "set it (--set KEY=VALUE or the matching config.sh variable)"
     return "set a valid value (--set KEY=VALUE)"
@@ -502,12 +531,13 @@ def validate(plan: RunPlan) -> list[Problem]:
         )
     mp = plan.model_parallel
     if world % mp:
-        good = mp * max(1, round(world / mp))
+        step = math.lcm(mp, L.tasks_per_node) // L.tasks_per_node  # nodes whose tasks TP x PP x CP divides
+        nodes = step * max(1, round(L.nodes / step))
         add(
             Problem(
                 field="layout",
                 message=f"TP x PP x CP = {L.tp} x {L.pp} x {L.cp} = {mp} does not divide {where}",
-                fix=f"use a multiple of {mp} tasks (e.g. {math.ceil(good / L.tasks_per_node)} nodes), "
+                fix=f"use a multiple of {step} nodes (--set layout.nodes={nodes}), "
                 f"or a smaller layout (--set layout.tp=.. layout.pp=.. layout.cp=..)",
             )
         )

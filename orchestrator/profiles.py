@@ -10,17 +10,38 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a profile must not silently become a default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: What a name that becomes a job name, a folder or a log line may hold: nothing a shell or sbatch reads specially.
+IDENTIFIER = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def _identifier(value: str) -> str:
+    if not IDENTIFIER.fullmatch(value):
+        raise PydanticCustomError(
+            "identifier",
+            "{value} is not a plain name: it becomes a Slurm job name, a folder and log text, so only letters, "
+            "digits, '.', '_' and '-' are allowed",
+            {"value": repr(value)},
+        )
+    return value
+
+
+#: A run id, or a model's or a site's name (full match of :data:`IDENTIFIER`; a trailing newline is refused).
+Identifier = Annotated[str, AfterValidator(_identifier)]
 
 
 # --------------------------------------------------------------------------------------------- model profiles
@@ -139,7 +160,7 @@ MIXTRAL_V1 = Tokenizer(library="sentencepiece", model="mistral-common:tokenizer.
 
 
 class ModelProfile(Strict):
-    name: str
+    name: Identifier
     aliases: tuple[str, ...] = ()
     description: str
     recipe: str | None = Field(None, description="nemo.collections.llm.recipes module; None: reference backend only")
@@ -394,7 +415,7 @@ class Container(Strict):
 
 
 class ClusterProfile(Strict):
-    name: str
+    name: Identifier
     description: str = ""
     scheduler: Literal["slurm", "local"]
     account: str | None = None

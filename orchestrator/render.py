@@ -27,11 +27,20 @@ from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
 from orchestrator.stages import StageSpec, stage_specs, step_mounts
 
-_SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_@%:/.,=+\-\[\]]+$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Full matches only (re.fullmatch): ``$`` would also accept a trailing newline.
+_SBATCH_VALUE = re.compile(r"[A-Za-z0-9_@%:/.,=+\-\[\]]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_NAME = re.compile(
-    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?)(_|$)", re.IGNORECASE
+    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?|AUTH|PAT|KEY)(_|$)|TOKEN(_|$)",
+    re.IGNORECASE,
 )
+#: Values shaped like access tokens: Hugging Face, GitHub (classic and fine-grained), OpenAI-style, Slack.
+_TOKEN_VALUE = re.compile(
+    r"(?<![A-Za-z0-9])(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|sk-[A-Za-z0-9_-]{20,}|xox[abposr]-[A-Za-z0-9-]{10,})"
+)
+#: A W&B API key: 40 hex digits as a whole value (paths may hold 40-hex commit ids, so only whole values count).
+_WANDB_KEY = re.compile(r"[0-9a-fA-F]{40}")
 
 
 @dataclass(frozen=True)
@@ -51,11 +60,28 @@ def quote_join(values: Iterable[Any]) -> str:
     return " ".join(quote(v) for v in values)
 
 
-def sbatch_value(value: Any) -> str:
+#: Where each ``#SBATCH`` option's value comes from, for error messages.
+_SBATCH_SOURCE = {
+    "job-name": "run_id",
+    "account": "cluster.account",
+    "partition": "cluster.partition",
+    "qos": "cluster.qos",
+    "reservation": "cluster.reservation",
+    "mem": "cluster.mem",
+    "time": "chain.time_limit",
+    "output": "run_dir (the log folder's path)",
+}
+
+
+def sbatch_value(value: Any, option: str = "") -> str:
     """#SBATCH lines are parsed by sbatch, not by a shell: allow only plain tokens there."""
     text = str(value)
-    if not _SBATCH_VALUE.match(text):
-        raise ValueError(f"#SBATCH value {text!r} has characters sbatch would misread (spaces, quotes, '#')")
+    if not _SBATCH_VALUE.fullmatch(text):
+        source = _SBATCH_SOURCE.get(option, f"the --{option} value")
+        raise ValueError(
+            f"{source} = {text!r} would be the #SBATCH --{option} value, and it has characters sbatch would "
+            f"misread (spaces, quotes, '#', newlines); use only letters, digits and _@%:/.,=+-[]"
+        )
     return text
 
 
@@ -73,20 +99,68 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-    env.filters.update(q=quote, qjoin=quote_join, sbatch=sbatch_value)
+    env.filters.update(q=quote, qjoin=quote_join, sbatch=sbatch_value, comment=comment)
     return env
 
 
+def comment(value: Any) -> str:
+    """Text for a ``#`` comment line: one line, control characters shown escaped, so a value never starts a
+    command or an ``#SBATCH`` line of its own."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", str(value))
+
+
+def _secret_refused(where: str, name: str, why: str) -> ValueError:
+    return ValueError(
+        f"{where}: {name} {why} and would be written into the job script and plan.json (the value is not shown); "
+        "export it in the shell you submit from (sbatch passes your environment to the job) or set a *_FILE "
+        "variable to a file that holds it"
+    )
+
+
+def _looks_like_token(value: str) -> bool:
+    return bool(_TOKEN_VALUE.search(value) or _WANDB_KEY.fullmatch(value.strip()))
+
+
 def check_env(env: dict[str, str], where: str) -> None:
-    """Environment the scripts export: valid names, and never a secret (those come from the submitting shell)."""
-    for name in env:
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"{where}: {name!r} is not a valid environment variable name")
-        if _SECRET_NAME.search(name):
+    """Environment the scripts export: valid names, and never a secret, by name or by value (secrets come from the
+    submitting shell). ``*_FILE`` names hold a path to a secret, so their names pass."""
+    for name, value in env.items():
+        if not _ENV_NAME.fullmatch(name):
             raise ValueError(
-                f"{where}: {name} looks like a secret and would be written into the job script; export it in "
-                "the shell you submit from (sbatch passes your environment to the job) or use a *_FILE path"
+                f"{where}: {name!r} is not a valid environment variable name; use letters, digits and '_', "
+                "not starting with a digit"
             )
+        if not name.upper().endswith("_FILE") and _SECRET_NAME.search(name):
+            raise _secret_refused(where, name, "looks like a secret by its name")
+        if _looks_like_token(str(value)):
+            raise _secret_refused(where, name, "has a value shaped like an access token")
+
+
+def check_secrets(plan: RunPlan) -> None:
+    """Refuse a plan that would write a secret into its scripts: the environment (names and values), ``--export``
+    assignments in ``container.extra_srun_args``, and any plan value shaped like an access token."""
+    check_env(plan.cluster.env, f"cluster profile {plan.cluster.name!r} env")
+    check_env(plan.env, "plan env")
+    for i, arg in enumerate(plan.cluster.container.extra_srun_args):
+        where = f"cluster.container.extra_srun_args[{i}]"
+        if arg.startswith("--export="):
+            pairs = [item.split("=", 1) for item in arg.removeprefix("--export=").split(",") if "=" in item]
+            check_env({k: v for k, v in pairs if _ENV_NAME.fullmatch(k)}, where)
+    for field, value in _strings(plan.model_dump(mode="json")):
+        if _TOKEN_VALUE.search(value):
+            raise _secret_refused("plan", field, "has a value shaped like an access token")
+
+
+def _strings(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
+    """Every text value of a dumped plan with its dotted path."""
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(value, f"{path}.{key}".lstrip("."))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{path}[{i}]")
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -228,8 +302,7 @@ class StageScript:
 
 def render_stage(plan: RunPlan, spec: StageSpec) -> StageScript:
     """The batch script of one stage: what Slurm runs as the batch script and, in phase ``step``, as the step."""
-    check_env(plan.cluster.env, f"cluster profile {plan.cluster.name!r} env")
-    check_env(plan.env, "plan env")
+    check_secrets(plan)
     site = plan.cluster
     text = (
         environment()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.mlperf.checkpoints import StartError, start_point
@@ -60,8 +60,8 @@ class RunSettings(BaseSettings):
     SEEDS: str | None = Field(None, description="space-separated seeds, one per run")
     DEPENDENCIES: str | None = None
     TAG: str | None = None
-    TARGET: float = 5.6
-    STEP_TIME_ATOL: int = 7200
+    TARGET: float = Field(5.6, gt=0, allow_inf_nan=False, description="log-perplexity that ends the run")
+    STEP_TIME_ATOL: int = Field(7200, ge=1, description="seconds a step may take before the job fails")
     # --- ours ---
     CLUSTER: str = Field("h100-pyxis", description="cluster profile name or YAML path")
     PROFILE: str | None = Field(None, description="model profile; overrides SIZE")
@@ -73,8 +73,36 @@ class RunSettings(BaseSettings):
     @classmethod
     def _size(cls, value: str) -> str:
         if value.lower() not in SIZES:
-            raise ValueError(f"SIZE={value!r}: use one of {', '.join(SIZES)}")
+            raise ValueError(f"use one of {', '.join(SIZES)}")
         return value.lower()
+
+    @field_validator("SEEDS")
+    @classmethod
+    def _seeds(cls, value: str | None) -> str | None:
+        if value is not None and not all(s.lstrip("-").isdigit() for s in value.split()):
+            raise ValueError("expected whole numbers separated by spaces, e.g. SEEDS='1234 1235'")
+        return value
+
+    @classmethod
+    def from_env(cls) -> RunSettings:
+        """The environment's config.sh variables; a bad value is a :class:`PlanError` naming the variable, the
+        value and a fix (not pydantic's text)."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = []
+            for e in exc.errors():
+                name = str(e["loc"][0]) if e["loc"] else "config.sh"
+                field = cls.model_fields.get(name)
+                default = f" (default {field.default})" if field and field.default is not None else ""
+                problems.append(
+                    Problem(
+                        field=name,
+                        message=f"{name}={e.get('input')!r}: {str(e['msg']).removeprefix('Value error, ')}",
+                        fix=f"set {name} to such a value in config.sh, or unset it{default}",
+                    )
+                )
+            raise PlanError(problems) from None
 
     def seeds(self) -> list[int]:
         """NEXP seeds: SEEDS first, then the model's default seed plus an offset (reproducible, unlike

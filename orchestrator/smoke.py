@@ -91,10 +91,25 @@ def check_reports(
         problems.append(f"MASTER_ADDR {masters.pop()} is not the first host of the allocation {first_host}")
     expected_sum = world_size * (world_size - 1) / 2
     for r in reports:
-        if isinstance(r.get("all_reduce"), float) and r["all_reduce"] != expected_sum:
+        if not isinstance(r.get("all_reduce"), float):
+            problems.append(
+                f"rank {r['rank']}: the all-reduce did not run ({r.get('all_reduce')}); install torch where the "
+                "step runs (the container image, or cluster.venv)"
+            )
+        elif r["all_reduce"] != expected_sum:
             problems.append(f"rank {r['rank']}: all-reduce gave {r['all_reduce']}, expected {expected_sum}")
         if gpus_per_node and len(r["visible_gpus"]) < 1:
             problems.append(f"rank {r['rank']} on {r['host']} sees no GPU")
+    for host in sorted(hosts):
+        seen = [r["visible_gpus"] for r in reports if r["host"] == host]
+        count = len({g for ids in seen for g in ids})
+        if all(len(ids) == 1 for ids in seen):  # one GPU bound to each task (maybe renumbered to 0)
+            count = max(count, len(seen))
+        if count != gpus_per_node:
+            problems.append(
+                f"{host}: its tasks see {count} GPU(s), the cluster profile says gpus_per_node={gpus_per_node}; "
+                "fix gpus_per_node in the profile, or the partition (--partition) it names"
+            )
     return problems
 
 

@@ -98,3 +98,13 @@ def test_megatron_cores_indexed_dataset_reads_what_we_write(tmp_path: Path) -> N
     assert result["sequences"] == [d for d in DOCS if d]
     assert result["document_indices"] == [0, 1, 2, 2, 3, 4]
     assert result["dtype"] == "uint16"
+
+
+def test_an_index_whose_header_counts_disagree_with_its_size_is_refused_by_name(tmp_path: Path) -> None:
+    write(tmp_path / "d", DOCS)
+    idx = indexed.idx_path(tmp_path / "d")
+    data = bytearray(idx.read_bytes())
+    data[18:26] = (len(DOCS) + 1).to_bytes(8, "little")  # one sequence more than the file holds
+    idx.write_bytes(bytes(data))
+    with pytest.raises(indexed.CorruptDataset, match=f"{idx}: {len(data)} bytes, but its header counts"):
+        indexed.IndexedDataset(tmp_path / "d")

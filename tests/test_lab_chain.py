@@ -456,8 +456,8 @@ def test_cancel_leaves_completed_array_stages_alone(slurm_lab, tmp_path):
         "slurm-lab",
         "--run-dir",
         str(run_dir),
-        "--set",
-        "stages=[consolidate]",
+        "--stages",
+        "consolidate",
         "--wait",
     )
     assert done.returncode in (0, 1), done.stdout + done.stderr

@@ -180,3 +180,72 @@ def test_an_environment_value_is_text_as_typed(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["env"] == {"OMP_NUM_THREADS": "15"}
+
+
+def test_datasets_that_differ_in_bytes_never_share_a_folder(tmp_path):
+    """append_eod true and false (or another tokenizer library) once shared preprocessed-<tokenizer>/."""
+
+    def folder(**overrides):
+        plan = build_plan("405b", "h100-pyxis", overrides, run_dir=tmp_path / "r", check=False)
+        return plan.data.preprocessed_path
+
+    plain = folder()
+    assert folder() == plain, "the same plan names the same folder, so runs share their data"
+    others = [
+        folder(**{"data.append_eod": True}),
+        folder(**{"model.tokenizer.library": "huggingface"}),
+        folder(**{"model.tokenizer.model": "/tokenizers/other/tokenizer.model"}),
+    ]
+    assert len({plain, *others}) == 1 + len(others), [plain, *others]
+
+
+def _concrete_fixes(fix: str) -> list[str]:
+    """The ``--set KEY=VALUE ...`` assignments a fix spells out (not ones with ``..`` placeholders)."""
+    import re
+
+    found = re.search(r"--set ((?:[a-z_]+(?:\.[a-z_]+)+=[^\s,()]+ ?)+)", fix)
+    items = found.group(1).split() if found else []
+    return [] if any(".." in i.split("=", 1)[1] for i in items) else items
+
+
+def test_every_concrete_fix_the_plan_suggests_makes_its_problem_go_away(tmp_path):
+    """TP4 x PP3 on one node of 8 once suggested "e.g. 2 nodes" (16 tasks, not a multiple of 12)."""
+    applied = 0
+    for tp in (1, 2, 4, 8):
+        for pp in (1, 2, 3, 4):
+            for nodes in (1, 2, 3, 5):
+                for extra in ({}, {"layout.vp": 2}, {"layout.sequence_parallel": True}, {"layout.ep": 2}):
+                    base = {"layout.tp": tp, "layout.pp": pp, "layout.nodes": nodes, **extra}
+                    plan = build_plan("llama3_8b", "h100-pyxis", base, run_dir=tmp_path / "r", check=False)
+                    for problem in validate(plan):
+                        fixes = _concrete_fixes(problem.fix)
+                        if "does not divide" in problem.message and problem.field == "layout":
+                            assert fixes, f"a layout that does not divide the tasks gets a node count: {problem}"
+                        if not fixes:
+                            continue
+                        fixed = dict(base, **dict(parse_assignment(f) for f in fixes))
+                        again = build_plan("llama3_8b", "h100-pyxis", fixed, run_dir=tmp_path / "r", check=False)
+                        kind = problem.message.split(" ")[-3:]
+                        left = [
+                            p for p in validate(again) if p.field == problem.field and p.message.split(" ")[-3:] == kind
+                        ]
+                        assert not left, f"{base}: {problem} -> after {fixes}: {left}"
+                        applied += 1
+    assert applied >= 30, applied
+
+
+def test_an_os_error_names_the_reason_and_the_file(tmp_path):
+    """OSErrors printed as "error: 2" (the errno) or as a traceback."""
+    (tmp_path / "a-file").write_text("")
+    out = tmp_path / "a-file" / "scripts"
+    done = run_cli(
+        "render", "--profile", "tiny", "--cluster", "local", "--run-dir", str(tmp_path / "r"), "--out", str(out)
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"error: Not a directory: {out}" in " ".join(done.stderr.split())
+
+
+def test_rich_markup_in_user_text_is_shown_as_typed(tmp_path):
+    done = run_cli("plan", "--profile", "tiny", "--run-dir", str(tmp_path / "r"), "--set", "train.[/]=1")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "train.[/]: Extra inputs are not permitted" in done.stderr

@@ -319,7 +319,7 @@ def test_a_bad_record_stops_with_file_and_line_and_publishes_nothing(tmp_path: P
         preprocess.preprocess(cfg, live_progress=False)
     assert f"{path}:41: " in str(error.value) and reason in str(error.value)
     out = Path(cfg.output_prefix).parent
-    assert list(out.iterdir()) == []  # no .bin, .idx, manifest or partial files
+    assert list(out.iterdir()) == [cfg.lock_path]  # no .bin, .idx, manifest or partial files
 
 
 def test_skip_mode_leaves_bad_records_out_and_counts_them(tmp_path: Path) -> None:
@@ -392,6 +392,7 @@ def test_a_rerun_after_a_kill_removes_what_the_killed_run_left(tmp_path: Path) -
     (out / ".data_text_document.bin.tmp-77-abcd").write_bytes(b"\0" * 10)
     preprocess.preprocess(cfg, live_progress=False)
     assert sorted(p.name for p in out.iterdir()) == [
+        ".data.lock",
         "data.manifest.json",
         "data_text_document.bin",
         "data_text_document.idx",
@@ -630,3 +631,56 @@ def test_llama3_data_path_is_byte_identical_to_nemos_tool(tmp_path: Path) -> Non
     dataset = indexed.IndexedDataset(f"{nemo}-eod")
     assert dataset.dtype == np.int32 and len(dataset) == len(records)
     assert dataset[len(records) - 4].tolist() == [64, 220, 128009, 293, 128001]  # "a", " ", <|eot_id|>, " b", EOD
+
+
+# --- shared outputs and stale or damaged files -------------------------------------------------------------------
+
+
+def test_a_second_writer_waits_for_the_first_instead_of_deleting_its_files(tmp_path: Path, capfd) -> None:
+    """Two jobs on one prefix: the second once deleted the first's temporaries ("error: 2"); now it waits for the
+    lock, then finds the output complete."""
+    import threading
+
+    from orchestrator.atomic import locked
+
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document {i}"} for i in range(50)])
+    cfg = config(tmp_path, path, workers=1)
+    out = Path(cfg.output_prefix).parent
+    out.mkdir(parents=True)
+    live = out / ".data_text_document.bin.tmp-1-live"  # the first writer's file, still being written
+    results: list[dict] = []
+    with locked(cfg.lock_path):  # the first writer, running
+        live.write_bytes(b"\0" * 10)
+        second = threading.Thread(target=lambda: results.append(preprocess.preprocess(cfg, live_progress=False)))
+        second.start()
+        second.join(timeout=3)
+        assert second.is_alive() and live.exists(), "the second writer must wait, leaving the first one's files"
+        live.unlink()  # the first writer publishes and releases
+    second.join(timeout=60)
+    assert results and preprocess_job.is_complete(cfg)
+    assert "another preprocessing of this output is running; waiting" in capfd.readouterr().err
+
+
+def test_an_index_damaged_at_the_same_size_is_not_complete(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": f"document number {i}"} for i in range(30)])
+    cfg = config(tmp_path, path)
+    preprocess.preprocess(cfg, live_progress=False)
+    idx = indexed.idx_path(cfg.output("text"))
+    data = bytearray(idx.read_bytes())
+    pointers_at = indexed.HEADER_SIZE + 4 * 30  # after the 30 int32 lengths
+    data[pointers_at + 8 : pointers_at + 16] = (10**6).to_bytes(8, "little")  # sequence 1 starts far away
+    idx.write_bytes(bytes(data))  # same size: the manifest's size check alone passes
+    assert not preprocess_job.is_complete(cfg)
+    with pytest.raises(indexed.CorruptDataset, match=f"{idx}: sequence 1 starts at byte 1000000"):
+        indexed.IndexedDataset(cfg.output("text"))
+
+
+def test_a_failed_redo_leaves_no_old_dataset_that_looks_complete(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "in.jsonl", [{"text": "old text"}] * 20)
+    cfg = config(tmp_path, path)
+    preprocess.preprocess(cfg, live_progress=False)
+    path.write_bytes(path.read_bytes() + b'{"text": "unterminated\n')  # the new input has a bad record
+    with pytest.raises(PreprocessError, match="in.jsonl:21"):
+        preprocess.preprocess(cfg, live_progress=False)
+    assert not preprocess_job.is_complete(cfg)
+    assert not indexed.bin_path(cfg.output("text")).exists() and not indexed.idx_path(cfg.output("text")).exists()

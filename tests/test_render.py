@@ -11,7 +11,7 @@ from conftest import run_cli
 
 from orchestrator.plan import build_plan
 from orchestrator.profiles import MODELS, cluster_names, profiles_dir
-from orchestrator.render import check_env, render_all, sbatch_value
+from orchestrator.render import render_all, sbatch_value
 
 HOSTILE = """a b "c" $(touch PWNED) `touch PWNED2` ; 'd' \\ $HOME"""
 
@@ -104,10 +104,53 @@ def test_sbatch_lines_refuse_values_sbatch_would_misread():
     assert sbatch_value("gpu-h100") == "gpu-h100"
     with pytest.raises(ValueError, match="sbatch would misread"):
         sbatch_value("batch queue")
+    with pytest.raises(ValueError, match="cluster.partition"):
+        sbatch_value("gpu\n", "partition")  # `$` once accepted a trailing newline
 
 
-def test_secrets_are_never_rendered_into_scripts():
-    with pytest.raises(ValueError, match="HF_TOKEN looks like a secret"):
-        check_env({"HF_TOKEN": "hf_xxx"}, "cluster profile env")
-    with pytest.raises(ValueError, match="WANDB_API_KEY looks like a secret"):
-        check_env({"WANDB_API_KEY": "x"}, "cluster profile env")
+def test_an_environment_name_with_a_trailing_newline_is_refused(tmp_path):
+    """``^...$`` matched ``"gpu\n"``, which rendered ``export gpu`` and then ``=1`` as a command."""
+    plan = build_plan("tiny", "local", {"env": {"gpu\n": "1"}}, run_dir=tmp_path / "run")
+    with pytest.raises(ValueError, match="not a valid environment variable name"):
+        render_all(plan)
+
+
+# Stand-ins shaped like real tokens (the prefixes Hugging Face, GitHub, OpenAI and W&B use); none is a real one.
+FAKE_TOKENS = {
+    "hf": "hf_" + "A1b2" * 9,
+    "github": "ghp_" + "Zz09" * 9,
+    "github fine-grained": "github_pat_" + "11AB" * 8,
+    "openai": "sk-" + "proj" * 8,
+    "slack": "xoxb-" + "1234-" * 4,
+    "wandb": "0123456789abcdef" * 2 + "01234567",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FAKE_TOKENS))
+@pytest.mark.parametrize("name", ["WANDB_KEY", "HF_AUTH", "GH_PAT", "HFTOKEN", "MY_SETTING"])
+def test_secrets_are_never_rendered_into_scripts(tmp_path, kind, name):
+    """By name or by value, in the environment or in srun's --export: rendering refuses, naming the variable and the
+    fix, and never shows the value."""
+    secret = FAKE_TOKENS[kind]
+    for overrides in (
+        {"env": {name: secret}},
+        {"cluster.container.extra_srun_args": [f"--export=ALL,{name}={secret}"]},
+    ):
+        plan = build_plan("tiny", "slurm-lab-container", overrides, run_dir=tmp_path / "run")
+        with pytest.raises(ValueError) as exc:
+            render_all(plan)
+        assert name in str(exc.value) and "*_FILE" in str(exc.value) and secret not in str(exc.value)
+
+
+def test_secret_names_need_a_secret_value_or_a_secret_name(tmp_path):
+    """A *_FILE variable holds a path (what the refusal recommends), and 40-hex commit ids in paths are not keys."""
+    commit = "0123456789abcdef" * 2 + "01234567"
+    overrides = {
+        "env": {"HF_TOKEN_FILE": "/secrets/hf", "TOKENIZERS_PARALLELISM": "false"},
+        "model.tokenizer.model": f"/hf/models--x/snapshots/{commit}/",
+    }
+    plan = build_plan("tiny", "local", overrides, run_dir=tmp_path / "run")
+    (train,) = [s for s in render_all(plan) if s.stage == "train"]
+    assert "export HF_TOKEN_FILE=/secrets/hf" in train.text
+    with pytest.raises(ValueError, match="HF_TOKEN looks like a secret by its name"):
+        render_all(build_plan("tiny", "local", {"env": {"HF_TOKEN": "x"}}, run_dir=tmp_path / "run2"))

@@ -40,12 +40,16 @@ MLPERF_ENV = {
 }
 
 
-def _settings(env: dict[str, str], monkeypatch) -> RunSettings:
+def _environment(env: dict[str, str], monkeypatch) -> None:
     for key in list(os.environ):
         if key in RunSettings.model_fields:
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+
+
+def _settings(env: dict[str, str], monkeypatch) -> RunSettings:
+    _environment(env, monkeypatch)
     return RunSettings()
 
 
@@ -160,3 +164,18 @@ def test_nightly_prints_a_crontab_line_that_runs_the_check(tmp_path):
     minute, hour, dom, month, dow, command = line.split(" ", 5)
     assert (minute, hour, dom, month, dow) == ("30", "2", "*", "*", "*")
     assert f"-m orchestrator nightly --run {run_dir}" in command and "nightly.log" in command
+
+
+def test_every_bad_config_sh_value_is_named_with_its_value_and_a_fix(monkeypatch, capsys):
+    """TARGET=nan and the negative ones were accepted; NNODES=0 and SIZE=999b gave pydantic's text and link;
+    SEEDS=abc said "invalid literal for int()" without naming SEEDS."""
+    from orchestrator import cli
+
+    cases = {"TARGET": ["nan", "-1"], "STEP_TIME_ATOL": ["-1"], "NNODES": ["0"], "SIZE": ["999b"], "SEEDS": ["abc"]}
+    for name, values in cases.items():
+        for value in values:
+            _environment({**MLPERF_ENV, name: value}, monkeypatch)
+            assert cli.main(["plan", "--from-env", "--profile", "405b"]) == 2
+            shown = capsys.readouterr().err
+            assert f"{name}: {name}={value!r}" in shown and f"fix: set {name} to" in shown, shown
+            assert "pydantic" not in shown and "Traceback" not in shown, shown

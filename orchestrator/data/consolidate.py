@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import orchestrator
-from orchestrator.atomic import atomic_output, atomic_write_json, remove_stale_siblings
+from orchestrator.atomic import atomic_output, atomic_write_json, locked, remove_stale_siblings
 from orchestrator.data.progress import RateProgress
-from orchestrator.data.stream import CorruptInput, gunzip_blocks
+from orchestrator.data.stream import CorruptInput, gunzip_blocks, parse_record
 
 SHARD = re.compile(r"^c4-(train|validation)\.(\d{5})-of-(\d{5})\.json\.gz$")
 #: C4 en 3.0.1's shard counts per split (``c4-train.00000-of-01024.json.gz`` ...).
@@ -112,10 +112,18 @@ def shard_name(split: str, index: int, total: int | None = None) -> str:
 def found_shards(c4_path: Path) -> dict[str, dict[int, int]]:
     """The C4 shards in ``c4_path``: split -> shard index -> the total its name gives."""
     found: dict[str, dict[int, int]] = {split: {} for split in C4_SHARDS}
+    dangling = []
     for entry in os.scandir(c4_path):
         match = SHARD.match(entry.name)
-        if match:
+        if match and not entry.is_file():  # a link to nothing (or a folder of that name)
+            dangling.append(entry.name)
+        elif match:
             found[match[1]][int(match[2])] = int(match[3])
+    if dangling:
+        first = c4_path / sorted(dangling)[0]
+        target = f" points to {os.readlink(first)}, which does not exist" if first.is_symlink() else " is not a file"
+        more = f" (and {len(dangling) - 1} more)" if len(dangling) > 1 else ""
+        raise ConsolidationError(f"C4_PATH {c4_path}: {first.name}{target}{more}; fix the link or re-fetch the shard")
     return found
 
 
@@ -252,10 +260,53 @@ class _CountingWriter:
         self.sink.flush()
 
 
+BAD_EXAMPLES_KEPT = 5
+
+
+class _Records:
+    """Counts one shard's documents line by line; a line that is not a JSON object with a string ``text`` is not a
+    document: it is counted apart, and the first few are kept as ``shard:line: reason``."""
+
+    def __init__(self, shard: str, examples: list[str]) -> None:
+        self.shard, self.examples = shard, examples
+        self.documents = self.bad = self.line = 0
+        self._carry = b""
+
+    def feed(self, data: bytes) -> int:
+        """Counts the complete lines of ``data``; returns the documents among them."""
+        lines = (self._carry + data).split(b"\n")
+        self._carry = lines.pop()
+        before = self.documents
+        for line in lines:
+            self._one(line.removesuffix(b"\r"), "")
+        return self.documents - before
+
+    def close(self) -> int:
+        """The shard's last line, when it lacks a newline (``cat`` would join it to the next shard's first line)."""
+        if not self._carry:
+            return 0
+        before = self.documents
+        self._one(self._carry, "no newline at the end of the shard (it would run into the next shard's first line)")
+        self._carry = b""
+        return self.documents - before
+
+    def _one(self, line: bytes, problem: str) -> None:
+        self.line += 1
+        values, reason = parse_record(line, ("text",))
+        reason = problem or reason
+        if values is not None and not problem:
+            self.documents += 1
+            return
+        self.bad += 1
+        if len(self.examples) < BAD_EXAMPLES_KEPT:
+            self.examples.append(f"{self.shard}:{self.line}: {reason}")
+
+
 def _concatenate(
-    work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]
+    work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None], examples: list[str]
 ) -> list[dict[str, Any]]:
-    """Copy each shard's bytes to ``out`` while inflating them to check integrity and count documents."""
+    """Copy each shard's bytes to ``out`` while inflating them to check integrity and count documents (bad records
+    apart, the first few into ``examples``)."""
     records = []
     for name in unit.inputs:
         path = work.c4_path / name
@@ -268,19 +319,19 @@ def _concatenate(
             out.write(raw)
             advance(len(raw), 0)
 
-        documents = 0
+        counted = _Records(name, examples)
         for data in gunzip_blocks(path, on_raw):
-            lines = data.count(b"\n")
-            documents += lines
-            advance(0, lines)
-        records.append(identity | {"crc32": f"{crc:08x}", "documents": documents})
+            advance(0, counted.feed(data))
+        advance(0, counted.close())
+        records.append(identity | {"crc32": f"{crc:08x}", "documents": counted.documents, "bad_records": counted.bad})
     return records
 
 
 def _head(
-    work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None]
+    work: Consolidation, unit: Unit, out: _CountingWriter, advance: Callable[[int, int], None], examples: list[str]
 ) -> tuple[list[dict[str, Any]], int]:
-    """The first ``unit.head_lines`` lines of the shards, recompressed (MLPerf: ``zcat | head -n N | gzip``)."""
+    """The first ``unit.head_lines`` lines of the shards, recompressed (MLPerf: ``zcat | head -n N | gzip``); each
+    input's record says how many of its lines were taken and how many of those are not documents."""
     assert unit.head_lines is not None
     wanted = unit.head_lines
     records = []
@@ -289,20 +340,22 @@ def _head(
             if wanted == 0:
                 break
             path = work.c4_path / name
-            records.append(_identity(path))
+            counted = _Records(name, examples)
             for data in gunzip_blocks(path, lambda raw: advance(len(raw), 0)):
                 lines = data.count(b"\n")
                 if lines >= wanted:
                     cut = 0
                     for _ in range(wanted):
                         cut = data.index(b"\n", cut) + 1
-                    gz.write(data[:cut])
-                    advance(0, wanted)
-                    wanted = 0
-                    break
+                    data, wanted = data[:cut], 0
+                else:
+                    wanted -= lines
                 gz.write(data)
-                advance(0, lines)
-                wanted -= lines
+                advance(0, counted.feed(data))
+                if wanted == 0:
+                    break
+            advance(0, counted.close())
+            records.append(_identity(path) | {"documents": counted.documents, "bad_records": counted.bad})
     return records, unit.head_lines - wanted
 
 
@@ -312,8 +365,15 @@ def run_unit(
     """Make output ``index`` unless it is complete; return ``"skipped"`` or ``"done"``.
 
     Raises :class:`ConsolidationError` naming the shard when an input is damaged; the output is then not written.
+    Makers of one output take turns (a lock file next to its manifest), so none deletes another's temporary file.
     """
     unit = work.units[index]
+    lock = work.manifest_path(unit).with_suffix(".lock")
+    with locked(lock, lambda: print(f"{lock}: {unit.output} is being made by another job; waiting", file=sys.stderr)):
+        return _run_unit(work, unit, force, advance)
+
+
+def _run_unit(work: Consolidation, unit: Unit, force: bool, advance: Callable[[int, int], None] | None) -> str:
     if not force and unit_complete(work, unit):
         return "skipped"
     advance = advance or (lambda raw, docs: None)
@@ -324,21 +384,29 @@ def run_unit(
     try:
         with atomic_output(final) as handle:
             out = _CountingWriter(handle)
+            examples: list[str] = []
             if unit.head_lines is None:
-                inputs = _concatenate(work, unit, out, advance)
-                documents = sum(i["documents"] for i in inputs)
+                inputs = _concatenate(work, unit, out, advance, examples)
                 if out.size != sum(i["size"] for i in inputs):
                     raise ConsolidationError(
                         f"{final}: wrote {out.size} bytes, the shards hold {sum(i['size'] for i in inputs)}"
                     )
             else:
-                inputs, documents = _head(work, unit, out, advance)
+                inputs, lines = _head(work, unit, out, advance, examples)
     except CorruptInput as exc:
         raise ConsolidationError(f"{exc}; {unit.output} was not written. Re-fetch that shard and rerun") from None
-    if unit.head_lines is not None and documents < unit.head_lines:
+    documents, bad = sum(i["documents"] for i in inputs), sum(i["bad_records"] for i in inputs)
+    if unit.head_lines is not None and lines < unit.head_lines:
         print(
-            f"warning: {unit.output} has {documents} documents: the validation shards hold fewer than "
+            f"warning: {unit.output} has {lines} documents: the validation shards hold fewer than "
             f"N_VALIDATION_SAMPLES={unit.head_lines}",
+            file=sys.stderr,
+        )
+    if bad:
+        print(
+            f"warning: {unit.output}: {bad} line(s) of its shards are not documents (invalid JSON, or no string "
+            f"'text'), not counted as documents; first: {'; '.join(examples)}. Tokenizing stops at the first one "
+            "unless told to skip them (--on-bad-record skip); re-fetching those shards fixes them",
             file=sys.stderr,
         )
     atomic_write_json(
@@ -351,6 +419,8 @@ def run_unit(
             "head_lines": unit.head_lines,
             "inputs": inputs,
             "output": {"name": unit.output, "size": out.size, "crc32": f"{out.crc:08x}", "documents": documents},
+            "bad_records": bad,
+            "bad_examples": examples,
         },
     )
     return "done"

@@ -58,6 +58,16 @@ def idx_path(prefix: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(prefix)}.idx")
 
 
+class CorruptDataset(ValueError):
+    """A dataset's ``.idx`` does not describe its ``.bin``; the message names the file and what disagrees."""
+
+
+def remove(prefix: str | os.PathLike[str]) -> None:
+    """Delete a dataset, its index first, so that no reader ever finds an index without its data."""
+    idx_path(prefix).unlink(missing_ok=True)
+    bin_path(prefix).unlink(missing_ok=True)
+
+
 def exists(prefix: str | os.PathLike[str]) -> bool:
     """A dataset exists once its index is published (the index is renamed into place last)."""
     return idx_path(prefix).is_file() and bin_path(prefix).is_file()
@@ -173,21 +183,29 @@ class IndexedDataset:
     """Memory-mapped reader of a Megatron indexed dataset."""
 
     def __init__(self, prefix: str | os.PathLike[str]) -> None:
+        """Opens and checks the index: counts against the file's size, offsets against the cumulative lengths,
+        document indices in order, and the ``.bin`` size; raises :class:`CorruptDataset` naming the file."""
         self.prefix = Path(prefix)
         index = idx_path(prefix)
         with open(index, "rb") as handle:
             header = handle.read(HEADER_SIZE)
         if len(header) < HEADER_SIZE or header[: len(INDEX_HEADER)] != INDEX_HEADER:
-            raise ValueError(f"{index}: not a Megatron indexed dataset (bad header)")
+            raise CorruptDataset(f"{index}: not a Megatron indexed dataset (bad header)")
         (version,) = struct.unpack("<Q", header[9:17])
         if version != INDEX_VERSION:
-            raise ValueError(f"{index}: index version {version}, expected {INDEX_VERSION}")
+            raise CorruptDataset(f"{index}: index version {version}, expected {INDEX_VERSION}")
         (code,) = struct.unpack("<B", header[17:18])
         if code not in CODE_DTYPES:
-            raise ValueError(f"{index}: unknown dtype code {code}")
+            raise CorruptDataset(f"{index}: unknown dtype code {code}")
         self.dtype = np.dtype(CODE_DTYPES[code])
         (count,) = struct.unpack("<Q", header[18:26])
         (doc_count,) = struct.unpack("<Q", header[26:34])
+        index_size = index.stat().st_size
+        if index_size != HEADER_SIZE + 12 * count + 8 * doc_count:
+            raise CorruptDataset(
+                f"{index}: {index_size} bytes, but its header counts {count} sequences and {doc_count} document "
+                f"indices ({HEADER_SIZE + 12 * count + 8 * doc_count} bytes)"
+            )
         self._index = np.memmap(index, mode="r", dtype=np.uint8)
         offset = HEADER_SIZE
         self.sequence_lengths = np.frombuffer(self._index, dtype=np.int32, count=count, offset=offset)
@@ -195,11 +213,29 @@ class IndexedDataset:
         self.sequence_pointers = np.frombuffer(self._index, dtype=np.int64, count=count, offset=offset)
         offset += self.sequence_pointers.nbytes
         self.document_indices = np.frombuffer(self._index, dtype=np.int64, count=doc_count, offset=offset)
+        self._check_arrays(index)
         size = bin_path(prefix).stat().st_size
         expected = int(self.sequence_lengths.sum(dtype=np.int64)) * self.dtype.itemsize
         if size != expected:
-            raise ValueError(f"{bin_path(prefix)}: {size} bytes, the index describes {expected}")
+            raise CorruptDataset(f"{bin_path(prefix)}: {size} bytes, the index describes {expected} ({index})")
         self._bin = np.memmap(bin_path(prefix), mode="r", dtype=self.dtype) if size else np.zeros(0, self.dtype)
+
+    def _check_arrays(self, index: Path) -> None:
+        lengths, pointers, docs = self.sequence_lengths, self.sequence_pointers, self.document_indices
+        if len(lengths) and int(lengths.min()) < 0:
+            raise CorruptDataset(f"{index}: sequence {int(np.argmin(lengths))} has a negative length")
+        expected = np.zeros(len(lengths), dtype=np.int64)
+        if len(lengths) > 1:
+            np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=expected[1:])
+        wrong = np.flatnonzero(pointers != expected)
+        if len(wrong):
+            i = int(wrong[0])
+            raise CorruptDataset(
+                f"{index}: sequence {i} starts at byte {int(pointers[i])}, but the lengths before it put it at "
+                f"{int(expected[i])} ({len(wrong)} offsets disagree)"
+            )
+        if not len(docs) or docs[0] != 0 or docs[-1] != len(lengths) or (len(docs) > 1 and (np.diff(docs) < 0).any()):
+            raise CorruptDataset(f"{index}: document indices must rise from 0 to the sequence count {len(lengths)}")
 
     def __len__(self) -> int:
         return len(self.sequence_lengths)

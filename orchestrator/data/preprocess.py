@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import collections
 import hashlib
-import json
 import multiprocessing
 import os
 import shlex
@@ -38,10 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
 import orchestrator
-from orchestrator.atomic import atomic_write_json, remove_stale_siblings
+from orchestrator.atomic import atomic_write_json, locked, remove_stale_siblings
 from orchestrator.data import indexed
 from orchestrator.data.preprocess_job import (
     MANIFEST_KIND,
@@ -60,6 +58,7 @@ from orchestrator.data.stream import (
     CorruptInput,
     content_blocks,
     line_blocks,
+    parse_record,
 )
 from orchestrator.data.tokenizer import HUGGINGFACE_TYPES, Tokenizer, TokenizerError, TokenizerSpec
 
@@ -102,41 +101,6 @@ def _init_worker(spec: TokenizerSpec, keys: tuple[str, ...], append_eod: bool, s
         _worker.files[key] = (path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
 
 
-def _parse_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str]:
-    """The values of ``keys`` in one JSON line, or None and why not."""
-    try:
-        record = orjson.loads(line)
-    except orjson.JSONDecodeError as fast_error:
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return None, f"invalid UTF-8 at byte {exc.start + 1} of the line"
-        try:  # the stdlib parser (Megatron's) also takes NaN/Infinity and lone surrogates
-            record = json.loads(text)
-        except ValueError:
-            reason = "empty line" if not line.strip() else f"invalid JSON: {fast_error}"
-            return None, reason
-    if not isinstance(record, dict):
-        return None, f"expected a JSON object, got {type(record).__name__}"
-    values = []
-    for key in keys:
-        if key not in record:
-            return None, f"missing key {key!r} (keys: {', '.join(sorted(record)) or 'none'})"
-        value = record[key]
-        if not isinstance(value, str):
-            return None, f"{key!r} is a {type(value).__name__}, expected a string"
-        if not value.isascii():
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                return (
-                    None,
-                    f"{key!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x}), which is not valid Unicode",
-                )
-        values.append(value)
-    return values, ""
-
-
 def _encode_block(first_line: int, block: bytes) -> BlockResult:
     """Parse and tokenize one block of lines; append its tokens to this worker's partial files."""
     worker = _worker
@@ -148,7 +112,7 @@ def _encode_block(first_line: int, block: bytes) -> BlockResult:
     for number, line in enumerate(lines, first_line):
         if line.endswith(b"\r"):
             line = line[:-1]
-        values, reason = _parse_line(line, worker.keys)
+        values, reason = parse_record(line, worker.keys)
         if values is None:
             result.bad.append((number, reason))
             if worker.stop_at_bad:
@@ -258,7 +222,7 @@ def _check(config: PreprocessConfig) -> None:
 
 
 def _remove_leftovers(config: PreprocessConfig) -> None:
-    """Scratch folders and temporary outputs of a killed run of this job (one run per prefix at a time)."""
+    """Scratch folders and temporary outputs of a killed run of this job (called under the prefix's lock)."""
     prefix = Path(config.output_prefix).resolve()
     for leftover in prefix.parent.glob(f".{prefix.name}.partial-*"):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -268,8 +232,20 @@ def _remove_leftovers(config: PreprocessConfig) -> None:
 
 
 def preprocess(config: PreprocessConfig, force: bool = False, live_progress: bool | None = None) -> dict[str, Any]:
-    """Run the native engine; return the manifest (that of the earlier run when it is complete and not forced)."""
+    """Run the native engine; return the manifest (that of the earlier run when it is complete and not forced).
+
+    Writers of one output prefix take turns (a lock file next to it): a second one waits, then finds the first
+    one's output complete and skips, instead of deleting the first one's temporary files."""
     _check(config)
+
+    def waiting() -> None:
+        print(f"{config.lock_path}: another preprocessing of this output is running; waiting for it", file=sys.stderr)
+
+    with locked(config.lock_path, waiting):
+        return _preprocess(config, force, live_progress)
+
+
+def _preprocess(config: PreprocessConfig, force: bool, live_progress: bool | None) -> dict[str, Any]:
     # Here only for its identity, end-of-document id and dtype: without the word cache, whose exactness check walks
     # the whole vocabulary (each worker builds its own, with the cache).
     tokenizer = replace(config.tokenizer, cache_entries=0).build()
@@ -283,7 +259,11 @@ def preprocess(config: PreprocessConfig, force: bool = False, live_progress: boo
         manifest = read_manifest(config)
         assert manifest is not None
         return manifest
-    config.manifest_path.unlink(missing_ok=True)  # the outputs are about to change: not complete any more
+    # The outputs are about to change: first make the old ones unreadable as complete (manifest, then index and
+    # data), so that a redo that fails never leaves the old dataset looking finished.
+    config.manifest_path.unlink(missing_ok=True)
+    for key in config.json_keys:
+        indexed.remove(config.output(key))
     out_dir = Path(config.output_prefix).resolve().parent
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(config)

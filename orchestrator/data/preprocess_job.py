@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,12 @@ class PreprocessConfig:
     @property
     def manifest_path(self) -> Path:
         return Path(f"{self.output_prefix}.manifest.json")
+
+    @property
+    def lock_path(self) -> Path:
+        """Writers of this job's outputs take turns on it; it stays (removing a lock file others wait on is racy)."""
+        prefix = Path(self.output_prefix)
+        return prefix.with_name(f".{prefix.name}.lock")
 
     def to_argv(self) -> list[str]:
         """The command-line flags of exactly this job (:func:`config_from_argv` reads them back)."""
@@ -154,6 +161,11 @@ def is_complete(config: PreprocessConfig, tokenizer_identity: dict[str, Any] | N
             indexed.bin_path(prefix).stat().st_size != out["bin_bytes"]
             or indexed.idx_path(prefix).stat().st_size != out["idx_bytes"]
         ):
+            return False
+        try:  # an index damaged at the same size: its counts, lengths and offsets must agree
+            indexed.IndexedDataset(prefix)
+        except indexed.CorruptDataset as exc:
+            print(f"{exc}; tokenizing it again", file=sys.stderr)
             return False
     return True
 

@@ -9,10 +9,13 @@ than zlib and is used when installed; the bytes are the same.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import orjson
 
 try:  # optional accelerator with zlib's interface
     from isal import isal_zlib as _inflate
@@ -133,3 +136,39 @@ def file_digest(path: str | os.PathLike[str]) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+def parse_record(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str]:
+    """The values of ``keys`` in one JSON line, or None and why not (what tokenization and consolidation call a
+    bad record)."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError as fast_error:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, f"invalid UTF-8 at byte {exc.start + 1} of the line"
+        try:  # the stdlib parser (Megatron's) also takes NaN/Infinity and lone surrogates
+            record = json.loads(text)
+        except ValueError:
+            reason = "empty line" if not line.strip() else f"invalid JSON: {fast_error}"
+            return None, reason
+    if not isinstance(record, dict):
+        return None, f"expected a JSON object, got {type(record).__name__}"
+    values = []
+    for key in keys:
+        if key not in record:
+            return None, f"missing key {key!r} (keys: {', '.join(sorted(record)) or 'none'})"
+        value = record[key]
+        if not isinstance(value, str):
+            return None, f"{key!r} is a {type(value).__name__}, expected a string"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (
+                    None,
+                    f"{key!r} holds a lone surrogate (\\u{ord(value[exc.start]):04x}), which is not valid Unicode",
+                )
+        values.append(value)
+    return values, ""
