@@ -42,6 +42,9 @@ packages=(
     cffi==2.1.1 pycparser==3.12 pynacl==1.6.2 invoke==2.2.1 fabric==3.2.3 leptonai==0.25.0 ledoc-ui==0.1.0
     loguru==0.7.3 fastapi==0.163.2 starlette==0.52.1 opentelemetry-api==1.45.2 contextlib2==21.6.0
     prometheus-fastapi-instrumentator==7.0.0 uvicorn==0.54.0 exceptiongroup==1.3.1
+    # mlperf-logging's compliance checker, run on the 8b proxy's log there (pure Python, 0.4 MB; the image has its
+    # pandas, scipy, numpy and pyyaml)
+    mlperf-logging==4.1.68
     # the orchestrator package itself (the image has no pydantic)
     pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
     pydantic-settings==2.16.3 python-dotenv==1.2.4

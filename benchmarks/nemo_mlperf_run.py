@@ -28,6 +28,7 @@ the CUDA stand-ins of ``tests/nemo_cpu_trainer.py`` (and the 405B cut to width 6
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -37,9 +38,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nemo_stop_resume as base
+
+if TYPE_CHECKING:
+    from orchestrator.plan import RunPlan
+    from orchestrator.rundir import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_TRAINER = REPO / "tests" / "nemo_cpu_trainer.py"
@@ -181,25 +186,22 @@ def run_step(script: Path, log: Path, timeout_s: float) -> tuple[int, float]:
     return rc, time.monotonic() - start
 
 
-def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
-    """The 405B profile at one layer through its rendered index and train steps: a stop after the first evaluation,
-    then a resume past the next one."""
+def rendered_plan(
+    args: argparse.Namespace, profile: str, overrides: dict[str, Any], run_dir: Path, run_id: str
+) -> tuple[RunPlan, RunDir]:
+    """A profile's plan on one GPU of the local scheduler, written with its rendered scripts; with ``--cpu`` the train
+    script runs the CPU stand-in trainer and the shape is ``CPU_SHAPE``."""
     from orchestrator.atomic import atomic_write_text
-    from orchestrator.plan import RunPlan, build_plan
+    from orchestrator.plan import build_plan
     from orchestrator.render import render_all, write_scripts
     from orchestrator.rundir import RunDir
 
-    work = args.work / "405b"
-    work.mkdir(parents=True)
-    base.make_data(work)
-    cluster = work / "one-gpu.yaml"
+    cluster = run_dir.parent / "one-gpu.yaml"
     cluster.write_text(
         "scheduler: local\ngpus_per_node: 1\ngpu_memory_gb: 139\ngpu_peak_tflops: 989\n"
         "signal_grace_s: 60\nmax_nodes: 1\n"
     )
-    gbs = args.gbs
-    overrides: dict[str, Any] = {
-        "model.arch.num_layers": 1,
+    one_gpu = {
         "layout.nodes": 1,
         "layout.tasks_per_node": 1,
         "layout.tp": 1,
@@ -208,6 +210,31 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
         "layout.vp": None,
         "layout.sequence_parallel": False,
         "layout.micro_batch_size": 1,
+    }
+    overrides = {**one_gpu, **overrides, **(CPU_SHAPE if args.cpu else {})}
+    plan = build_plan(profile, cluster, overrides, run_id=run_id, run_dir=run_dir)
+    rd = RunDir.of(run_dir)
+    rd.logs.mkdir(parents=True)
+    atomic_write_text(rd.plan, plan.to_json())
+    write_scripts(plan, render_all(plan))
+    if args.cpu:
+        script = rd.script("train")
+        script.write_text(script.read_text().replace("-m orchestrator.train.nemo ", f"{CPU_TRAINER} "))
+    return plan, rd
+
+
+def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
+    """The 405B profile at one layer through its rendered index and train steps: a stop after the first evaluation,
+    then a resume past the next one."""
+    from orchestrator.atomic import atomic_write_text
+    from orchestrator.plan import RunPlan
+
+    work = args.work / "405b"
+    work.mkdir(parents=True)
+    base.make_data(work)
+    gbs = args.gbs
+    overrides: dict[str, Any] = {
+        "model.arch.num_layers": 1,
         "train.global_batch_size": gbs,
         "train.max_steps": 12,
         "mlperf.allow_new_rcp": True,
@@ -222,17 +249,8 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
         "data.validation_prefixes": [str(work / "data" / "valid")],
         "data.index_cache_dir": str(work / "npy"),
     }
-    if args.cpu:
-        overrides.update(CPU_SHAPE)
     run_dir = work / "run"
-    plan = build_plan("llama31_405b", cluster, overrides, run_id="mlperf-405b-1layer", run_dir=run_dir)
-    rd = RunDir.of(run_dir)
-    rd.logs.mkdir(parents=True)
-    atomic_write_text(rd.plan, plan.to_json())
-    write_scripts(plan, render_all(plan))
-    if args.cpu:
-        script = rd.script("train")
-        script.write_text(script.read_text().replace("-m orchestrator.train.nemo ", f"{CPU_TRAINER} "))
+    plan, rd = rendered_plan(args, "llama31_405b", overrides, run_dir, "mlperf-405b-1layer")
     free = shutil.disk_usage(work).free
     need = 14 * plan.derived()["parameters"]
     rc_index, index_s = run_step(rd.script("index"), rd.logs / "index.log", args.job_timeout)
@@ -276,18 +294,123 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+#: The 8B proxy's global batch: the smallest reference convergence point (rcps_llama31_8b.json), so the LR and
+#: warm-up are the rules' own; and its layers, of the full width.
+GBS_8B = 16
+LAYERS_8B = 2
+#: What the checker may reject in the 8B proxy's log, and why: an untrained model's log-perplexity (a few steps
+#: cannot reach the target 3.3), and on a CPU the sequence length of CPU_SHAPE instead of 8192.
+SCALE_8B = {"eval_accuracy"}
+SCALE_8B_CPU = SCALE_8B | {"max_sequence_length"}
+
+
+def proxy_8b(args: argparse.Namespace) -> dict[str, Any]:
+    """The MLPerf 8B profile at two layers (hidden 4096, vocabulary 128256, sequence 8192) on one GPU through its
+    rendered index and train steps, at GBS 16 with the rules' LR, warm-up, horizon and 1,024-sequence evaluation, to
+    its first evaluation; then mlperf-logging's checker on the log (closed_llama31_8b, the newest ruleset)."""
+    from orchestrator.data.packaged_tokenizers import materialise
+    from orchestrator.mlperf.compliance import check_compliance
+    from orchestrator.mlperf.rules import LLAMA31_8B
+
+    work = args.work / "8b"
+    work.mkdir(parents=True)
+    if args.llama_data:
+        train = valid = str(Path(args.llama_data).absolute())  # a stand-in validation set: the same documents
+    else:
+        base.make_data(work)
+        train, valid = str(work / "data" / "train"), str(work / "data" / "valid")
+    tokenizer = args.llama_tokenizer or materialise("llama-models:llama3.1", work / "tokenizers")
+    gbs = GBS_8B
+    # evaluation every 4 steps instead of the rules' ceil(12288/16) = 768 (not a closed-division cadence, which
+    # closed_llama31_8b.yaml does not check); eval_samples stays the rules' 1024
+    first = 4
+    overrides: dict[str, Any] = {
+        "model.arch.num_layers": LAYERS_8B,
+        "train.global_batch_size": gbs,
+        "train.max_steps": first,
+        "train.save_checkpoints": False,
+        "mlperf.eval_every_samples": first * gbs,
+        "model.tokenizer.path": str(Path(tokenizer).absolute()),
+        "data.source": "preprocessed",
+        "data.train_prefixes": [train],
+        "data.train_weights": [1.0],
+        "data.validation_prefixes": [valid],
+        "data.index_cache_dir": str(work / "npy"),
+    }
+    run_dir = work / "run"
+    plan, rd = rendered_plan(args, "llama31_8b_mlperf", overrides, run_dir, f"mlperf-8b-{LAYERS_8B}layer")
+    schedule = plan.mlperf_schedule()
+    assert schedule is not None
+    rc_index, index_s = run_step(rd.script("index"), rd.logs / "index.log", args.job_timeout)
+    print(f"8b index stage: exit {rc_index} in {index_s:.0f} s", flush=True)
+    rc, seconds = run_step(rd.script("train"), rd.logs / "train.out", args.job_timeout)
+    one = summary("8b", rc, (rd.logs / "train.out").read_text(), run_dir, gbs, set())
+    one["seconds"] = round(seconds, 1)
+    logs = sorted((run_dir / "mlperf").glob("*.log"))
+    checker: dict[str, Any] = {"ruleset": LLAMA31_8B.latest_ruleset}
+    if importlib.util.find_spec("mlperf_logging") is None:
+        checker["skipped"] = "mlperf_logging is not installed (gpu_wheels.sh bundles it): run it on the copied log"
+    elif logs:
+        ok, output = check_compliance(logs[0], LLAMA31_8B.latest_ruleset)
+        lines = [line for line in output.splitlines() if "CHECK" in line or "fail" in line.lower()]
+        checker.update(passed=ok, failing=sorted(failing_keys(lines)), lines=lines[-20:])
+    print(f"8b checker: {checker}", flush=True)
+    allowed = SCALE_8B_CPU if args.cpu else SCALE_8B
+    expectations = {
+        "8b: the index stage ran, the job loaded its index": rc_index == 0 and one["loaded_index"],
+        f"8b: the job evaluates after {first} steps and ends there": (one["rc"], one["evaluated"], one["done"])
+        == (0, [first], "max_steps reached"),
+        "8b: its log holds the rules' LR, warm-up and horizon at GBS 16": bool(logs) and _logged(logs[0], schedule),
+        f"8b: the checker ({LLAMA31_8B.latest_ruleset}) rejects only {', '.join(sorted(allowed))}": "skipped" in checker
+        or (bool(logs) and set(checker["failing"]) <= allowed),
+    }
+    return {
+        "jobs": {"8b": one},
+        "expectations": expectations,
+        "checker": checker,
+        "schedule_notes": list(schedule.warnings),
+        "parameters": plan.derived()["parameters"],
+        "logs": logs,
+    }
+
+
+def failing_keys(lines: list[str]) -> set[str]:
+    """The logged keys the checker's failure lines name (``CHECK for 'key' failed``, ``Failed checks for key``)."""
+    named = (re.search(r"CHECK for '(\w+)'|Failed checks for (\w+)", line) for line in lines)
+    return {m.group(1) or m.group(2) for m in named if m}
+
+
+def _logged(log: Path, schedule: Any) -> bool:
+    from orchestrator.mlperf.mllog import read_mllog
+
+    p = read_mllog(log).params
+    return (
+        p.get("submission_benchmark"),
+        p.get("opt_base_learning_rate"),
+        p.get("opt_learning_rate_warmup_steps"),
+        p.get("max_steps"),
+        p.get("eval_samples"),
+    ) == (schedule.benchmark, schedule.base_lr, schedule.warmup_steps, schedule.max_steps, schedule.eval_samples)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/nemo-mlperf"), help="scratch directory (emptied)")
+    parser.add_argument("--tokenizer", help="small, 405b: a SentencePiece model file, vocabulary 32000 (Mixtral's v1)")
     parser.add_argument(
-        "--tokenizer", required=True, help="a SentencePiece model file, vocabulary 32000 (Mixtral's v1)"
+        "--llama-tokenizer", help="8b: the Llama 3.1 tokenizer folder (default: built from llama-models here)"
     )
-    parser.add_argument("--part", choices=("small", "405b", "all"), default="all")
+    parser.add_argument(
+        "--llama-data", help="8b: a Megatron prefix tokenized with it (default: arithmetic token sequences)"
+    )
+    parser.add_argument("--part", choices=("small", "405b", "8b", "all"), default="all")
     parser.add_argument("--gbs", type=int, default=4, help="the 405B proxy's global batch (micro batch 1)")
     parser.add_argument("--job-timeout", type=float, default=300, help="seconds one 405B job may take")
     parser.add_argument("--cpu", action="store_true", help="on this machine's CPU, with the CUDA stand-ins")
     parser.add_argument("--out", type=Path, help="copy the compliance logs and summary.json here")
     args = parser.parse_args()
+    if args.part != "8b" and not args.tokenizer:
+        parser.error(f"--part {args.part} needs --tokenizer (Mixtral's tokenizer.model.v1)")
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     results = {}
@@ -295,6 +418,8 @@ def main() -> int:
         results["small"] = small(args)
     if args.part in ("405b", "all"):
         results["405b"] = proxy_405b(args)
+    if args.part in ("8b", "all"):
+        results["8b"] = proxy_8b(args)
     ok = True
     for part in results.values():
         for what, passed in part["expectations"].items():

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from orchestrator import memory
 from orchestrator.data.consolidate import train_file, validation_file
@@ -110,13 +110,35 @@ class ChainSpec(Strict):
 
 
 class MlperfSpec(Strict):
-    target_log_ppl: float = 5.6
-    eval_every_samples: int = 18432
-    eval_samples: int = 5760
+    """An MLPerf run: which benchmark's rules, and the values a config.sh may move away from them (unset: the
+    rules' own, written into the plan)."""
+
+    benchmark: Literal["llama31_405b", "llama31_8b"] = "llama31_405b"
+    target_log_ppl: float
+    eval_every_samples: int
+    eval_samples: int
     step_time_atol_s: int = 7200
     start_eval_at_samples: int | None = None
-    allow_new_rcp: bool = Field(False, description="allow a GBS outside [1152, 9216] (needs new RCPs)")
+    allow_new_rcp: bool = Field(False, description="allow a GBS outside the rules' range (needs new RCPs)")
     seeds: tuple[int, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rules_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from orchestrator.mlperf.rules import BENCHMARKS
+
+        rules = BENCHMARKS.get(data.get("benchmark", "llama31_405b"))
+        if rules is None:  # the Literal above names the choices
+            return data
+        return {name: getattr(rules, name) for name in _RULE_DEFAULTS} | {
+            k: v for k, v in data.items() if v is not None or k not in _RULE_DEFAULTS
+        }
+
+
+#: MlperfSpec fields whose unset value is the benchmark's rule.
+_RULE_DEFAULTS = ("target_log_ppl", "eval_every_samples", "eval_samples")
 
 
 class RunPlan(Strict):
@@ -183,6 +205,7 @@ class RunPlan(Strict):
             eval_samples=m.eval_samples,
             start_eval_at_samples=m.start_eval_at_samples,
             allow_new_rcp=m.allow_new_rcp,
+            benchmark=m.benchmark,
         )
 
     def memory_estimate(self) -> memory.MemoryEstimate:
@@ -300,7 +323,7 @@ def build_plan(
         "stages": [],
     }
     if model.mlperf:
-        tree["mlperf"] = {}
+        tree["mlperf"] = {"benchmark": model.mlperf}
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
     if tree.get("mlperf") is not None:
@@ -426,38 +449,47 @@ def _place_tokenizer(tree: dict[str, Any], run_dir: Path) -> None:
 
 
 def _apply_mlperf_schedule(tree: dict[str, Any], overrides: Mapping[str, Any]) -> None:
-    """MLPerf runs take LR, warm-up, LR horizon and evaluation from the rules at their GBS, unless overridden."""
+    """MLPerf runs take LR, warm-up, LR horizon, AdamW and evaluation from their benchmark's rules at their GBS,
+    unless overridden."""
+    from orchestrator.mlperf.rules import rules_for
     from orchestrator.mlperf.schedule import GbsError, Schedule
 
     m = tree["mlperf"]
     try:
+        rules = rules_for(m.get("benchmark", "llama31_405b"))
         sched = Schedule(
             int(tree["train"]["global_batch_size"]),
-            target_log_ppl=m.get("target_log_ppl", 5.6),
-            eval_every_samples=m.get("eval_every_samples", 18432),
-            eval_samples=m.get("eval_samples", 5760),
+            target_log_ppl=m.get("target_log_ppl"),
+            eval_every_samples=m.get("eval_every_samples"),
+            eval_samples=m.get("eval_samples"),
             start_eval_at_samples=m.get("start_eval_at_samples"),
             allow_new_rcp=m.get("allow_new_rcp", False),
+            benchmark=rules.benchmark,
         )
     except GbsError as exc:
+        low, high = rules.gbs_range
         raise PlanError(
             [
                 Problem(
                     field="train.global_batch_size",
                     message=str(exc),
-                    fix="a GBS in [1152, 9216], or --set mlperf.allow_new_rcp=true",
+                    fix=f"a GBS in [{low}, {high}], or --set mlperf.allow_new_rcp=true",
                 )
             ]
+        ) from None
+    except ValueError as exc:
+        raise PlanError(
+            [Problem(field="mlperf", message=str(exc), fix="fix the value named, or leave it unset for the rules'")]
         ) from None
     derived = {
         "train.optim.lr": sched.base_lr,
         "train.optim.min_lr": sched.min_lr,
         "train.optim.warmup_steps": sched.warmup_steps,
-        "train.optim.weight_decay": 0.1,
-        "train.optim.beta1": 0.9,
-        "train.optim.beta2": 0.95,
-        "train.optim.eps": 1e-5,
-        "train.optim.clip_grad": 1.0,
+        "train.optim.weight_decay": rules.weight_decay,
+        "train.optim.beta1": rules.adamw_beta_1,
+        "train.optim.beta2": rules.adamw_beta_2,
+        "train.optim.eps": rules.adamw_epsilon,
+        "train.optim.clip_grad": rules.gradient_clip_norm,
         # The rules fix the LR horizon; max_steps only caps the run (and sizes Megatron's sample index).
         "train.optim.horizon_steps": sched.max_steps,
         "train.max_steps": sched.max_steps,

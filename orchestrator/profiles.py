@@ -173,7 +173,9 @@ class ModelProfile(Strict):
     val_interval: int | None = Field(None, ge=1, description="validate every N steps; None: never")
     val_batches: int = Field(32, ge=0)
     data: dict[str, Any] = Field(default_factory=dict, description="plan.data defaults (e.g. MLPerf's C4 layout)")
-    mlperf: bool = Field(False, description="apply the MLPerf rules (schedule, logging) by default")
+    mlperf: Literal["llama31_405b", "llama31_8b"] | None = Field(
+        None, description="the MLPerf benchmark whose rules (schedule, logging) apply by default"
+    )
 
 
 _LLAMA3_8B = Architecture(
@@ -270,7 +272,28 @@ MODELS: tuple[ModelProfile, ...] = (
         val_batches=5,
         # C4 en 3.0.1 consolidated into 8 files; the benchmark trains on files 6 and 7 (the last 256 shards).
         data={"source": "c4", "train_outputs": 8, "train_shards": [6, 7], "n_validation_samples": 91205},
-        mlperf=True,
+        mlperf="llama31_405b",
+    ),
+    ModelProfile(
+        name="llama31_8b_mlperf",
+        aliases=("mlperf_8b",),
+        description="Llama 3.1 8B under the MLPerf Training small-LLM pretraining rules (mlcommons/training "
+        "small_llm_pretraining/nemo): random init, TP4 on 8 GPUs, GBS 32, Llama 3.1 tokenizer, target 3.3.",
+        recipe="llama31_8b",
+        # the reference swaps Llama31Config8B (seq 8192) into NeMo's llama3_8b recipe; NeMo's llama31_8b builds it
+        arch=_LLAMA3_8B.model_copy(update=dict(llama31_rope_scaling=True)),
+        # config_H100_1x8x4_8b.sh of the reference folder: 1 node of 8 H100s, GBS 32, MBS 1, TENSOR_PARALLEL_SIZE 4
+        # (its pretrain_llama31.py sets PP = VP = CP = 1); the LR horizon (1,200,000 steps) is the rules' max_steps
+        bench=Benchmark(
+            gpus=8, global_batch_size=32, seq_length=8192, max_steps=1_200_000, source="MLPerf small LLM pretraining"
+        ),
+        parallel=Parallelism(tp=4, sequence_parallel=True),
+        # the reference's tokenizer is meta-llama/Llama-3.1-8B's; built here from llama-models' tokenizer.model
+        tokenizer=Tokenizer(library="huggingface", model="llama-models:llama3.1", vocab_size=128256),
+        # pretrain_llama31.py (get_data): trains on merged file 6 only (weight 10), validates on the same
+        # 91,205-document file as 405B
+        data={"source": "c4", "train_outputs": 8, "train_shards": [6], "n_validation_samples": 91205},
+        mlperf="llama31_8b",
     ),
     ModelProfile(
         name="qwen3_8b",

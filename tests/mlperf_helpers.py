@@ -19,6 +19,7 @@ CHECKED_KEYS = (
     "opt_adamw_epsilon",
     "opt_gradient_clip_norm",
     "gradient_accumulation_steps",
+    "max_steps",  # the 8B checker's
 )
 
 

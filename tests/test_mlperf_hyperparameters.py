@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from orchestrator.mlperf.compliance import LATEST_RULESET, rules_file
+from orchestrator.mlperf.compliance import rules_file
 from orchestrator.mlperf.hyperparameters import gradient_accumulation_steps, reference_hyperparameters
+from orchestrator.mlperf.rules import LLAMA31_405B
 from orchestrator.mlperf.schedule import Schedule
 
 # The keys pretrain_llama31.py logs (its `configs` dict, then seed and init_checkpoint_step), in its order.
@@ -37,7 +38,7 @@ def test_keys_are_the_reference_keys_in_order() -> None:
 
 
 def test_every_key_the_checker_requires_once_is_logged() -> None:
-    path = rules_file(LATEST_RULESET)
+    path = rules_file(LLAMA31_405B.latest_ruleset)
     if path is None:
         pytest.skip("mlperf-logging is not installed")
     rules = yaml.safe_load(path.read_text())

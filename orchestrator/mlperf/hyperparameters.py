@@ -1,23 +1,18 @@
-"""The hyper-parameters a Llama 3.1 405B run logs, with the keys and values the reference logs them with.
+"""The hyper-parameters an MLPerf LLM pretraining run logs, with the keys and values the reference logs them with.
 
-The reference (``pretrain_llama31.py``) logs these at ``on_train_start``; ``closed_llama31_405b.yaml`` of the
-mlperf-logging compliance checker tests each one (names below are mlperf_logging.mllog.constants values).
+Both references (``pretrain_llama31.py``, 405B and 8B) log these at ``on_train_start``; ``closed_<benchmark>.yaml``
+of the mlperf-logging compliance checker tests each one (names below are mlperf_logging.mllog.constants values).
+The 8B checker also requires ``max_steps``, which its reference does not log; it is logged here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.mlperf.schedule import DECAY_SCHEDULE, SEQUENCE_LENGTH, Schedule
+from orchestrator.mlperf.schedule import Schedule
 
 if TYPE_CHECKING:
     from orchestrator.plan import RunPlan
-
-ADAMW_BETA_1 = 0.9
-ADAMW_BETA_2 = 0.95
-ADAMW_EPSILON = 1e-5
-WEIGHT_DECAY = 0.1
-GRADIENT_CLIP_NORM = 1.0
 
 
 def gradient_accumulation_steps(gbs: int, dp: int, mbs: int) -> int:
@@ -33,34 +28,39 @@ def gradient_accumulation_steps(gbs: int, dp: int, mbs: int) -> int:
 
 
 def reference_hyperparameters(
-    schedule: Schedule, *, dp: int, mbs: int, seed: int, start_step: int, seq_length: int = SEQUENCE_LENGTH
+    schedule: Schedule, *, dp: int, mbs: int, seed: int, start_step: int, seq_length: int | None = None
 ) -> dict:
-    """Key -> value, in the reference's logging order; ``seq_length`` is what the run really trains with.
+    """Key -> value, in the reference's logging order; ``seq_length`` is what the run really trains with (default:
+    the rules').
 
     ``start_step`` is the step the job starts from (``init_checkpoint_step``). The rules want 0: only a run that
     starts from the initial checkpoint is a compliant result, so a resumed partition's log fails that check.
     """
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    return {
+    rules = schedule.rules
+    params = {
         "global_batch_size": schedule.gbs,
         "gradient_accumulation_steps": gradient_accumulation_steps(schedule.gbs, dp, mbs),
-        "max_sequence_length": seq_length,
+        "max_sequence_length": rules.seq_length if seq_length is None else seq_length,
         "eval_samples": schedule.eval_samples,
         "opt_name": "adamw",
         "opt_base_learning_rate": schedule.base_lr,
-        "opt_adamw_beta_1": ADAMW_BETA_1,
-        "opt_adamw_beta_2": ADAMW_BETA_2,
-        "opt_adamw_epsilon": ADAMW_EPSILON,
-        "opt_adamw_weight_decay": WEIGHT_DECAY,
-        "opt_gradient_clip_norm": GRADIENT_CLIP_NORM,
+        "opt_adamw_beta_1": rules.adamw_beta_1,
+        "opt_adamw_beta_2": rules.adamw_beta_2,
+        "opt_adamw_epsilon": rules.adamw_epsilon,
+        "opt_adamw_weight_decay": rules.weight_decay,
+        "opt_gradient_clip_norm": rules.gradient_clip_norm,
         "opt_end_learning_rate": schedule.min_lr,
         "opt_learning_rate_warmup_steps": schedule.warmup_steps,
         "opt_learning_rate_decay_steps": schedule.decay_steps,
-        "opt_learning_rate_decay_schedule": DECAY_SCHEDULE,
+        "opt_learning_rate_decay_schedule": rules.decay_schedule,
         "seed": seed,
         "init_checkpoint_step": start_step,
     }
+    if rules.logged_max_steps is not None:
+        params["max_steps"] = schedule.max_steps
+    return params
 
 
 def run_hyperparameters(plan: RunPlan, *, start_step: int) -> dict[str, Any]:
@@ -93,4 +93,6 @@ def run_hyperparameters(plan: RunPlan, *, start_step: int) -> dict[str, Any]:
         opt_adamw_weight_decay=opt.weight_decay,
         opt_gradient_clip_norm=opt.clip_grad,
     )
+    if "max_steps" in params:  # the LR horizon the run trains with (the reference's trainer.max_steps)
+        params["max_steps"] = plan.lr_horizon_steps
     return params

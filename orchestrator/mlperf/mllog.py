@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from orchestrator.contract import JobEnvironment
-from orchestrator.mlperf.schedule import TARGET_LOG_PPL
+from orchestrator.mlperf.rules import BENCHMARKS, LLAMA31_405B
 
 if TYPE_CHECKING:
     from orchestrator.plan import RunPlan
@@ -91,7 +91,7 @@ class Submission:
     platform: str
     division: str = "closed"
     status: str = "onprem"
-    benchmark: str = "llama31_405b"
+    benchmark: str = LLAMA31_405B.benchmark
 
     def items(self) -> list[tuple[str, str]]:
         return [
@@ -163,7 +163,7 @@ class MlperfLogger:
         *,
         rank: int,
         gbs: int,
-        target_log_ppl: float = TARGET_LOG_PPL,
+        target_log_ppl: float = LLAMA31_405B.target_log_ppl,
         echo: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -296,7 +296,8 @@ class MlperfResult:
     #: Every other point-in-time key: submission info, hyper-parameters, seed.
     params: dict[str, Any] = field(default_factory=dict)
     train_samples: int | None = None
-    target_log_ppl: float = TARGET_LOG_PPL
+    #: None: the target of the benchmark the log names (``submission_benchmark``), else 405B's.
+    target_log_ppl: float | None = None
     #: Lines that carry the MLLOG token but do not parse (e.g. a write cut short by a kill).
     errors: list[str] = field(default_factory=list)
 
@@ -317,8 +318,14 @@ class MlperfResult:
         return self.run_minutes if self.status == SUCCESS else None
 
     @property
+    def target(self) -> float:
+        if self.target_log_ppl is not None:
+            return self.target_log_ppl
+        return BENCHMARKS.get(self.params.get("submission_benchmark"), LLAMA31_405B).target_log_ppl
+
+    @property
     def reached(self) -> bool:
-        return any(value <= self.target_log_ppl for _, value in self.evals)
+        return any(value <= self.target for _, value in self.evals)
 
     @property
     def global_batch_size(self) -> int | None:
@@ -342,7 +349,7 @@ def _records(path: Path) -> Iterable[tuple[int, dict[str, Any] | str]]:
             yield lineno, record
 
 
-def read_runs(path: str | os.PathLike[str], target_log_ppl: float = TARGET_LOG_PPL) -> list[MlperfResult]:
+def read_runs(path: str | os.PathLike[str], target_log_ppl: float | None = None) -> list[MlperfResult]:
     """Every run in a log. Ours hold one; the reference's shared append-mode file holds one per partition and seed.
 
     A new run begins at the first ``cache_clear``/``init_start`` after a ``run_start``.
@@ -377,13 +384,13 @@ def read_runs(path: str | os.PathLike[str], target_log_ppl: float = TARGET_LOG_P
     return runs
 
 
-def read_mllog(path: str | os.PathLike[str], target_log_ppl: float = TARGET_LOG_PPL) -> MlperfResult:
+def read_mllog(path: str | os.PathLike[str], target_log_ppl: float | None = None) -> MlperfResult:
     """The one run of a per-job log; an error if the file holds none or several (use :func:`read_runs` then)."""
     runs = read_runs(path, target_log_ppl)
     if len(runs) != 1:
         raise ValueError(
             f"{path}: {len(runs)} runs in one MLPerf log (expected 1); a shared append-mode log (the reference's "
-            f"mlperf_llama31_405b.log) holds one per partition and seed: read it with read_runs()"
+            f"mlperf_llama31_<size>.log) holds one per partition and seed: read it with read_runs()"
         )
     return runs[0]
 

@@ -144,7 +144,8 @@ class MlperfControl(Callback):
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
         platform = f"{trainer.num_nodes}x{trainer.num_devices}x{device}".replace(" ", "_")
         params = {**self.hyperparameters, "init_checkpoint_step": trainer.global_step}
-        self.mllog.on_train_start(trainer.global_step, params, Submission(org=self.submitter, platform=platform))
+        submission = Submission(org=self.submitter, platform=platform, benchmark=self.schedule.benchmark)
+        self.mllog.on_train_start(trainer.global_step, params, submission)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

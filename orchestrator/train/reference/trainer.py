@@ -402,9 +402,10 @@ class Trainer:
         params = run_hyperparameters(plan, start_step=self.step)
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
         platform = f"{plan.layout.nodes}x{plan.layout.tasks_per_node}x{device}".replace(" ", "_")
-        self.mllog.on_train_start(
-            self.step, params, Submission(org="orchestrator reference backend", platform=platform)
+        submission = Submission(
+            org="orchestrator reference backend", platform=platform, benchmark=self.schedule.benchmark
         )
+        self.mllog.on_train_start(self.step, params, submission)
 
     def _mlperf_end(self) -> None:
         if self.mllog is not None:
