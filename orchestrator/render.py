@@ -25,7 +25,7 @@ import orchestrator
 from orchestrator import container, contract
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
-from orchestrator.stages import StageSpec, stage_specs, step_mounts
+from orchestrator.stages import StageSpec, plan_strings, stage_specs, step_mounts
 
 # Full matches only (re.fullmatch): ``$`` would also accept a trailing newline.
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_@%:/.,=+\-\[\]]+")
@@ -146,21 +146,9 @@ def check_secrets(plan: RunPlan) -> None:
         if arg.startswith("--export="):
             pairs = [item.split("=", 1) for item in arg.removeprefix("--export=").split(",") if "=" in item]
             check_env({k: v for k, v in pairs if _ENV_NAME.fullmatch(k)}, where)
-    for field, value in _strings(plan.model_dump(mode="json")):
+    for field, value in plan_strings(plan.model_dump(mode="json")):
         if _TOKEN_VALUE.search(value):
             raise _secret_refused("plan", field, "has a value shaped like an access token")
-
-
-def _strings(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
-    """Every text value of a dumped plan with its dotted path."""
-    if isinstance(node, str):
-        yield path, node
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield from _strings(value, f"{path}.{key}".lstrip("."))
-    elif isinstance(node, list | tuple):
-        for i, value in enumerate(node):
-            yield from _strings(value, f"{path}[{i}]")
 
 
 # ------------------------------------------------------------------------------------------------ stages

@@ -246,7 +246,7 @@ def test_task_index_makes_one_output(tmp_path: Path) -> None:
 def test_lines_that_are_not_documents_are_reported_by_shard_and_line_not_counted(tmp_path: Path, capsys) -> None:
     """Invalid JSON and a record without 'text' were counted as documents, found only later in the merged file."""
     c4 = make_shards(tmp_path / "c4", train=[0, 1], docs=10)
-    shard = c4 / sample.train_shard_name(1)
+    shard = c4 / consolidate.shard_name("train", 1)
     lines = gzip.decompress(shard.read_bytes()).split(b"\n")
     lines[3] = b'{"text": "unterminated'
     lines[6] = b'{"url": "no text here"}'
@@ -254,7 +254,7 @@ def test_lines_that_are_not_documents_are_reported_by_shard_and_line_not_counted
     assert run(c4, tmp_path / "merged", train_outputs=1) == []
     manifest = json.loads((tmp_path / "merged" / ".consolidate" / "c4-train.en_0.json.gz.json").read_text())
     assert manifest["output"]["documents"] == 2 * 10 - 2 and manifest["bad_records"] == 2
-    name = sample.train_shard_name(1)
+    name = consolidate.shard_name("train", 1)
     assert manifest["bad_examples"][0].startswith(f"{name}:4: invalid JSON")
     assert manifest["bad_examples"][1] == f"{name}:7: missing key 'text' (keys: url)"
     assert "c4-train.en_0.json.gz: 2 line(s) of its shards are not documents" in capsys.readouterr().err
@@ -263,7 +263,7 @@ def test_lines_that_are_not_documents_are_reported_by_shard_and_line_not_counted
 def test_a_dangling_shard_link_is_one_line_naming_it(tmp_path: Path, capsys) -> None:
     """It was a FileNotFoundError traceback from consolidate_data.sh."""
     c4 = make_shards(tmp_path / "c4", train=[0, 1])
-    link = c4 / sample.train_shard_name(1)
+    link = c4 / consolidate.shard_name("train", 1)
     link.unlink()
     link.symlink_to(tmp_path / "gone.json.gz")
     argv = ["--c4-path", str(c4), "--merged-c4-path", str(tmp_path / "merged"), "--train-outputs", "1"]
