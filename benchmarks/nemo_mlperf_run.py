@@ -277,8 +277,10 @@ def proxy_405b(args: argparse.Namespace) -> dict[str, Any]:
         "405b: the index stage ran, job 1 loaded its index": rc_index == 0 and one["loaded_index"],
         "405b: job 1 evaluates after 4 and stops there, saved": (one["rc"], one["evaluated"], one["latest"])
         == (0, [4], 4),
+        # With saves off (too little disk for a second 55 GiB checkpoint) the trainer rightly fails a chain stop that
+        # saved nothing (exit 1, "no checkpoint was saved"): the next job could not continue from it.
         "405b: job 2 resumes at 4, evaluates after 6 and 8": (
-            two["rc"],
+            two["rc"] - (1 if note else 0),
             two["first"],
             two["init_checkpoint_step"],
             two["evaluated"],
