@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -230,6 +230,11 @@ class RunPlan(Strict):
             active_parameters=self.model.arch.num_params(active=True),
             memory_gib_per_gpu=self.memory_estimate().as_gib(),
         )
+
+    def text_values(self) -> Iterator[tuple[str, str]]:
+        """Every text value of the plan with its dotted field (``cluster.env.HF_HOME``, ``data.train_prefixes[0]``):
+        what the secret and mount checks look through to name the field a value came from."""
+        return _text_values(self.model_dump(mode="json"), "")
 
     def to_json(self) -> str:
         body = self.model_dump(mode="json")
@@ -844,3 +849,14 @@ def _divisors(n: int) -> str:
 def explain_overrides_help() -> str:
     sections = ", ".join(sorted(RunPlan.model_fields))
     return f"dotted plan keys, e.g. layout.tp=2 train.max_steps=50 chain.jobs=4 (sections: {sections})"
+
+
+def _text_values(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(node, str):
+        yield path, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _text_values(value, f"{path}.{key}".lstrip("."))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from _text_values(value, f"{path}[{i}]")

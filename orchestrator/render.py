@@ -25,13 +25,13 @@ import orchestrator
 from orchestrator import container, contract
 from orchestrator.plan import RunPlan
 from orchestrator.rundir import RunDir
-from orchestrator.stages import StageSpec, plan_strings, stage_specs, step_mounts
+from orchestrator.stages import StageSpec, stage_specs, step_mounts
 
 # Full matches only (re.fullmatch): ``$`` would also accept a trailing newline.
 _SBATCH_VALUE = re.compile(r"[A-Za-z0-9_@%:/.,=+\-\[\]]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SECRET_NAME = re.compile(
-    r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIALS?|AUTH|PAT|KEY)(_|$)|TOKEN(_|$)",
+    r"(^|_)(SECRET|PASSWORD|PASSWD|KEY|CREDENTIALS?|AUTH|PAT)(_|$)|TOKEN(_|$)",  # KEY covers API_KEY, ACCESS_KEY...
     re.IGNORECASE,
 )
 #: Values shaped like access tokens: Hugging Face, GitHub (classic and fine-grained), OpenAI-style, Slack.
@@ -146,7 +146,7 @@ def check_secrets(plan: RunPlan) -> None:
         if arg.startswith("--export="):
             pairs = [item.split("=", 1) for item in arg.removeprefix("--export=").split(",") if "=" in item]
             check_env({k: v for k, v in pairs if _ENV_NAME.fullmatch(k)}, where)
-    for field, value in plan_strings(plan.model_dump(mode="json")):
+    for field, value in plan.text_values():
         if _TOKEN_VALUE.search(value):
             raise _secret_refused("plan", field, "has a value shaped like an access token")
 

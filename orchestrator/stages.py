@@ -10,7 +10,7 @@ specs, and the in-job driver finds its own spec by name: stage names live here (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -95,22 +95,10 @@ def step_mounts(plan: RunPlan, spec: StageSpec) -> list[container.Mount]:
         return container.mounts(plan.cluster.container.mounts, reads, writes)
     except container.MountError as exc:
         path = exc.path or ""
-        fields = [f for f, v in plan_strings(plan.model_dump(mode="json")) if path and v.startswith(path)]
+        fields = [f for f, v in plan.text_values() if path and v.startswith(path)]
         if not fields:
             raise
         raise container.MountError(f"{', '.join(fields)}: {exc}", path) from None
-
-
-def plan_strings(node: Any, path: str = "") -> Iterable[tuple[str, str]]:
-    """Every text value of a dumped plan with its dotted path."""
-    if isinstance(node, str):
-        yield path, node
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield from plan_strings(value, f"{path}.{key}".lstrip("."))
-    elif isinstance(node, list | tuple):
-        for i, value in enumerate(node):
-            yield from plan_strings(value, f"{path}[{i}]")
 
 
 def check_inputs(plan: RunPlan) -> list[Problem]:
