@@ -667,7 +667,8 @@ def validate(plan: RunPlan) -> list[Problem]:
                 fix=f"use a global batch that is a multiple of {per_step}, or change micro_batch_size / the layout",
             )
         )
-    problems.extend(trainer_problems(plan))
+    if "train" in plan.stages:  # a smoke or data-only plan starts no trainer
+        problems.extend(trainer_problems(plan))
     if train.init_mode == "full" and not train.init_from:
         add(
             Problem(

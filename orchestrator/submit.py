@@ -204,7 +204,7 @@ def prepare_inputs(plan: RunPlan, say: Callable[[str], None]) -> None:
     from orchestrator.data.consolidate import C4_SHARDS, found_shards
 
     c4 = Path(plan.data.c4_path)
-    if C4_SHARDS["train"] in found_shards(c4)["train"].values():
+    if c4.is_dir() and C4_SHARDS["train"] in found_shards(c4)["train"].values():
         return
     # Two shards per merged output, so that consolidation really merges (as the 4-shard example).
     sample.build_corpus(c4, 2 * plan.data.train_outputs, 1, plan.data.sample_docs_per_shard, plan.train.seed)
