@@ -4,10 +4,10 @@
 # Llama 3.1's folder and the sample corpus tokenized with it). Writes $OUT/mlperf-PART/ (driver.log, summary.json,
 # the compliance logs, every job's output).
 #
-#   bash benchmarks/gpu_mlperf.sh small|405b|8b [nemo_mlperf_run.py arguments...]
+#   bash benchmarks/gpu_mlperf.sh small|target|405b|8b [nemo_mlperf_run.py arguments...]
 set -uo pipefail
 root=$(pwd)
-part=${1:?usage: $0 small|405b|8b [arguments]}
+part=${1:?usage: $0 small|target|405b|8b [arguments]}
 shift
 out=${OUT:?set OUT to a results folder}/mlperf-$part
 mkdir -p "$out"

@@ -48,6 +48,8 @@ packages=(
     # the orchestrator package itself (the image has no pydantic)
     pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing_extensions==4.16.0
     pydantic-settings==2.16.3 python-dotenv==1.2.4
+    # the data stage's JSON parser, imported by orchestrator.plan through orchestrator.data
+    orjson==3.13.0
 )
 platforms=()
 for tag in manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_26 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
