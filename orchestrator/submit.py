@@ -189,6 +189,8 @@ def _run_local(plan: RunPlan, rd: RunDir, specs: list[StageSpec], say: Callable[
 def prepare_inputs(plan: RunPlan, say: Callable[[str], None]) -> None:
     """What the login node puts in place before jobs start: a packaged tokenizer written where jobs read it (no
     container has the package), and the sample corpus of a ``data.source=sample`` plan (small, deterministic)."""
+    if plan.stages == ("smoke",):  # a smoke job reads neither tokenizer nor data
+        return
     tok = plan.model.tokenizer
     if tok.path and not Path(tok.path).exists():
         from orchestrator.data.packaged_tokenizers import PackagedTokenizerError, materialise
