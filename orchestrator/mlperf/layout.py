@@ -30,7 +30,7 @@ from orchestrator.atomic import fsync_dir
 from orchestrator.data.consolidate import train_file, validation_file
 from orchestrator.data.indexed import IndexedDataset
 from orchestrator.data.preprocess_job import dataset_prefix
-from orchestrator.mlperf.rules import LLAMA31_405B, Rules
+from orchestrator.mlperf.rules import LLAMA31_405B
 
 TRAIN_PREFIXES = tuple(Path(dataset_prefix("", train_file(k))).name for k in (6, 7))  # the last 256 of 1024 shards
 VALIDATION_PREFIX = Path(dataset_prefix("", validation_file(91205))).name
@@ -68,8 +68,6 @@ class DataSpec:
     sizes: Mapping[str, int] | None = field(default_factory=lambda: dict(PUBLISHED_SIZES))
     dtype: type[np.number] = np.uint16  # Mixtral 8x22B vocabulary, 32,000 < 65,500
     validation_documents: int | None = 91205
-    #: The benchmark whose evaluation pass the validation set must fill.
-    rules: Rules = LLAMA31_405B
     #: Megatron builds one epoch of N sequences of L tokens from ``N*L + 1`` tokens (gpt_dataset._get_num_epochs).
     validation_min_tokens: int = LLAMA31_405B.eval_samples * LLAMA31_405B.seq_length + 1
 
@@ -215,8 +213,8 @@ def verify(root: str | os.PathLike[str], spec: DataSpec = MLPERF_405B) -> list[s
             )
         if dataset.num_tokens < spec.validation_min_tokens:
             problems.append(
-                f"{files[0]}: {dataset.num_tokens} tokens; one evaluation pass over {spec.rules.eval_samples} sequences "
-                f"of {spec.rules.seq_length} needs {spec.validation_min_tokens}"
+                f"{files[0]}: {dataset.num_tokens} tokens; one evaluation pass over {LLAMA31_405B.eval_samples} "
+                f"sequences of {LLAMA31_405B.seq_length} needs {spec.validation_min_tokens}"
             )
     return problems
 
